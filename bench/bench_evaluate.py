@@ -4,7 +4,7 @@ Prints wall time per stage, examples/s and peak memory; writes the evaluation re
 ``bench/out/evaluate/``. Timings on shared machines are noisy: compare runs made together.
 
     .venv/bin/python bench/bench_evaluate.py [--log FILE] [--format taobao] [--out DIR]
-        [--mapping MAP.yaml] [--threads N] [--tracemalloc]
+        [--mapping MAP.yaml] [--models online,frozen,...] [--threads N] [--tracemalloc]
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from connectors.logs import CsvMapping
-from models.evaluate import evaluate
+from models.evaluate import MODELS, evaluate
 from streamrank.config import Settings
 
 
@@ -30,6 +30,8 @@ def main() -> None:
     parser.add_argument("--format", default="taobao", choices=["taobao", "csv", "jsonl"])
     parser.add_argument("--mapping", type=Path, help="csv: the column mapping (YAML)")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "out" / "evaluate")
+    parser.add_argument("--models", default=",".join(MODELS),
+                        help=f"comma-separated, some of {','.join(MODELS)}")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     parser.add_argument("--tracemalloc", action="store_true",
                         help="also trace the Python heap's peak (slows the run down)")
@@ -39,7 +41,8 @@ def main() -> None:
         tracemalloc.start()
     started = time.perf_counter()
     mapping = CsvMapping.from_yaml(args.mapping) if args.mapping else None
-    result = evaluate(args.log, args.format, settings, mapping, out_dir=args.out, progress=True)
+    result = evaluate(args.log, args.format, settings, mapping, out_dir=args.out, progress=True,
+                      models=args.models.split(","))
     wall = time.perf_counter() - started
     stages = ", ".join(f"{k} {v:.1f} s" for k, v in result.stage_seconds.items())
     print(f"log: {args.log} ({result.log.events:,} events, {result.log.bad} bad rows)")

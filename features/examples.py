@@ -26,6 +26,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from typing import TypeVar
 
 from connectors.events import Event
 from connectors.examples import TrainingExample
@@ -45,6 +46,7 @@ from features.state import (
 from streamrank.config import Settings
 
 
+K = TypeVar("K")
 _NO_USER, _NO_ITEM, _NO_USER_CATEGORY = UserState(), ItemState(), UserCategoryState()
 """The (immutable) state of a key with no history."""
 
@@ -120,11 +122,17 @@ class ExampleBuilder:
             return
         self._next_sweep = self._latest + HOUR_MS
         cutoff = self._latest - self._ttl
-        for table in (self._users, self._items, self._user_categories):
-            stale = [k for k, s in table.items() if s.last_ms is not None and s.last_ms < cutoff]
-            for k in stale:
-                del table[k]
-            self.state.evicted_keys += len(stale)
+        self.state.evicted_keys += (_evict(self._users, cutoff) + _evict(self._items, cutoff)
+                                    + _evict(self._user_categories, cutoff))
+
+
+def _evict(table: dict[K, UserState] | dict[K, ItemState] | dict[K, UserCategoryState],
+           cutoff: int) -> int:
+    """Drop the keys last seen before ``cutoff``; return how many."""
+    stale = [k for k, s in table.items() if s.last_ms is not None and s.last_ms < cutoff]
+    for k in stale:
+        del table[k]
+    return len(stale)
 
 
 def build_examples(events: Iterable[Event], settings: Settings) -> Iterator[TrainingExample]:

@@ -29,6 +29,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 from rich.console import Console
@@ -172,36 +173,50 @@ def spool_examples(
     return spool, report, builder.counters()
 
 
+def _check(models: Sequence[str]) -> tuple[str, ...]:
+    unknown = set(models) - set(MODELS)
+    if unknown or not models:
+        raise ValueError(f"models must be some of {MODELS}, got {list(models)}")
+    return tuple(m for m in MODELS if m in models)
+
+
 def progressive(
     batches: Iterable[Sequence[TrainingExample]], n: int, settings: Settings,
-    on_batch: Callable[[int], None] = lambda n: None,
+    on_batch: Callable[[int], None] = lambda n: None, models: Sequence[str] = MODELS,
 ) -> tuple[dict[str, np.ndarray], int]:
-    """Every model's ``N X 2`` predictions over ``n`` examples given in batches (of
+    """The ``models``' ``N X 2`` predictions over ``n`` examples given in batches (of
     ``settings.batch_size``), each batch scored before any model learns from it, and the number
     of examples the frozen model learned from."""
-    online = OnlineTrainer(settings)
-    learners: dict[str, OnlineRanker] = {
-        "online": online, "ftrl": FtrlBaseline(settings), "most_popular": MostPopular(settings)}
+    names = _check(models)
+    learners: dict[str, OnlineRanker] = {}
+    online = None
+    if "online" in names or "frozen" in names:  # the frozen model is the online one, stopped
+        online = learners["online"] = OnlineTrainer(settings)
+    if "ftrl" in names:
+        learners["ftrl"] = FtrlBaseline(settings)
+    if "most_popular" in names:
+        learners["most_popular"] = MostPopular(settings)
     freeze_at = math.ceil(n * FREEZE_FRACTION)
     frozen: OnlineRanker | None = None
     frozen_at = n
-    out = {name: np.full((n, 2), np.nan) for name in MODELS}
+    out = {name: np.full((n, 2), np.nan) for name in learners.keys() | set(names)}
     start = 0
     for batch in batches:
         end = start + len(batch)
-        if frozen is None and start >= freeze_at:
+        if online is not None and frozen is None and start >= freeze_at:
             frozen, frozen_at = online.frozen_copy(), start
         for name, model in learners.items():
             out[name][start:end] = model.predict_many(batch)
-        out["frozen"][start:end] = out["online"][start:end] if frozen is None \
-            else frozen.predict_many(batch)
+        if "frozen" in out:
+            out["frozen"][start:end] = out["online"][start:end] if frozen is None \
+                else frozen.predict_many(batch)
         for model in learners.values():
             model.learn_many(batch)
         on_batch(len(batch))
         start = end
     if start != n:
         raise ValueError(f"expected {n} examples, got {start}")
-    return out, frozen_at
+    return {name: out[name] for name in names}, frozen_at
 
 
 def score(y: np.ndarray, p: np.ndarray, step: int, every: int) -> ModelResult:
@@ -241,12 +256,16 @@ def evaluate(
     mapping: CsvMapping | None = None,
     out_dir: str | Path | None = None,
     progress: bool = True,
+    models: Sequence[str] = MODELS,
 ) -> EvaluationResult:
-    """Progressive validation of every model on the log at ``path`` (see the module docstring).
+    """Progressive validation of ``models`` (default: all of :data:`MODELS`) on the log at
+    ``path`` (see the module docstring).
 
     Prints the table (and, with ``progress``, a progress bar); with ``out_dir``, writes
-    ``results.json``, ``report.md``, ``auc.png`` and ``logloss.png`` there.
+    ``results.json``, ``report.md``, ``auc.png`` and ``logloss.png`` there. Raises
+    ``ValueError`` for an unknown model or a log that yields no examples.
     """
+    names = _check(models)
     started = time.perf_counter()
     console = Console()
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -262,17 +281,17 @@ def evaluate(
             learn = bar.add_task("progressive validation", total=len(spool))
             predictions, frozen_at = progressive(
                 spool.batches(settings.batch_size), len(spool), settings,
-                on_batch=lambda k: bar.advance(learn, k))
+                on_batch=lambda k: bar.advance(learn, k), models=names)
         finally:
             spool.close()
     learned = time.perf_counter()
     every = max(settings.batch_size, len(spool) // CURVE_POINTS)
-    models = {name: score(spool.labels, predictions[name], settings.batch_size, every)
-              for name in MODELS}
+    scores = {name: score(spool.labels, p, settings.batch_size, every)
+              for name, p in predictions.items()}
     done = time.perf_counter()
     result = EvaluationResult(
         log=report, counters=counters, examples=len(spool), frozen_at=frozen_at,
-        seconds=done - started, models=models, rules=rules(settings), predictions=predictions,
+        seconds=done - started, models=scores, rules=rules(settings), predictions=predictions,
         stage_seconds={"examples": built - started, "models": learned - built,
                        "metrics": done - learned})
     console.print(table(result))
@@ -333,7 +352,7 @@ def write_report(result: EvaluationResult, out_dir: Path) -> None:
     r = result.rules
     lines = [
         "# Progressive validation", "",
-        f"Log: `{result.log.path}` ({result.log.fmt}). {result.log.summary()}.", "",
+        f"Log: {result.log.summary()}.", "",
         f"{result.examples:,} examples in event-time order, mini-batches of {r['batch_size']}; "
         "each batch is scored by every model before any model learns from it. "
         f"The frozen model stopped learning after {result.frozen_at:,} examples "
@@ -347,7 +366,7 @@ def write_report(result: EvaluationResult, out_dir: Path) -> None:
         "## Rules", "",
         f"- Impressions: {r['impressions']}.",
         f"- Labels: a click or purchase counts for an impression within "
-        f"{int(r['attribution_window_ms']) / 60_000:g} min after it (clicks by request_id, else "
+        f"{cast(int, r['attribution_window_ms']) / 60_000:g} min after it (clicks by request_id, else "
         "the latest impression of the user and item); an impression without a click by then is a "
         f"negative. Watermark: max event time - {r['max_out_of_orderness_ms']} ms; events older "
         f"than the watermark - {r['allowed_lateness_ms']} ms are dropped as late.",

@@ -118,3 +118,10 @@ def test_score_metrics_and_missing_heads():
     assert m.curves["x"] == [64, 128, 192, 200]
     backwards = np.column_stack([1 - perfect[:, 0], np.full(len(y), 0.5)])
     assert score(y, backwards, step=16, every=50).auc == pytest.approx(0.0)
+
+
+def test_a_subset_of_models_can_be_run(log, tmp_path):
+    result = evaluate(log, "taobao", SETTINGS, progress=False, models=["frozen", "most_popular"])
+    assert list(result.models) == ["frozen", "most_popular"] == list(result.predictions)
+    with pytest.raises(ValueError, match="models must be some of"):
+        evaluate(log, "taobao", SETTINGS, progress=False, models=["xgboost"])
