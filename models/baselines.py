@@ -5,6 +5,8 @@ Both implement :class:`~models.base.OnlineRanker` and are built like
 
 * :class:`FtrlBaseline` — River's logistic regression trained by FTRL-Proximal on one-hot user,
   item and category IDs plus the ``log1p``'d dense features (clicks only: p_purchase is NaN).
+  IDs are not hashed: one weight per ID seen, and a ``learn_one`` costs O(features of the
+  example) (see :class:`SparseLogisticRegression`).
 * :class:`MostPopular` — the item's exponentially decayed click count (event time,
   half-life :data:`POPULARITY_HALF_LIFE_MS`), squashed to (0, 1): the floor any ranker must beat.
   Its scores rank; they are not calibrated click probabilities.
@@ -45,14 +47,29 @@ def river_features(x: TrainingExample) -> dict[str, float]:
     return out
 
 
+class SparseLogisticRegression(linear_model.LogisticRegression):
+    """River's ``LogisticRegression`` with ``w·x`` summed over the example's features only.
+
+    In River 0.23, ``learn_one`` takes ``w·x`` on the weights wrapped in a masked ``VectorDict``
+    with a default factory, which walks every weight ever seen: each call cost O(weights)
+    (about 2 ms at 50k weights, 8 ms at 200k). River fixed it upstream (online-ml/river#1913).
+    Predictions and weights are River's up to floating-point rounding, except that a weight the
+    optimizer never set stays absent instead of being stored as 0.
+    """
+
+    def _raw_dot_one(self, x: dict) -> float:
+        w = self._weights
+        return sum(xi * w.get(i, 0.0) for i, xi in x.items()) + self.intercept
+
+
 class FtrlBaseline:
-    """River ``LogisticRegression(optimizer=FTRLProximal(...))``, one example at a time.
+    """:class:`SparseLogisticRegression` with River's ``FTRLProximal``, one example at a time.
 
     Built like every ranker, from ``settings`` (it has no settings of its own yet).
     """
 
     def __init__(self, settings: Settings | None = None) -> None:
-        self.model = linear_model.LogisticRegression(
+        self.model = SparseLogisticRegression(
             optimizer=optim.FTRLProximal(alpha=FTRL_ALPHA, beta=FTRL_BETA, l1=FTRL_L1, l2=FTRL_L2))
 
     def predict_many(self, examples: Sequence[TrainingExample]) -> np.ndarray:

@@ -8,11 +8,13 @@ from collections.abc import Callable
 import numpy as np
 import pytest
 import torch
+from river import linear_model, optim
 
 from connectors.examples import TrainingExample
 from features.state import HOUR_MS
 from models.base import OnlineRanker
-from models.baselines import FtrlBaseline, MostPopular, river_features
+from models.baselines import (FTRL_ALPHA, FTRL_BETA, FTRL_L1, FTRL_L2, FtrlBaseline, MostPopular,
+                              river_features)
 from models.trainer import FrozenRanker, OnlineTrainer
 from streamrank.config import Settings
 
@@ -115,6 +117,55 @@ def test_rankers_learn_which_items_are_liked(name: str) -> None:
 
 def test_ftrl_has_no_purchase_head() -> None:
     assert np.isnan(FtrlBaseline(SETTINGS).predict_many(stream(3))[:, 1]).all()
+
+
+def test_ftrl_matches_rivers_own_logistic_regression() -> None:
+    """The faster dot product leaves the model as River's: same predictions, same weights."""
+    ours = FtrlBaseline(SETTINGS)
+    river = linear_model.LogisticRegression(
+        optimizer=optim.FTRLProximal(alpha=FTRL_ALPHA, beta=FTRL_BETA, l1=FTRL_L1, l2=FTRL_L2))
+    xs = stream(600, seed=3)
+    got, expected = [], []
+    for x in xs:
+        got.append(ours.predict_many([x])[0, 0])
+        expected.append(river.predict_proba_one(river_features(x))[True])
+        ours.learn_many([x])
+        river.learn_one(river_features(x), bool(x.click))
+    np.testing.assert_allclose(got, expected, rtol=1e-9)
+    assert len(set(expected)) > 100  # it learned along the way
+    def nonzero(weights: dict[str, float]) -> dict[str, float]:
+        return {k: v for k, v in weights.items() if v}
+
+    assert nonzero(ours.model.weights) == pytest.approx(nonzero(river.weights), rel=1e-9)
+
+
+class CountedKey(str):
+    """A feature name that counts how often it is hashed (looked up)."""
+
+    lookups = 0
+
+    def __hash__(self) -> int:
+        CountedKey.lookups += 1
+        return str.__hash__(self)
+
+    __eq__ = str.__eq__
+
+
+def lookups_of_an_unrelated_weight(model: linear_model.LogisticRegression) -> int:
+    """How often 50 ``learn_one`` calls look up a weight none of their examples has."""
+    model._weights[CountedKey("user_id=elsewhere")] = 0.5
+    CountedKey.lookups = 0
+    for x in stream(50):
+        model.learn_one(river_features(x), bool(x.click))
+    return CountedKey.lookups
+
+
+def test_ftrl_learning_looks_up_only_the_examples_weights() -> None:
+    """A learn_one costs O(features of the example), not O(weights seen)."""
+    assert lookups_of_an_unrelated_weight(FtrlBaseline(SETTINGS).model) == 0
+    # River 0.23's own LogisticRegression looks up every weight on every call
+    assert lookups_of_an_unrelated_weight(
+        linear_model.LogisticRegression(optimizer=optim.FTRLProximal())) == 50
 
 
 def test_river_features_one_hot_ids_and_log_dense() -> None:
