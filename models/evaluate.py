@@ -174,9 +174,10 @@ def spool_examples(
 
 
 def _check(models: Sequence[str]) -> tuple[str, ...]:
-    unknown = set(models) - set(MODELS)
+    unknown = [m for m in models if m not in MODELS]
     if unknown or not models:
-        raise ValueError(f"models must be some of {MODELS}, got {list(models)}")
+        raise ValueError(f"models must be some of {', '.join(MODELS)}; "
+                         + (f"unknown: {', '.join(map(repr, unknown))}" if unknown else "none given"))
     return tuple(m for m in MODELS if m in models)
 
 

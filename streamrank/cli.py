@@ -243,9 +243,12 @@ def evaluate(
     columns: ColumnsOpt = None,
     event_names: EventNamesOpt = None,
     out: Annotated[Optional[Path], typer.Option(help="write results.json, report.md and plots here")] = None,
+    models: Annotated[Optional[str], typer.Option(
+        "--models", help="comma-separated, some of online, frozen, ftrl, most_popular (default: all)")] = None,
 ) -> None:
     """Progressive validation on a log: the online torch model vs River FTRL, a frozen copy
     and a most-popular baseline. No Kafka, Redis or Flink needed."""
+    from models.evaluate import MODELS
     from models.evaluate import evaluate as run_evaluate
 
     settings = _settings()
@@ -254,8 +257,10 @@ def evaluate(
         raise _fail(f"no such file: {file}")
     csv_mapping = _csv_mapping(fmt, mapping, columns, event_names)
     out_dir = out or settings.run_dir / "reports" / "evaluate"
+    names = MODELS if models is None else [m.strip() for m in models.split(",") if m.strip()]
     try:
-        run_evaluate(file, fmt, settings, mapping=csv_mapping, out_dir=out_dir)  # type: ignore[arg-type]
+        run_evaluate(file, fmt, settings, mapping=csv_mapping, out_dir=out_dir,  # type: ignore[arg-type]
+                     models=names)
     except ValueError as err:
         raise _fail(str(err)) from None
     console.print(f"report written to {out_dir}")

@@ -8,16 +8,21 @@ import json
 import numpy as np
 import pytest
 import torch
+from typer.testing import CliRunner
 
 from connectors.logs import read_log
 from features.examples import build_examples
 from features.impressions import with_impressions
 from models.evaluate import MODELS, ExampleSpool, evaluate, score
 from models.trainer import OnlineTrainer
+from streamrank.cli import app
 from streamrank.config import Settings
 
 torch.set_num_threads(1)
 SETTINGS = Settings(batch_size=64, hash_buckets=1_009, embedding_dim=4)
+CLI_ENV = {"STREAMRANK_BATCH_SIZE": str(SETTINGS.batch_size),
+           "STREAMRANK_HASH_BUCKETS": str(SETTINGS.hash_buckets),
+           "STREAMRANK_EMBEDDING_DIM": str(SETTINGS.embedding_dim)}
 MODEL_KEYS = {"auc", "logloss", "examples", "positives", "purchase_auc", "purchase_logloss",
               "purchases", "curves"}
 
@@ -125,3 +130,28 @@ def test_a_subset_of_models_can_be_run(log, tmp_path):
     assert list(result.models) == ["frozen", "most_popular"] == list(result.predictions)
     with pytest.raises(ValueError, match="models must be some of"):
         evaluate(log, "taobao", SETTINGS, progress=False, models=["xgboost"])
+
+
+def _cli_evaluate(log, out, models: str):
+    return CliRunner().invoke(app, ["evaluate", str(log), "--format", "taobao", "--out", str(out),
+                                    "--models", models], env=CLI_ENV)
+
+
+def test_cli_runs_only_the_models_given(log, tmp_path):
+    result = _cli_evaluate(log, tmp_path, "online, most_popular")
+    assert result.exit_code == 0, result.output
+    doc = json.loads((tmp_path / "results.json").read_text())
+    assert list(doc["models"]) == ["online", "most_popular"]
+    assert doc["models"]["online"]["examples"] == doc["examples"] > 5_000
+    assert "| most_popular |" in (tmp_path / "report.md").read_text()
+
+
+@pytest.mark.parametrize(("models", "reason"), [("online,xgboost", "unknown: 'xgboost'"),
+                                                (",", "none given")])
+def test_cli_rejects_unknown_or_missing_models(log, tmp_path, models, reason):
+    result = _cli_evaluate(log, tmp_path, models)
+    assert result.exit_code == 2
+    message = " ".join(result.output.split())
+    assert "error: models must be some of online, frozen, ftrl, most_popular" in message
+    assert reason in message
+    assert not (tmp_path / "results.json").exists()
