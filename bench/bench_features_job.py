@@ -15,6 +15,7 @@ database (``--redis-db``; Feast's online store):
   at ``--speed`` events/s (a rate the throughput run shows it sustains). For ``--samples``
   events spread over the replay, a poller reads the user's row with ``get_online_features``
   every 20 ms; the event is visible once the row's event timestamp reaches the event's time.
+  Sampled events are those that change the user's row (not synthetic impressions).
   Freshness is the wall time from the event's delivery to Kafka to that read (p50/p99). Only
   user rows are timed: item rows wait for the watermark (their order across partitions, see
   ``jobs/features_job.py``), i.e. for event time to move on by the out-of-orderness.
@@ -44,7 +45,7 @@ from connectors.events import Event
 from connectors.logs import read_log
 from connectors.producer import EventProducer
 from features.impressions import with_impressions
-from features.rows import USER_VIEW
+from features.rows import USER_VIEW, feeds_state
 from features.store import apply_repo, open_store
 from jobs.features_job import JOB
 from jobs.launch import run_job, settings_env, stop_job
@@ -121,7 +122,8 @@ def freshness(settings: Settings, events: list[Event], speed: float,
                 break
             time.sleep(POLL_S)
 
-    every = max(1, len(events) // samples)
+    feeding = [i for i, event in enumerate(events) if feeds_state(event)]
+    sampled = set(feeding[::max(1, len(feeding) // samples)])
     run_job(JOB, settings, detach=True)
     deadline = float("inf")
     try:
@@ -134,7 +136,7 @@ def freshness(settings: Settings, events: list[Event], speed: float,
                 while time.monotonic() < start + i / speed:
                     time.sleep(0.001)
                 producer.send(event)
-                if i % every == 0:
+                if i in sampled:
                     producer.flush()  # delivered: the clock starts when Kafka has it
                     with lock:
                         pending[i] = (event.user_id, event.event_time, time.monotonic())

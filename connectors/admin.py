@@ -5,7 +5,7 @@ from __future__ import annotations
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from connectors.kafka_config import admin_config
+from connectors.kafka_config import admin_config, consumer_config
 from streamrank.config import Settings
 
 
@@ -56,6 +56,23 @@ def delete_topics(settings: Settings, names: list[str]) -> None:
         fut.result()
 
 
+def _offsets(settings: Settings, topic: str, group_id: str) -> tuple[dict[int, int], dict[int, int]]:
+    """Per partition of ``topic``: the end offset, and ``group_id``'s committed offset (-1 when
+    it has none)."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    consumer = Consumer(consumer_config(settings, group_id, **{"enable.auto.commit": False}))
+    try:
+        parts = [TopicPartition(topic, p)
+                 for p in consumer.list_topics(topic, timeout=10).topics[topic].partitions]
+        ends = {tp.partition: consumer.get_watermark_offsets(tp, timeout=10)[1] for tp in parts}
+        committed = {tp.partition: max(tp.offset, -1)
+                     for tp in consumer.committed(parts, timeout=10)}
+        return ends, committed
+    finally:
+        consumer.close()
+
+
 def topic_size(settings: Settings, topic: str) -> int:
     """Records currently in ``topic``: the sum over partitions of high minus low offsets."""
     from confluent_kafka import Consumer, TopicPartition
@@ -70,3 +87,14 @@ def topic_size(settings: Settings, topic: str) -> int:
         return total
     finally:
         consumer.close()
+
+
+def end_offsets(settings: Settings, topic: str) -> dict[int, int]:
+    """The end offset of each partition of ``topic`` (the offset its next record will get)."""
+    return _offsets(settings, topic, "streamrank-admin")[0]
+
+
+def caught_up(settings: Settings, topic: str, group_id: str, ends: dict[int, int]) -> bool:
+    """Whether ``group_id`` has committed offsets at or past ``ends`` on every partition."""
+    committed = _offsets(settings, topic, group_id)[1]
+    return all(end <= 0 or committed.get(p, -1) >= end for p, end in ends.items())

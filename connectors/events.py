@@ -51,11 +51,14 @@ class Event(BaseModel):
     category_id: str | None = Field(default=None, max_length=128)
     price: float | None = Field(default=None, ge=0)
     query: str | None = Field(default=None, max_length=1024)
+    synthetic: bool = False
+    """True for an impression made up by the impression rule (nobody was shown it): it feeds the
+    label join, never feature state (see ``features/impressions.py``)."""
 
 
 def encode_event(event: Event) -> bytes:
-    """The event as compact UTF-8 JSON, without null fields."""
-    return event.model_dump_json(exclude_none=True).encode()
+    """The event as compact UTF-8 JSON, without fields left at their defaults (nulls, false)."""
+    return event.model_dump_json(exclude_defaults=True).encode()
 
 
 def _explain(err: ValidationError) -> str:

@@ -20,6 +20,9 @@ were shown; ranking needs impressions (and so negatives). The rule, applied iden
   would let a model separate them by item history alone (a sampling artefact, not ranking).
   The features of every impression are still as of the impression: nothing of the future
   reaches a feature, only the choice of which items are shown.
+* The impressions are marked ``synthetic``: they feed the label join but no feature state. The
+  items shown depend on the next clicks, so counting them (an item's impressions, its time since
+  last event) would tell a model which items are about to be clicked.
 * The click follows its impressions, re-emitted with that ``request_id`` and position.
 * Everything else (purchases, add-to-carts, favourites, clicks that carry a ``request_id``)
   passes through unchanged; the label join ties a purchase to the latest impression of the
@@ -125,7 +128,7 @@ def with_impressions(events: Iterable[Event], settings: Settings) -> Iterator[Ev
         for position, (item, category, price) in enumerate(shown):
             yield Event(event_id=f"{request}-{position}", event_type="impression",
                         user_id=event.user_id, item_id=item, event_time=t, request_id=request,
-                        position=position, category_id=category, price=price)
+                        position=position, category_id=category, price=price, synthetic=True)
         clicked = next(p for p, seen in enumerate(shown) if seen[0] == event.item_id)
         yield event.model_copy(update={"request_id": request, "position": clicked})
 

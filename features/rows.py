@@ -173,6 +173,17 @@ def user_category_state(row: Values | None, t: int) -> UserCategoryState:
     )
 
 
+def feeds_state(event: Event) -> bool:
+    """Whether an event changes feature state: all but synthetic impressions (made up by the
+    impression rule from the clicks that follow, so counting them would leak those clicks).
+
+    >>> feeds_state(Event(event_id="1", event_type="impression", user_id="u", item_id="i",
+    ...                   event_time=0, synthetic=True))
+    False
+    """
+    return not event.synthetic
+
+
 def update_user(state: UserState | None, event: Event) -> tuple[UserState, FeatureRow]:
     """Apply one of the user's events; the new state and its row (keyed by user)."""
     new = apply_user(state or UserState(), event.event_type, event.event_time, event.item_id,
@@ -217,7 +228,10 @@ class FeatureComputer:
         self.user_categories: dict[tuple[str, str], UserCategoryState] = {}
 
     def apply(self, event: Event) -> list[FeatureRow]:
-        """Apply one event; the rows it changed (user, item, and user x category if known)."""
+        """Apply one event; the rows it changed (user, item, and user x category if known;
+        none for an event that does not :func:`feeds_state`)."""
+        if not feeds_state(event):
+            return []
         user, user_r = update_user(self.users.get(event.user_id), event)
         item, item_r = update_item(self.items.get(event.item_id), event)
         self.users[event.user_id], self.items[event.item_id] = user, item

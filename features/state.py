@@ -12,8 +12,14 @@ Definitions (also in the README):
   none). **Last-N**: the ``LAST_N`` most recently clicked item and category IDs, newest first.
 * **Affinity** of a user for a category: ``uc_clicks_24h / (u_clicks_24h + 1)``.
 
-Features attached to an impression are read from the state *before* the impression is
-applied, at the impression's event time (point in time: nothing later leaks in).
+Features attached to an impression at ``t`` are read at ``t`` from the state *before* it
+(point in time: nothing later leaks in): the user's and user x category's state after the
+user's earlier events, in the user's own order; the item's state after the item's events of
+earlier milliseconds only. Events of one item come from many users (and Kafka partitions),
+whose order within one millisecond is not defined, so same-millisecond events are left out.
+
+Synthetic impressions (made up by the impression rule) feed no state:
+:func:`features.rows.feeds_state`.
 
 >>> s = UserState()
 >>> s = apply_user(s, "click", 0, "i1", "c1")
@@ -24,7 +30,7 @@ applied, at the impression's event time (point in time: nothing later leaks in).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 HOUR_MS = 3_600_000
 DAY_MS = 24 * HOUR_MS
@@ -50,9 +56,9 @@ class Decayed:
     def add(self, t_ms: int, n: float = 1.0) -> Decayed:
         """The counter with ``n`` events at ``t_ms`` added."""
         if t_ms >= self.as_of_ms:
-            return replace(self, value=self.read(t_ms) + n, as_of_ms=t_ms)
+            return Decayed(self.half_life_ms, self.read(t_ms) + n, t_ms)
         late = n * 2.0 ** (-(self.as_of_ms - t_ms) / self.half_life_ms)
-        return replace(self, value=self.value + late)
+        return Decayed(self.half_life_ms, self.value + late, self.as_of_ms)
 
 
 def _h1() -> Decayed:
@@ -109,41 +115,48 @@ def _latest(last: int | None, t: int) -> int:
 
 def apply_user(s: UserState, event_type: str, t: int, item: str, category: str | None) -> UserState:
     """The user's state after one of their events."""
-    changes: dict[str, object] = {"last_ms": _latest(s.last_ms, t)}
+    last_ms = _latest(s.last_ms, t)
     if event_type == "click":
-        changes |= {"clicks_1h": s.clicks_1h.add(t), "clicks_24h": s.clicks_24h.add(t)}
-        if s.last_ms is None or t >= s.last_ms:
-            changes |= {"last_items": _push(s.last_items, item),
-                        "last_categories": _push(s.last_categories, category)}
-    elif event_type == "add_to_cart":
-        changes["carts_24h"] = s.carts_24h.add(t)
+        newest = s.last_ms is None or t >= s.last_ms
+        return UserState(
+            s.clicks_1h.add(t), s.clicks_24h.add(t), s.carts_24h, s.purchases_24h,
+            s.impressions_24h, last_ms,
+            _push(s.last_items, item) if newest else s.last_items,
+            _push(s.last_categories, category) if newest else s.last_categories)
+    carts, purchases, impressions = s.carts_24h, s.purchases_24h, s.impressions_24h
+    if event_type == "add_to_cart":
+        carts = carts.add(t)
     elif event_type == "purchase":
-        changes["purchases_24h"] = s.purchases_24h.add(t)
+        purchases = purchases.add(t)
     elif event_type == "impression":
-        changes["impressions_24h"] = s.impressions_24h.add(t)
-    return replace(s, **changes)
+        impressions = impressions.add(t)
+    return UserState(s.clicks_1h, s.clicks_24h, carts, purchases, impressions, last_ms,
+                     s.last_items, s.last_categories)
 
 
 def apply_item(s: ItemState, event_type: str, t: int) -> ItemState:
     """The item's state after one event about it."""
-    changes: dict[str, object] = {"last_ms": _latest(s.last_ms, t)}
+    last_ms = _latest(s.last_ms, t)
     if event_type == "click":
-        changes |= {"clicks_1h": s.clicks_1h.add(t), "clicks_24h": s.clicks_24h.add(t)}
-    elif event_type == "purchase":
-        changes["purchases_24h"] = s.purchases_24h.add(t)
-    elif event_type == "impression":
-        changes["impressions_24h"] = s.impressions_24h.add(t)
-    return replace(s, **changes)
+        return ItemState(s.impressions_24h, s.clicks_1h.add(t), s.clicks_24h.add(t),
+                         s.purchases_24h, last_ms)
+    if event_type == "purchase":
+        return ItemState(s.impressions_24h, s.clicks_1h, s.clicks_24h, s.purchases_24h.add(t),
+                         last_ms)
+    if event_type == "impression":
+        return ItemState(s.impressions_24h.add(t), s.clicks_1h, s.clicks_24h, s.purchases_24h,
+                         last_ms)
+    return ItemState(s.impressions_24h, s.clicks_1h, s.clicks_24h, s.purchases_24h, last_ms)
 
 
 def apply_user_category(s: UserCategoryState, event_type: str, t: int) -> UserCategoryState:
     """The (user, category) state after one of the user's events in that category."""
-    changes: dict[str, object] = {"last_ms": _latest(s.last_ms, t)}
+    last_ms = _latest(s.last_ms, t)
     if event_type == "click":
-        changes["clicks_24h"] = s.clicks_24h.add(t)
-    elif event_type == "purchase":
-        changes["purchases_24h"] = s.purchases_24h.add(t)
-    return replace(s, **changes)
+        return UserCategoryState(s.clicks_24h.add(t), s.purchases_24h, last_ms)
+    if event_type == "purchase":
+        return UserCategoryState(s.clicks_24h, s.purchases_24h.add(t), last_ms)
+    return UserCategoryState(s.clicks_24h, s.purchases_24h, last_ms)
 
 
 def _since(last: int | None, t: int) -> float:

@@ -12,7 +12,10 @@ Graph::
   :class:`~features.writer.FeatureWriter`, and for each impression sends the item features
   *as of* the impression (read before the impression is applied) to the user's stage. Events
   of one item come from several partitions, read in chunks: applied in arrival order, an
-  impression would see the item's later events.
+  impression would see the item's later events. The features as of an impression are those
+  of the item's events of earlier milliseconds (:mod:`features.state`): the order of events
+  within one millisecond is not defined across partitions. Synthetic impressions change no
+  state (:func:`~features.rows.feeds_state`).
 * **UserStage** (keyed by user) keeps the user's state, the user x category states (a map by
   category), the user's :class:`~features.labels.LabelJoiner` and the item features of its
   pending impressions. For an impression it reads the user and user x category features as of
@@ -38,9 +41,12 @@ get here (the ingest step dead-letters them as ``late``); within it they update 
 exactly (decayed counters do not depend on arrival order). **State TTL**: keyed state idle for
 ``feature_state_ttl_ms`` of processing time is dropped (Flink's TTL runs on processing time).
 **Restore**: Feast writes are upserts of values that depend only on the events, so replaying
-from a checkpoint rewrites the same values. Rows still buffered in a writer when the process
-dies are lost only for keys that receive no event after the restored checkpoint (the buffer is
-flushed at most ``feast_flush_ms`` after each write).
+from a checkpoint rewrites the same values. A writer's buffer is not Flink state (PyFlink gives
+Python functions no hook before a checkpoint barrier), so a row is safe once flushed, at most
+``feast_flush_ms`` after it was buffered. A process that dies within ``feast_flush_ms`` after a
+checkpoint's barrier passed may lose the rows buffered before that barrier, for keys that
+receive no later event (their values stay those of an earlier row until then). Closing that
+window needs the rows to travel through a checkpointed sink (a Kafka topic read by a writer).
 """
 
 from __future__ import annotations
@@ -57,7 +63,7 @@ from pyflink.datastream.state import MapStateDescriptor, StateTtlConfig, ValueSt
 from connectors.events import Event
 from connectors.examples import TrainingExample, encode_example
 from features.labels import LabelJoiner
-from features.rows import update_item, update_user, update_user_category
+from features.rows import feeds_state, update_item, update_user, update_user_category
 from features.schema import DENSE_FEATURES
 from features.state import (
     ItemState,
@@ -67,6 +73,7 @@ from features.state import (
     user_category_features,
     user_features,
 )
+from jobs import ingest
 from jobs.ingest import EVENT_FIELDS, build_ingest
 from jobs.runtime import BYTES, StatsFile, kafka_sink, stats_dir, subtask_index
 from streamrank.config import Settings
@@ -162,14 +169,17 @@ class ItemStage(_WritingStage):
             return
         events: list[Event] = self._held.get(timestamp) or []
         self._held.remove(timestamp)
-        state: ItemState | None = self._item.value()
+        before: ItemState | None = self._item.value()
+        as_of = item_features(before or ItemState(), timestamp)  # the events of earlier ms
+        state = before
         for event in events:
             if event.event_type == "impression":
-                as_of = item_features(state or ItemState(), event.event_time)
                 yield event.user_id, event.event_id, as_of
-            state, feature_row = update_item(state, event)
-            self._write(feature_row, ctx)
-        self._item.update(state)
+            if feeds_state(event):
+                state, feature_row = update_item(state, event)
+                self._write(feature_row, ctx)
+        if state is not before:
+            self._item.update(state)
 
 
 class UserStage(_WritingStage):
@@ -220,13 +230,14 @@ class UserStage(_WritingStage):
             features = (user_features(before, t)
                         | user_category_features(uc or UserCategoryState(), before, category, t))
             ctx.timer_service().register_event_time_timer(t + self._wait + 1)
-        new_user, user_row = update_user(user, event)
-        self._user.update(new_user)
-        self._write(user_row, ctx)
-        if category is not None:
-            new_uc, uc_row = update_user_category(uc, new_user, event)
-            self._categories.put(category, new_uc)
-            self._write(uc_row, ctx)
+        if feeds_state(event):
+            new_user, user_row = update_user(user, event)
+            self._user.update(new_user)
+            self._write(user_row, ctx)
+            if category is not None:
+                new_uc, uc_row = update_user_category(uc, new_user, event)
+                self._categories.put(category, new_uc)
+                self._write(uc_row, ctx)
         self._stats.add("events")
         joiner = self._load_joiner()
         yield from self._emit(joiner, joiner.add(event, features))
@@ -239,7 +250,13 @@ class UserStage(_WritingStage):
         yield from self._emit(joiner, joiner.advance(ctx.timer_service().current_watermark()))
 
 
-def build_job(env: StreamExecutionEnvironment, settings: Settings, *, bounded: bool = False) -> None:
+def input_topic(settings: Settings) -> str:
+    """The topic the job reads (through the ingest step)."""
+    return ingest.input_topic(settings)
+
+
+def build_job(env: StreamExecutionEnvironment, settings: Settings, *,
+              bounded: bool = False) -> None:
     """The ``features`` job (see the module docstring)."""
     events = build_ingest(env, settings, job=JOB, bounded=bounded,
                           idle_timeout_ms=IDLE_TIMEOUT_MS)

@@ -47,6 +47,7 @@ from jobs.runtime import (
     BYTES,
     StatsFile,
     discarding_sink,
+    group_id,
     kafka_sink,
     kafka_source,
     side_output,
@@ -135,6 +136,11 @@ class Validate(ProcessFunction):
         self._stats.close()
 
 
+def input_topic(settings: Settings) -> str:
+    """The topic the job reads."""
+    return settings.topic_events
+
+
 def build_ingest(
     env: StreamExecutionEnvironment,
     settings: Settings,
@@ -149,7 +155,7 @@ def build_ingest(
     ``job`` names the consumer group (``streamrank-<job>``) and the stats directory; ``bounded``
     stops at the offsets that were the latest at start.
     """
-    source = kafka_source(settings, settings.topic_events, f"streamrank-{job}", bounded=bounded)
+    source = kafka_source(settings, input_topic(settings), group_id(job), bounded=bounded)
     raw = env.from_source(source, watermarks(settings, idle_timeout_ms), "events")
     valid = raw.process(Validate(settings, job), EVENTS).name("validate")
     side_output(valid, DEAD_LETTERS).sink_to(kafka_sink(settings, settings.topic_dlq)) \

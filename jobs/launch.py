@@ -23,13 +23,17 @@ from pathlib import Path
 from types import FrameType
 
 import pyflink
+from pyflink.common import JobClient
+from pyflink.java_gateway import get_gateway
 from pydantic import SecretStr
 
+from connectors.admin import caught_up, end_offsets
 from jobs.runtime import (
     DEFAULT_MODE,
     PROJECT_ROOT,
     ExecutionMode,
     create_env,
+    group_id,
     read_stats,
     stats_dir,
 )
@@ -69,6 +73,10 @@ def _check(name: str) -> None:
 def _builder(name: str) -> JobBuilder:
     _check(name)
     return importlib.import_module(JOBS[name]).build_job
+
+
+def _input_topic(name: str, settings: Settings) -> str:
+    return importlib.import_module(JOBS[name]).input_topic(settings)
 
 
 def pid_file(name: str, settings: Settings) -> Path:
@@ -156,6 +164,11 @@ def run_job(
     after cancelling it (its checkpoints are kept, so ``restore=True`` resumes from the
     latest); a failed job raises ``RuntimeError``. With ``detach`` it starts the same run in a
     background process and returns at once (stop it with :func:`stop_job`).
+
+    A restored bounded run reads up to the end offsets of its input as they are when it starts,
+    then is stopped with a savepoint that advances to the end of event time (so every timer
+    fires, as at the end of a fresh bounded run): Flink's Kafka source restored from a
+    checkpoint never reports the end of a bounded input by itself (FLINK-31006).
     """
     if detach:
         _check(name)
@@ -169,15 +182,23 @@ def run_job(
     def on_signal(signum: int, frame: FrameType | None) -> None:
         stop.append(signum)
 
+    # a restored bounded KafkaSource never signals its end (FLINK-31006): the run is drained
+    # once its consumer group has committed the end offsets seen now
+    topic = _input_topic(name, settings)
+    ends = end_offsets(settings, topic) if bounded and restore else None
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         client = env.execute_async(f"streamrank-{name}")
         result = client.get_job_execution_result()
-        cancelled = False
+        cancelled = draining = False
         while not result.done():
             if stop and not cancelled:
                 client.cancel().result()
                 cancelled = True
+            if ends is not None and not draining and caught_up(settings, topic, group_id(name),
+                                                               ends):
+                _drain(client, settings.path("savepoints", name).resolve())
+                draining = True
             time.sleep(0.5)
             _write_stats(name, settings)
         _write_stats(name, settings)
@@ -188,6 +209,14 @@ def run_job(
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def _drain(client: JobClient, savepoints: Path) -> None:
+    """Stop the job with a savepoint, advancing to the end of event time (PyFlink 2.3's
+    ``JobClient.stop_with_savepoint`` calls a Java signature that Flink 2 no longer has)."""
+    jvm = get_gateway().jvm
+    client._j_job_client.stopWithSavepoint(
+        True, str(savepoints), jvm.org.apache.flink.core.execution.SavepointFormatType.CANONICAL)
 
 
 def stop_job(name: str, settings: Settings, timeout_s: float = 30.0) -> bool:

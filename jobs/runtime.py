@@ -167,6 +167,11 @@ def _committed_or_earliest() -> KafkaOffsetsInitializer:
         .committedOffsets(jvm.org.apache.kafka.clients.consumer.OffsetResetStrategy.EARLIEST))
 
 
+def group_id(job: str) -> str:
+    """The Kafka consumer group of ``job``'s source (offsets committed at each checkpoint)."""
+    return f"streamrank-{job}"
+
+
 def kafka_source(
     settings: Settings, topic: str, group_id: str, *, bounded: bool = False
 ) -> KafkaSource:

@@ -79,7 +79,15 @@ from pyflink.datastream import (
 
 from connectors.events import dead_letter
 from connectors.examples import TrainingExample, decode_example
-from jobs.runtime import BYTES, StatsFile, discarding_sink, kafka_sink, kafka_source, stats_dir
+from jobs.runtime import (
+    BYTES,
+    StatsFile,
+    discarding_sink,
+    group_id,
+    kafka_sink,
+    kafka_source,
+    stats_dir,
+)
 from streamrank.config import Settings
 
 if TYPE_CHECKING:
@@ -88,8 +96,6 @@ if TYPE_CHECKING:
     from models.trainer import OnlineTrainer
 
 JOB = "training"
-GROUP_ID = "streamrank-training"
-"""Kafka consumer group of the examples source (offsets committed at each checkpoint)."""
 DEAD_LETTERS = OutputTag("dead-letters", BYTES)
 STATUS_INTERVAL_S = 1.0
 
@@ -228,6 +234,11 @@ class TrainerFunction(KeyedProcessFunction):
         tmp.replace(self.status_file)
 
 
+def input_topic(settings: Settings) -> str:
+    """The topic the job reads."""
+    return settings.topic_examples
+
+
 def build_training(env: StreamExecutionEnvironment, settings: Settings,
                    bounded: bool = False) -> None:
     """Add the training job's graph to ``env`` (see the module docstring).
@@ -237,7 +248,8 @@ def build_training(env: StreamExecutionEnvironment, settings: Settings,
     """
     settings = settings.model_copy(update={"run_dir": settings.run_dir.resolve()})
     trained = (
-        env.from_source(kafka_source(settings, settings.topic_examples, GROUP_ID, bounded=bounded),
+        env.from_source(kafka_source(settings, input_topic(settings), group_id(JOB),
+                                     bounded=bounded),
                         WatermarkStrategy.no_watermarks(), "training-examples")
         .uid("training-examples-source")
         .key_by(lambda _: 0, key_type=Types.INT())

@@ -2,8 +2,9 @@
 
 A slice of the Taobao sample goes through the impression rule into a fresh events topic; the
 job runs as ``python -m jobs run features`` in a child process. What it wrote to Feast is
-checked against decayed counters summed directly with pandas over the same events, and its
-training examples against :func:`features.examples.build_examples` (the pure reference).
+checked against decayed counters summed directly with pandas over the same events (all but the
+synthetic impressions, which feed no feature), and its training examples against
+:func:`features.examples.build_examples` (the pure reference), exactly.
 The Feast online store is a Redis database of its own (``REDIS_DB``), so other runs that write
 the same Taobao keys do not interfere.
 """
@@ -11,12 +12,10 @@ the same Taobao keys do not interfere.
 from __future__ import annotations
 
 import math
-import os
-import signal
-import subprocess
-import sys
 import time
+from collections.abc import Callable
 from itertools import islice
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -33,17 +32,17 @@ from features.impressions import with_impressions
 from features.rows import ITEM_VIEW, USER_CATEGORY_VIEW, USER_VIEW
 from features.state import DAY_MS, HOUR_MS
 from features.store import apply_repo
-from jobs.launch import settings_env
 from jobs.runtime import read_stats
 from jobs.features_job import JOB
 from streamrank.config import Settings
+from tests.integration.child_jobs import ChildJob
 
 pytestmark = pytest.mark.integration
 
 SAMPLE_ROWS = 1_000
+RESTORE_ROWS = 2_000
 REDIS_DB = 9
 KEYS_CHECKED = 50
-WAIT_S = 300.0
 
 COUNTERS: dict[str, list[tuple[str, str, int]]] = {
     # view: (feature, event type counted, half-life)
@@ -59,15 +58,19 @@ KEYS = {USER_VIEW: ["user_id"], ITEM_VIEW: ["item_id"],
         USER_CATEGORY_VIEW: ["user_id", "category_id"]}
 
 
-@pytest.fixture(scope="module")
-def events(tmp_path_factory: pytest.TempPathFactory) -> list[Event]:
-    """The first rows of the Taobao sample with the impression rule applied."""
+def sample_events(rows: int, tmp: Path) -> list[Event]:
+    """The first ``rows`` rows of the Taobao sample with the impression rule applied."""
     settings = Settings()
-    head = tmp_path_factory.mktemp("sample") / "head.csv"
+    head = tmp / "head.csv"
     with settings.sample_log.open() as src:
-        head.write_text("".join(islice(src, SAMPLE_ROWS)))
+        head.write_text("".join(islice(src, rows)))
     raw, _ = read_log(head, "taobao", settings=settings)
     return list(with_impressions(raw, settings))
+
+
+@pytest.fixture(scope="module")
+def events(tmp_path_factory: pytest.TempPathFactory) -> list[Event]:
+    return sample_events(SAMPLE_ROWS, tmp_path_factory.mktemp("sample"))
 
 
 @pytest.fixture
@@ -85,23 +88,9 @@ def produce(settings: Settings, events: list[Event]) -> None:
         producer.send_many(events)
 
 
-def run_bounded(settings: Settings, *flags: str) -> None:
-    """``python -m jobs run features --bounded [flags]`` in the foreground; fails on error."""
-    log = settings.path("logs", f"bounded-{time.monotonic_ns()}.log")
-    with log.open("wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "jobs", "run", JOB, "--bounded", *flags],
-                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-                                env={**os.environ, **settings_env(settings)})
-        try:
-            code = proc.wait(timeout=WAIT_S)
-        finally:
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-    assert code == 0, log.read_text()[-3000:]
-
-
 def frame(events: list[Event]) -> pd.DataFrame:
+    """The events that feed feature state, as columns."""
+    events = [e for e in events if not e.synthetic]
     return pd.DataFrame({"user_id": [e.user_id for e in events],
                          "item_id": [e.item_id for e in events],
                          "category_id": [e.category_id for e in events],
@@ -135,7 +124,7 @@ def sample_keys(df: pd.DataFrame, view: str) -> list[tuple]:
     half = KEYS_CHECKED // 2
     rest = keys[half:]
     picked = keys[:half] + rest[::max(1, len(rest) // half)][:half]
-    assert counts.iloc[:half].min() >= 3  # keys with several events are among them
+    assert counts.iloc[0] >= 2  # keys with several events are among them
     return picked
 
 
@@ -178,25 +167,11 @@ def read_examples(settings: Settings, n: int) -> list[TrainingExample]:
     return out
 
 
-def test_bounded_run_writes_the_reference_features_and_examples(
-        job_settings: Settings, events: list[Event]) -> None:
-    settings = job_settings
-    produce(settings, events)
-    run_bounded(settings)
-
-    counts = read_stats(JOB, settings)["counts"]
-    assert counts.get("valid") == len(events) and not counts.get("invalid"), counts
-    assert_feast_matches(settings, events)
-
-    # Events of one item at the same millisecond from different users (so from different
-    # partitions) are applied in arrival order, the reference's in log order: for those
-    # impressions the item features may differ by that order alone and are not compared.
-    df = frame(events)
-    ties = df.groupby(["item_id", "t"])["user_id"].nunique()
-    ties = set(ties[ties > 1].index)
+def assert_examples_match(settings: Settings, events: list[Event]) -> int:
+    """The examples topic holds exactly the reference's examples (a restored run may have sent
+    some twice: then as identical copies); returns how many records it holds."""
     reference = {x.example_id: x for x in build_examples(events, settings)}
     got = read_examples(settings, len(reference))
-    assert len(got) == len(reference) == counts.get("examples")
     assert {x.example_id for x in got} == reference.keys()
     assert sum(x.click for x in got) > 0
     for x in got:
@@ -204,11 +179,42 @@ def test_bounded_run_writes_the_reference_features_and_examples(
         assert (x.user_id, x.item_id, x.event_time, x.click, x.purchase) == (
             want.user_id, want.item_id, want.event_time, want.click, want.purchase)
         assert x.features.keys() == want.features.keys()
-        tied = (x.item_id, x.event_time) in ties
         bad = {k: (x.features[k], v) for k, v in want.features.items()
-               if not (tied and k.startswith("i_"))
-               and not math.isclose(x.features[k], v, rel_tol=1e-9, abs_tol=1e-9)}
+               if not math.isclose(x.features[k], v, rel_tol=1e-9, abs_tol=1e-9)}
         assert not bad, (x.example_id, bad)
-    tied = sum((x.item_id, x.event_time) in ties for x in got)
-    assert tied < len(got) // 4, tied  # 730 of 4,500 on the first 1,000 rows
+    return len(got)
 
+
+def test_bounded_run_writes_the_reference_features_and_examples(
+        job_settings: Settings, events: list[Event], child_jobs: Callable[..., ChildJob]) -> None:
+    settings = job_settings
+    produce(settings, events)
+    child_jobs(JOB, settings, "--bounded").finish()
+
+    counts = read_stats(JOB, settings)["counts"]
+    assert counts.get("valid") == len(events) and not counts.get("invalid"), counts
+    assert_feast_matches(settings, events)
+    assert assert_examples_match(settings, events) == counts["examples"]
+
+
+def test_killed_mid_stream_and_restored_it_ends_with_the_same_values(
+        job_settings: Settings, tmp_path: Path, child_jobs: Callable[..., ChildJob]) -> None:
+    # checkpoints 2 s apart, and the kill more than ``feast_flush_ms`` after one: the rows of
+    # the events before the checkpoint have been flushed (see the job's docstring, "Restore")
+    settings = job_settings.model_copy(update={"checkpoint_interval_ms": 2_000})
+    events = sample_events(RESTORE_ROWS, tmp_path)
+    produce(settings, events)
+    run = child_jobs(JOB, settings, "--bounded")
+    run.wait_for("a quarter of the events read",
+                 lambda: read_stats(JOB, settings)["counts"].get("valid", 0) > len(events) // 4)
+    seen = run.checkpoint_id()
+    run.wait_for("a checkpoint after that", lambda: run.checkpoint_id() > seen)
+    time.sleep(3 * settings.feast_flush_ms / 1000)
+    assert run.proc.poll() is None, "the run ended before it could be killed mid-stream"
+    run.kill()
+
+    child_jobs(JOB, settings, "--bounded", "--restore").finish()
+    counts = read_stats(JOB, settings)["counts"]
+    assert 0 < counts.get("valid", 0) < len(events), counts  # it went on from the checkpoint
+    assert_feast_matches(settings, events)
+    assert assert_examples_match(settings, events) >= counts["examples"]

@@ -12,7 +12,7 @@ import os
 import signal
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, cast
 
@@ -23,10 +23,10 @@ from connectors.admin import delete_topics, ensure_topics
 from connectors.kafka_config import consumer_config
 from jobs.launch import run_job, running_pid, stop_job
 from streamrank.config import Settings
+from tests.integration.child_jobs import wait_for
 
 pytestmark = pytest.mark.integration
 
-TIMEOUT_S = 180.0  # PyFlink start-up on a busy 2-core machine
 
 
 @pytest.fixture
@@ -39,15 +39,6 @@ def settings(tmp_path: Path) -> Iterator[Settings]:
     yield s
     stop_job("ingest", s, timeout_s=10)
     delete_topics(s, [s.topic_events, s.topic_dlq])
-
-
-def wait_for(what: str, check: Callable[[], Any], timeout_s: float = TIMEOUT_S) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if result := check():
-            return result
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout_s:.0f}s waiting for {what}")
 
 
 def event(n: int, t: int, **fields: Any) -> bytes:

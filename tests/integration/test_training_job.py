@@ -7,13 +7,7 @@ Examples come from the shared Taobao sample through the pure builder; the job ru
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable
 from itertools import islice
 from pathlib import Path
 from typing import Any
@@ -30,13 +24,12 @@ from connectors.model_updates import ModelUpdateSubscriber
 from connectors.snapshot_store import SnapshotStore
 from features.examples import build_examples
 from features.impressions import with_impressions
-from jobs.launch import settings_env
-from jobs.runtime import latest_checkpoint
 from jobs.training_job import JOB, status_path
 from models.delta import ModelUpdate, decode_message, hmac_key, read_metadata
 from models.follower import ModelFollower, Status
 from models.ranker import Ranker
 from streamrank.config import Settings
+from tests.integration.child_jobs import ChildJob, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -44,7 +37,6 @@ SAMPLE_ROWS = 30_000
 EXAMPLES = 10_000
 """Examples built (the crash test sends 6,000 before the crash and the rest after it)."""
 BAD_RECORD = b'{"example_id": "x1", "click": 1'
-WAIT_S = 240.0
 
 
 @pytest.fixture(scope="module")
@@ -70,44 +62,6 @@ def job_settings(topics: Settings, tmp_path: Path) -> Settings:
     })
 
 
-@dataclass
-class ChildJob:
-    """A training job run in a child process of its own session."""
-
-    proc: subprocess.Popen
-    log: Path
-
-    def tail(self) -> str:
-        return self.log.read_text()[-3000:]
-
-    def kill(self) -> None:
-        """SIGKILL the run's whole session (the client and its Flink JVM) and reap it."""
-        try:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        self.proc.wait(timeout=30)
-
-
-@pytest.fixture
-def jobs(tmp_path: Path) -> Iterator[Callable[..., ChildJob]]:
-    """Starts training job runs with given settings; kills what is left of them at the end."""
-    started: list[ChildJob] = []
-
-    def start(settings: Settings, *flags: str) -> ChildJob:
-        log = tmp_path / f"job-{len(started)}.log"
-        with log.open("wb") as out:
-            proc = subprocess.Popen([sys.executable, "-m", "jobs", "run", JOB, *flags], stdout=out,
-                                    stderr=subprocess.STDOUT, start_new_session=True,
-                                    env={**os.environ, **settings_env(settings)})
-        started.append(ChildJob(proc, log))
-        return started[-1]
-
-    yield start
-    for run in started:
-        run.kill()
-
-
 def produce(settings: Settings, records: list[bytes]) -> None:
     """Send ``records`` to the examples topic and wait for every ack."""
     producer = Producer(producer_config(settings))
@@ -117,31 +71,12 @@ def produce(settings: Settings, records: list[bytes]) -> None:
     assert producer.flush(30) == 0
 
 
-def wait_for(what: str, check: Callable[[], Any], run: ChildJob | None = None,
-             timeout_s: float = WAIT_S) -> Any:
-    """Poll ``check`` until it returns something truthy; fail if ``run`` ends first."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if result := check():
-            return result
-        if run is not None and run.proc.poll() is not None:
-            pytest.fail(f"job exited ({run.proc.returncode}) before {what}:\n{run.tail()}")
-        time.sleep(0.3)
-    pytest.fail(f"timed out waiting for {what}")
-
-
 def status(settings: Settings) -> dict[str, Any]:
     """The trainer's status file ({} before the first write)."""
     try:
         return json.loads(status_path(settings).read_text())
     except (OSError, ValueError):
         return {}
-
-
-def checkpoint_id(settings: Settings) -> int:
-    """The number of the latest completed checkpoint (-1 when none)."""
-    latest = latest_checkpoint(JOB, settings)
-    return int(latest.name.removeprefix("chk-")) if latest else -1
 
 
 def updates_until(settings: Settings, done: Callable[[list[bytes]], bool]) -> list[bytes]:
@@ -168,12 +103,12 @@ def equal_weights(model: Ranker, tensors: dict[str, torch.Tensor]) -> bool:
 
 
 def test_bounded_run_publishes_a_version_chain_that_followers_reproduce(
-        job_settings: Settings, examples: list[bytes], jobs: Callable[..., ChildJob]
+        job_settings: Settings, examples: list[bytes], child_jobs: Callable[..., ChildJob]
 ) -> None:
     settings = job_settings
     produce(settings, examples[:EXAMPLES // 2] + [BAD_RECORD] + examples[EXAMPLES // 2:])
-    run = jobs(settings, "--bounded")
-    assert run.proc.wait(timeout=WAIT_S) == 0, run.tail()
+    run = child_jobs(JOB, settings, "--bounded")
+    run.finish()
 
     final = status(settings)
     store = SnapshotStore.from_settings(settings)
@@ -226,19 +161,19 @@ def test_bounded_run_publishes_a_version_chain_that_followers_reproduce(
 
 
 def test_crash_and_restore_keep_versions_going_up(
-        job_settings: Settings, examples: list[bytes], jobs: Callable[..., ChildJob]
+        job_settings: Settings, examples: list[bytes], child_jobs: Callable[..., ChildJob]
 ) -> None:
     # only the first version of a run is a snapshot: the restore goes back to the crashed run's
     # first version, so the examples between it and the checkpoint are surely skipped
     settings = job_settings.model_copy(update={"snapshot_every": 1_000_000})
     first, second = examples[:6_000], examples[6_000:]
     produce(settings, first)
-    run = jobs(settings)
-    wait_for("the first part learned", lambda: status(settings).get("examples") == len(first),
-             run)
-    seen = checkpoint_id(settings)
+    run = child_jobs(JOB, settings)
+    run.wait_for("the first part learned",
+                 lambda: status(settings).get("examples") == len(first))
+    seen = run.checkpoint_id()
     # a checkpoint triggered after everything of the first part was read holds its end offsets
-    wait_for("two more checkpoints", lambda: checkpoint_id(settings) >= seen + 2, run)
+    run.wait_for("two more checkpoints", lambda: run.checkpoint_id() >= seen + 2)
     run.kill()
 
     store = SnapshotStore.from_settings(settings)
@@ -248,13 +183,13 @@ def test_crash_and_restore_keep_versions_going_up(
     assert snapshot_version == 1 and 0 < restored_examples < len(first)
 
     produce(settings, second)
-    run = jobs(settings, "--restore")
+    run = child_jobs(JOB, settings, "--restore")
     # as the job's docstring says: the examples after the snapshot and before the checkpoint
     # are skipped, those after the checkpoint are learned once
     expected = {"restored_version": snapshot_version,
                 "examples": restored_examples + len(second)}
-    wait_for("the second part learned",
-             lambda: {k: status(settings).get(k) for k in expected} == expected, run)
+    run.wait_for("the second part learned",
+                 lambda: {k: status(settings).get(k) for k in expected} == expected)
     messages = updates_until(settings, lambda ms: bool(ms) and read_metadata(ms[-1])["examples"]
                              == str(expected["examples"]))
     run.kill()

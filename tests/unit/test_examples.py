@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from connectors.events import Event
-from features.examples import ExampleBuilder, build_examples
+from features.examples import ExampleBuilder, ItemTimeline, build_examples
 from features.schema import DENSE_FEATURES
 from features.state import HOUR_MS, NO_HISTORY_S, PRIOR_CTR
 from streamrank.config import Settings
@@ -85,3 +85,36 @@ def test_same_stream_same_examples():
     a, b = list(build_examples(log, SETTINGS)), list(build_examples(log, SETTINGS))
     assert a == b and len(a) == 50 and sum(x.click for x in a) == 13
     assert [x.event_time for x in a] == sorted(x.event_time for x in a)
+
+
+def test_synthetic_impressions_join_labels_but_feed_no_feature():
+    shown = ev("i1", "impression", 0, request="r1").model_copy(update={"synthetic": True})
+    log = [shown, ev("c1", "click", 1_000, request="r1"),
+           ev("i2", "impression", 2_000, item="a", user="v", request="r2")]
+    first, second = build_examples(log, SETTINGS)
+    assert first.click == 1  # still labelled by its click
+    assert second.features["i_impressions_24h"] == 0.0  # the synthetic one is not counted
+    assert second.features["i_clicks_24h"] == pytest.approx(1.0, rel=1e-3)
+    assert second.features["i_secs_since_last"] == 1.0  # since the click, not the impression
+
+
+def test_item_features_leave_out_the_items_events_of_the_same_millisecond():
+    log = [ev("c0", "click", 0, user="w"),
+           ev("c1", "click", 1_000, user="v"),               # same item, same millisecond,
+           ev("i1", "impression", 1_000, request="r1"),       # another user: not seen
+           ev("i2", "impression", 1_001, request="r2")]       # a millisecond later: seen
+    same, later = build_examples(log, SETTINGS)
+    assert same.features["i_clicks_24h"] == pytest.approx(1.0, rel=1e-4)
+    assert later.features["i_clicks_24h"] == pytest.approx(2.0, rel=1e-4)
+    assert later.features["i_impressions_24h"] == pytest.approx(1.0, rel=1e-4)
+
+
+def test_item_timeline_keeps_a_bounded_window_and_a_base():
+    timeline = ItemTimeline(keep_ms=1_000)
+    for t in range(0, 10_000, 100):
+        timeline.apply("a", "click", t)
+    assert timeline.before("a", 9_950).clicks_24h.read(9_950) == pytest.approx(100, rel=1e-3)
+    # reads earlier than the window see the base: the clicks up to the window's start
+    base = timeline.before("a", 0).clicks_24h.read(9_000)
+    assert 85 < base < 92
+    assert len(timeline._versions["a"]) <= 12

@@ -63,6 +63,7 @@ def test_each_click_becomes_a_request_with_the_clicked_item_once(events):
         assert sorted(e.position for e in shown) == list(range(len(shown)))
         assert {e.event_time for e in shown} == {click.event_time - 1}
         assert {e.user_id for e in shown} == {click.user_id}
+        assert all(e.synthetic for e in shown) and not click.synthetic
         clicked = next(e for e in shown if e.item_id == click.item_id)
         assert click.position == clicked.position and rid == f"req-{click.event_id}"
         sizes[len(shown)] += 1

@@ -163,16 +163,17 @@ def test_labels_match_an_independent_pandas_join(stream):
 
 
 def _decayed_before(df: pd.DataFrame, key: str, targets: pd.DataFrame, half_life: int,
-                    inclusive: bool = False) -> tuple[np.ndarray, pd.Series]:
+                    inclusive: bool = False, on: str = "idx") -> tuple[np.ndarray, pd.Series]:
     """Per target row: sum(2 ** (-(T - t_i) / h)) over clicks of its key earlier in the stream
-    (``inclusive``: or the row itself), T = max(its time, the latest such click's time);
-    computed independently of features.state. Returns the values and the targets' event_ids."""
-    src = df[df.event_type == "click"].sort_values("idx")
+    (``on="idx"``) or at earlier milliseconds (``on="event_time"``) (``inclusive``: or the row
+    itself), T = max(its time, the latest such click's time); computed independently of
+    features.state. Returns the values and the targets' event_ids."""
+    src = df[df.event_type == "click"].sort_values(on, kind="stable")
     t0 = int(df.event_time.min())
     src = src.assign(w=np.exp2((src.event_time - t0) / half_life))
     src = src.assign(s=src.groupby(key).w.cumsum(), last=src.groupby(key).event_time.cummax())
-    got = pd.merge_asof(targets.sort_values("idx"), src[[key, "idx", "s", "last"]],
-                        on="idx", by=key, direction="backward", allow_exact_matches=inclusive)
+    got = pd.merge_asof(targets.sort_values(on, kind="stable"), src[[key, on, "s", "last"]],
+                        on=on, by=key, direction="backward", allow_exact_matches=inclusive)
     t = np.maximum(got.event_time, got["last"].fillna(0))
     return (got.s.fillna(0.0) * np.exp2(-(t - t0) / half_life)).to_numpy(), got.event_id
 
@@ -181,9 +182,10 @@ def test_features_are_as_of_the_impression_without_its_click(stream):
     events, examples = stream
     df = _frame(events)
     imps = df[df.event_type == "impression"]
-    for name, key, half_life in [("u_clicks_24h", "user_id", DAY_MS),
-                                 ("i_clicks_1h", "item_id", HOUR_MS)]:
-        expected, ids = _decayed_before(df, key, imps, half_life)
+    # the user's clicks before it in the stream; the item's clicks of earlier milliseconds
+    for name, key, half_life, on in [("u_clicks_24h", "user_id", DAY_MS, "idx"),
+                                     ("i_clicks_1h", "item_id", HOUR_MS, "event_time")]:
+        expected, ids = _decayed_before(df, key, imps, half_life, on=on)
         got = np.array([examples[i].features[name] for i in ids])
         np.testing.assert_allclose(got, expected, rtol=1e-9, atol=1e-12, err_msg=name)
     # the leaky alternative (the labelling click included) is at least ~1 higher on every positive
