@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
-from confluent_kafka import KafkaException
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from confluent_kafka import Consumer, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from connectors.kafka_config import admin_config, consumer_config
 from streamrank.config import Settings
+
+ADMIN_GROUP = "streamrank-admin"
+"""The consumer group of offset queries (it never commits)."""
 
 
 def topic_specs(settings: Settings) -> dict[str, int]:
@@ -56,45 +62,36 @@ def delete_topics(settings: Settings, names: list[str]) -> None:
         fut.result()
 
 
-def _offsets(settings: Settings, topic: str, group_id: str) -> tuple[dict[int, int], dict[int, int]]:
-    """Per partition of ``topic``: the end offset, and ``group_id``'s committed offset (-1 when
-    it has none)."""
-    from confluent_kafka import Consumer, TopicPartition
-
+@contextmanager
+def _partitions(settings: Settings, topic: str,
+                group_id: str = ADMIN_GROUP) -> Iterator[tuple[Consumer, list[TopicPartition]]]:
+    """A consumer of ``group_id`` (it reads and commits nothing) and ``topic``'s partitions."""
     consumer = Consumer(consumer_config(settings, group_id, **{"enable.auto.commit": False}))
     try:
-        parts = [TopicPartition(topic, p)
-                 for p in consumer.list_topics(topic, timeout=10).topics[topic].partitions]
-        ends = {tp.partition: consumer.get_watermark_offsets(tp, timeout=10)[1] for tp in parts}
-        committed = {tp.partition: max(tp.offset, -1)
-                     for tp in consumer.committed(parts, timeout=10)}
-        return ends, committed
+        yield consumer, [TopicPartition(topic, p)
+                         for p in consumer.list_topics(topic, timeout=10).topics[topic].partitions]
     finally:
         consumer.close()
+
+
+def _watermarks(settings: Settings, topic: str) -> dict[int, tuple[int, int]]:
+    """The (low, high) offsets of each partition of ``topic``."""
+    with _partitions(settings, topic) as (consumer, parts):
+        return {tp.partition: consumer.get_watermark_offsets(tp, timeout=10) for tp in parts}
 
 
 def topic_size(settings: Settings, topic: str) -> int:
     """Records currently in ``topic``: the sum over partitions of high minus low offsets."""
-    from confluent_kafka import Consumer, TopicPartition
-
-    consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": "streamrank-admin"})
-    try:
-        parts = consumer.list_topics(topic, timeout=10).topics[topic].partitions
-        total = 0
-        for p in parts:
-            low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
-            total += high - low
-        return total
-    finally:
-        consumer.close()
+    return sum(high - low for low, high in _watermarks(settings, topic).values())
 
 
 def end_offsets(settings: Settings, topic: str) -> dict[int, int]:
     """The end offset of each partition of ``topic`` (the offset its next record will get)."""
-    return _offsets(settings, topic, "streamrank-admin")[0]
+    return {p: high for p, (_, high) in _watermarks(settings, topic).items()}
 
 
 def caught_up(settings: Settings, topic: str, group_id: str, ends: dict[int, int]) -> bool:
     """Whether ``group_id`` has committed offsets at or past ``ends`` on every partition."""
-    committed = _offsets(settings, topic, group_id)[1]
+    with _partitions(settings, topic, group_id) as (consumer, parts):
+        committed = {tp.partition: tp.offset for tp in consumer.committed(parts, timeout=10)}
     return all(end <= 0 or committed.get(p, -1) >= end for p, end in ends.items())
