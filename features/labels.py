@@ -3,7 +3,10 @@
 The rules (the Flink training-example job applies the same ones):
 
 * **Watermark.** ``max event time seen - settings.max_out_of_orderness_ms`` (bounded
-  out-of-orderness), or later when :meth:`LabelJoiner.advance` is given a later one.
+  out-of-orderness), or later when :meth:`LabelJoiner.advance` is given a later one. A joiner
+  built with ``follow_events=False`` moves only through :meth:`~LabelJoiner.advance`: the stream
+  job's per-user joiners follow Flink's watermark, never the user's own event times, which
+  run ahead of the other keys' (and of the item features of the user's impressions).
 * **Attribution.** A click carrying a ``request_id`` labels the impression of that request and
   item (even when its event time is a little before the impression's: clock skew between the
   services that log them). A click without one, and every purchase, labels the latest
@@ -92,7 +95,8 @@ class _Pending:
 class LabelJoiner:
     """Joins impressions with their labels; see the module docstring for the rules."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, follow_events: bool = True) -> None:
+        self._follow = follow_events
         self._window = settings.attribution_window_ms
         self._lag = settings.max_out_of_orderness_ms
         self._lateness = settings.allowed_lateness_ms
@@ -134,7 +138,7 @@ class LabelJoiner:
             self._hold(event, features or {})
         elif event.event_type in ("click", "purchase"):
             heapq.heappush(self._labels, (event.event_time, next(self._seq), event))
-        return self.advance(event.event_time - self._lag)
+        return self.advance(event.event_time - self._lag) if self._follow else []
 
     def advance(self, watermark: int) -> list[TrainingExample]:
         """Move the watermark forward (never back); return the examples that finished."""

@@ -203,7 +203,7 @@ class UserStage(_WritingStage):
         self._wait = self._settings.attribution_window_ms + self._settings.max_out_of_orderness_ms
 
     def _load_joiner(self) -> LabelJoiner:
-        return self._joiner.value() or LabelJoiner(self._settings)
+        return self._joiner.value() or LabelJoiner(self._settings, follow_events=False)
 
     def _emit(self, joiner: LabelJoiner, finished: list[TrainingExample]) -> Iterator[bytes]:
         self._joiner.update(joiner)

@@ -36,6 +36,7 @@ from jobs.runtime import read_stats
 from jobs.features_job import JOB
 from streamrank.config import Settings
 from tests.integration.child_jobs import ChildJob
+from tests.shop_logs import spanning_log
 
 pytestmark = pytest.mark.integration
 
@@ -193,6 +194,24 @@ def test_bounded_run_writes_the_reference_features_and_examples(
 
     counts = read_stats(JOB, settings)["counts"]
     assert counts.get("valid") == len(events) and not counts.get("invalid"), counts
+    assert_feast_matches(settings, events)
+    assert assert_examples_match(settings, events) == counts["examples"]
+
+
+def test_users_whose_events_span_several_attribution_windows(
+        job_settings: Settings, child_jobs: Callable[..., ChildJob]) -> None:
+    # each user's partition is read in chunks, ahead of the other partitions and so of Flink's
+    # watermark: examples must wait for the watermark (their item features come with it), not
+    # for the user's own later events
+    settings = job_settings
+    events = spanning_log(users=16, minutes=60)
+    span = max(e.event_time for e in events) - min(e.event_time for e in events)
+    assert span > 3 * settings.attribution_window_ms
+    produce(settings, events)
+    child_jobs(JOB, settings, "--bounded").finish()
+
+    counts = read_stats(JOB, settings)["counts"]
+    assert counts.get("valid") == len(events), counts
     assert_feast_matches(settings, events)
     assert assert_examples_match(settings, events) == counts["examples"]
 
