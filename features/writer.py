@@ -281,7 +281,7 @@ class FeatureWriter:
         written = 0
         if self._opened_ms is not None and (len(self._pending) >= self._batch_rows
                                             or now - self._opened_ms >= self._flush_ms):
-            written = self._flush_online()
+            written = self.flush_online()
         if self._offline_opened_ms is not None and (self._offline_count >= self._offline_rows
                                                     or now - self._offline_opened_ms
                                                     >= self._offline_ms):
@@ -291,7 +291,7 @@ class FeatureWriter:
     def flush(self) -> int:
         """Write every pending row online, then everything buffered to the offline log; the
         rows written online."""
-        written = self._flush_online()
+        written = self.flush_online()
         self._flush_offline()
         return written
 
@@ -299,7 +299,8 @@ class FeatureWriter:
         """Flush what is pending."""
         self.flush()
 
-    def _flush_online(self) -> int:
+    def flush_online(self) -> int:
+        """Write every pending row online now (the offline buffer keeps them); the rows written."""
         batch = self._pending.rows()
         if not batch:
             self._opened_ms = None

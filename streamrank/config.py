@@ -39,8 +39,10 @@ class Settings(BaseSettings):
     topic_dlq: str = "events.dlq"
     topic_examples: str = "training.examples"
     topic_deltas: str = "model.deltas"
+    topic_feature_rows: str = "features.rows"
+    """Feature rows from the features job to the Feast writer (compacted; keyed by view + key)."""
     events_partitions: int = 4
-    """Partitions of ``events`` (and ``training.examples``); keyed by user_id."""
+    """Partitions of ``events`` (and ``training.examples``, ``features.rows``); keyed by user_id."""
     topic_retention_bytes: int = 1 << 30
     """Retention per partition (by size: records carry event times, often old ones)."""
 
@@ -68,6 +70,9 @@ class Settings(BaseSettings):
     """Keyed feature state idle this long (event time) is dropped."""
     feast_batch_rows: int = 1_000
     feast_flush_ms: int = 200
+    """The Feast writer waits at most this long for more rows before it writes."""
+    feast_commit_ms: int = 5_000
+    """The Feast writer writes the offline log and commits its offsets this often."""
     job_parallelism: int = 1
     checkpoint_interval_ms: int = 2_000
 

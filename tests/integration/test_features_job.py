@@ -32,6 +32,7 @@ from features.impressions import with_impressions
 from features.rows import ITEM_VIEW, USER_CATEGORY_VIEW, USER_VIEW
 from features.state import DAY_MS, HOUR_MS
 from features.store import apply_repo
+from jobs.feast_writer import run_writer
 from jobs.runtime import read_stats
 from jobs.features_job import JOB
 from streamrank.config import Settings
@@ -191,6 +192,7 @@ def test_bounded_run_writes_the_reference_features_and_examples(
     settings = job_settings
     produce(settings, events)
     child_jobs(JOB, settings, "--bounded").finish()
+    run_writer(settings, bounded=True)
 
     counts = read_stats(JOB, settings)["counts"]
     assert counts.get("valid") == len(events) and not counts.get("invalid"), counts
@@ -209,6 +211,7 @@ def test_users_whose_events_span_several_attribution_windows(
     assert span > 3 * settings.attribution_window_ms
     produce(settings, events)
     child_jobs(JOB, settings, "--bounded").finish()
+    run_writer(settings, bounded=True)
 
     counts = read_stats(JOB, settings)["counts"]
     assert counts.get("valid") == len(events), counts
@@ -233,6 +236,7 @@ def test_killed_mid_stream_and_restored_it_ends_with_the_same_values(
     run.kill()
 
     child_jobs(JOB, settings, "--bounded", "--restore").finish()
+    run_writer(settings, bounded=True)
     counts = read_stats(JOB, settings)["counts"]
     assert 0 < counts.get("valid", 0) < len(events), counts  # it went on from the checkpoint
     assert_feast_matches(settings, events)
