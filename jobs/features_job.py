@@ -136,8 +136,10 @@ class _Stage(KeyedProcessFunction):
         if before is None or expiry_timer(before, self._ttl, self._lateness) != due:
             ctx.timer_service().register_event_time_timer(due)
 
-    def _expired(self, last_ms: int | None, watermark: int) -> bool:
-        return last_ms is not None and last_ms + self._ttl + self._lateness < watermark
+    def _expired(self, last_ms: int | None, passed: int) -> bool:
+        """Whether no acceptable event can see a state whose latest event is at ``last_ms``
+        once the watermark has passed ``passed`` (a timer's time, see ``UserStage._expire``)."""
+        return last_ms is not None and last_ms + self._ttl + self._lateness < passed
 
     def close(self) -> None:
         self._stats.close()
@@ -199,8 +201,7 @@ class ItemStage(_Stage):
             if state is not before:
                 self._settled.update(state)
         online: ItemState | None = self._online.value()
-        if online is not None and self._expired(online.last_ms,
-                                                ctx.timer_service().current_watermark()):
+        if online is not None and self._expired(online.last_ms, timestamp):
             self._online.clear()
             self._settled.clear()
             self._stats.add("expired_keys")
@@ -272,14 +273,17 @@ class UserStage(_Stage):
             self._joiner.update(joiner)
         else:
             self._joiner.clear()
-        self._expire(watermark)
+        self._expire(timestamp)
 
-    def _expire(self, watermark: int) -> None:
+    def _expire(self, passed: int) -> None:
+        """Free what expired before ``passed``, a time the watermark has passed (a timer's: the
+        watermark itself jumps to the end of time at the end of a bounded input, while the
+        timers it passed still fire one by one)."""
         user: UserState | None = self._user.value()
-        if user is not None and self._expired(user.last_ms, watermark):
+        if user is not None and self._expired(user.last_ms, passed):
             self._user.clear()
             self._stats.add("expired_keys")
-        stale = [c for c, s in self._categories.items() if self._expired(s.last_ms, watermark)]
+        stale = [c for c, s in self._categories.items() if self._expired(s.last_ms, passed)]
         for category in stale:
             self._categories.remove(category)
 

@@ -96,7 +96,7 @@ def messy_log(events: list[Event], *, lateness_ms: int, seed: int = 0,
         arrival = e.event_time
         roll = rng.random()
         if e.event_time > start and roll < late:
-            arrival += 2 * lateness_ms + rng.randrange(1, lateness_ms)
+            arrival += 10 * lateness_ms + rng.randrange(1, lateness_ms)
         elif e.event_time > start and roll < late + shuffled:
             arrival += rng.randrange(1, lateness_ms // 2)
         keyed.append((arrival, 2 * i, e))
