@@ -37,6 +37,7 @@ from jobs.runtime import (
     read_stats,
     stats_dir,
 )
+from streamrank import processes
 from streamrank.config import Settings
 
 JobBuilder = Callable[..., None]
@@ -79,11 +80,6 @@ def _input_topic(name: str, settings: Settings) -> str:
     return importlib.import_module(JOBS[name]).input_topic(settings)
 
 
-def pid_file(name: str, settings: Settings) -> Path:
-    """Where a detached run of ``name`` keeps its pid."""
-    return settings.path("pids", f"job-{name}.pid")
-
-
 def log_file(name: str, settings: Settings) -> Path:
     """Where a detached run of ``name`` logs."""
     return settings.path("logs", f"job-{name}.log")
@@ -111,16 +107,9 @@ def settings_env(settings: Settings) -> dict[str, str]:
 
 
 def running_pid(name: str, settings: Settings) -> int | None:
-    """The pid of the detached run of ``name`` if it is alive, else ``None``."""
-    path = pid_file(name, settings)
-    try:
-        pid = int(path.read_text().strip())
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, ValueError):
-        return None
-    ours = b"jobs" in cmdline and name.encode() in cmdline and state != "Z"
-    return pid if ours else None
+    """The pid of the detached run of ``name`` if it is alive, else ``None`` (a stale pid file,
+    whose process is gone, does not count)."""
+    return processes.job_pid(settings, name)
 
 
 def _spawn(name: str, settings: Settings, bounded: bool, restore: bool,
@@ -134,7 +123,7 @@ def _spawn(name: str, settings: Settings, bounded: bool, restore: bool,
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out,
                                 stderr=subprocess.STDOUT, start_new_session=True,
                                 env={**os.environ, **settings_env(settings)})
-    pid_file(name, settings).write_text(f"{proc.pid}\n")
+    processes.pid_file(settings, processes.JOB_PREFIX + name).write_text(f"{proc.pid}\n")
     deadline = time.monotonic() + 10
     while running_pid(name, settings) != proc.pid:  # until its /proc entry shows the command
         if proc.poll() is not None or time.monotonic() > deadline:
@@ -223,41 +212,11 @@ def stop_job(name: str, settings: Settings, timeout_s: float = 30.0) -> bool:
     """Stop the detached run of ``name``: SIGTERM (the job is cancelled, its checkpoints kept),
     then SIGKILL to its process group after ``timeout_s``. Returns whether one was running."""
     pid = running_pid(name, settings)
-    pid_file(name, settings).unlink(missing_ok=True)
+    processes.pid_file(settings, processes.JOB_PREFIX + name).unlink(missing_ok=True)
     if pid is None:
         return False
-    os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout_s
-    while _alive(pid) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    try:
-        os.killpg(pid, signal.SIGKILL)  # what is left of its session: the gateway JVM
-    except ProcessLookupError:
-        pass
-    while _alive(pid) or _group_exists(pid):
-        time.sleep(0.05)
+    processes.stop(pid, timeout_s)
     return True
-
-
-def _group_exists(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    return True
-
-
-def _alive(pid: int) -> bool:
-    try:
-        if os.waitpid(pid, os.WNOHANG)[0] == pid:
-            return False
-    except ChildProcessError:
-        pass  # not our child: look at /proc
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
 
 
 def execute(name: str, settings: Settings, bounded: bool = False,

@@ -68,7 +68,7 @@ def stack_up() -> None:
 
 @stack_app.command("down")
 def stack_down() -> None:
-    """Stop exactly the processes `stack up` started (by pid)."""
+    """Stop this run directory's detached jobs, then the services `stack up` started (by pid)."""
     from streamrank import stack
 
     for name, what in stack.down(_settings()).items():
@@ -77,7 +77,7 @@ def stack_down() -> None:
 
 @stack_app.command("status")
 def stack_status() -> None:
-    """Show what runs where."""
+    """Show what runs where: the services and the detached jobs of this run directory."""
     from streamrank import stack
 
     table = Table("service", "address", "pid", "answers")
@@ -199,7 +199,7 @@ def _print_report(report) -> None:  # noqa: ANN001 - connectors.logs.ParseReport
 
 @app.command()
 def replay(
-    file: Annotated[Optional[Path], typer.Argument(help="the log (default: the shared Taobao sample)")] = None,
+    file: Annotated[Optional[Path], typer.Argument(help="the log (default: the Taobao sample in data/)")] = None,
     fmt: LogFormatOpt = "taobao",
     mapping: MappingOpt = None,
     columns: ColumnsOpt = None,
@@ -237,7 +237,7 @@ def replay(
 
 @app.command()
 def evaluate(
-    file: Annotated[Optional[Path], typer.Argument(help="the log (default: the shared Taobao sample)")] = None,
+    file: Annotated[Optional[Path], typer.Argument(help="the log (default: the Taobao sample in data/)")] = None,
     fmt: LogFormatOpt = "taobao",
     mapping: MappingOpt = None,
     columns: ColumnsOpt = None,
@@ -335,7 +335,7 @@ def job_stop(name: JobName) -> None:
 @app.command()
 def demo(
     out: Annotated[Optional[Path], typer.Option(help="where the report goes")] = None,
-    rows: Annotated[int, typer.Option(help="rows of the shared sample to run through")] = 10_000,
+    rows: Annotated[int, typer.Option(help="rows of the Taobao sample to run through")] = 10_000,
 ) -> None:
     """Everything end to end on local defaults: stack, replay, features and training jobs, a
     follower ranking with the published model, evaluation; stops what it started."""

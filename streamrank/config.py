@@ -31,8 +31,9 @@ class Settings(BaseSettings):
     redis_url: str = "redis://127.0.0.1:6379/0"
     flink_rest: str = "127.0.0.1:8081"
     scorer_port: int = 8000
-    sample_log: Path = REPO_ROOT.parent / "shared" / "data" / "taobao_user_behavior_sample.csv"
-    """The real Taobao sample that replay, evaluate, the demo and benchmarks default to."""
+    sample_log: Path = REPO_ROOT / "data" / "taobao_user_behavior_sample.csv"
+    """The real Taobao sample (in the repository, ``data/``) that replay, evaluate, the demo and
+    benchmarks default to."""
 
     # --- topics ----------------------------------------------------------------------------
     topic_events: str = "events"
