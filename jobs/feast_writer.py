@@ -111,11 +111,14 @@ class FeastRowWriter:
         self._last_commit = time.monotonic()
 
     def caught_up(self, ends: dict[int, int]) -> bool:
-        """Whether every partition has been read up to ``ends`` (an unassigned partition has
-        no position yet, so it is not)."""
-        positions = self._consumer.position([TopicPartition(self._topic, p) for p in ends])
-        return all(ends[tp.partition] <= 0 or tp.offset >= ends[tp.partition]
-                   for tp in positions)
+        """Whether every partition has been read up to ``ends``, by this writer or (committed)
+        by another member of its group."""
+        parts = [TopicPartition(self._topic, p) for p in ends]
+        done = {tp.partition: tp.offset for tp in self._consumer.committed(parts, timeout=10)}
+        for tp in self._consumer.position(parts):
+            done[tp.partition] = max(done[tp.partition], tp.offset, self._pending.get(
+                tp.partition, -1))
+        return all(end <= 0 or done[p] >= end for p, end in ends.items())
 
     def _dead_letter(self, m: Message, err: DecodeError) -> None:
         raw = m.value() or b""
@@ -129,7 +132,7 @@ class FeastRowWriter:
         self._consumer.close()
 
 
-def run_writer(settings: Settings, *, bounded: bool = False,
+def run(settings: Settings, *, bounded: bool = False,
                stop: threading.Event | None = None) -> WriterRun:
     """Run the writer until ``stop`` is set, SIGINT/SIGTERM (in the main thread), or, with
     ``bounded``, until it has read the end offsets the topic had at start."""

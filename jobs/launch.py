@@ -44,8 +44,12 @@ JobBuilder = Callable[..., None]
 """``build_job(env, settings, *, bounded)`` adds a job's operators to ``env``."""
 
 JOBS: dict[str, str] = {"ingest": "jobs.ingest", "features": "jobs.features_job",
-                        "training": "jobs.training_job"}
+                        "training": "jobs.training_job", "writer": "jobs.feast_writer"}
 """The jobs by name: the module whose ``build_job`` builds each (imported when run)."""
+PROCESSES = frozenset({"writer"})
+"""Jobs that are plain processes, not Flink jobs: their module's ``run(settings, bounded=)``
+runs them (the Feast writer; ``job run`` and ``--detach`` work alike, ``submit`` does not)."""
+DRAIN_IDLE_S = 10.0
 
 PYFLINK_HOME = Path(pyflink.__file__).parent
 """PyFlink's bundled Flink distribution (``bin/flink``, ``bin/start-cluster.sh``, ``opt/``)."""
@@ -162,6 +166,9 @@ def run_job(
     if detach:
         _check(name)
         return _spawn(name, settings, bounded, restore, mode)
+    if name in PROCESSES:
+        importlib.import_module(JOBS[name]).run(settings, bounded=bounded)
+        return JobRun(name=name, pid=os.getpid(), state="FINISHED")
     builder = _builder(name)
     env = create_env(name, settings, mode=mode, restore=restore)
     shutil.rmtree(stats_dir(name, settings), ignore_errors=True)
@@ -172,8 +179,11 @@ def run_job(
         stop.append(signum)
 
     # a restored bounded KafkaSource never signals its end (FLINK-31006): the run is drained
-    # once its consumer group has committed the end offsets seen now
+    # once its consumer group has committed the end offsets seen now, or once it has read
+    # records and then none for DRAIN_IDLE_S (the offsets of a split that finished just before
+    # the checkpoint it was restored from are not always committed again)
     topic = _input_topic(name, settings)
+    read, read_at = 0, time.monotonic()
     ends = end_offsets(settings, topic) if bounded and restore else None
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
@@ -184,10 +194,15 @@ def run_job(
             if stop and not cancelled:
                 client.cancel().result()
                 cancelled = True
-            if ends is not None and not draining and caught_up(settings, topic, group_id(name),
-                                                               ends):
-                _drain(client, settings.path("savepoints", name).resolve())
-                draining = True
+            if ends is not None and not draining:
+                counts = read_stats(name, settings)["counts"]
+                now_read = counts.get("valid", 0) + counts.get("invalid", 0)
+                if now_read != read:
+                    read, read_at = now_read, time.monotonic()
+                if (caught_up(settings, topic, group_id(name), ends)
+                        or (read and time.monotonic() - read_at > DRAIN_IDLE_S)):
+                    _drain(client, settings.path("savepoints", name).resolve())
+                    draining = True
             time.sleep(0.5)
             _write_stats(name, settings)
         _write_stats(name, settings)
@@ -223,6 +238,8 @@ def execute(name: str, settings: Settings, bounded: bool = False,
             mode: ExecutionMode = DEFAULT_MODE) -> str:
     """Build job ``name`` in the current Flink context and submit it without waiting; returns
     the job id. ``flink run`` calls this (through ``python -m jobs execute``)."""
+    if name in PROCESSES:
+        raise ValueError(f"{name!r} is not a Flink job: run it with `job run {name}`")
     builder = _builder(name)
     env = create_env(name, settings, mode=mode)
     # A cluster started from PyFlink's bin/ has flink-python in opt/, not on its class path.
@@ -260,6 +277,8 @@ def submit_job(
     ``bin/start-cluster.sh``; hosts elsewhere need the same venv at the same path.
     """
     _check(name)
+    if name in PROCESSES:
+        raise ValueError(f"{name!r} is not a Flink job: run it with `job run {name}`")
     cmd = [str(PYFLINK_HOME / "bin" / "flink"), "run", "-m", jobmanager or settings.flink_rest,
            "-d", "-pym", "jobs", "-pyfs", str(source_archive(settings)),
            "-pyclientexec", sys.executable, "-pyexec", sys.executable,

@@ -50,19 +50,24 @@ def _fail(message: str, code: int = 2) -> typer.Exit:
 
 @stack_app.command("up")
 def stack_up() -> None:
-    """Start Kafka and Redis (if not running), wait until both answer, create the topics and
-    register the Feast feature repo."""
+    """Start Kafka and Redis (if not running), wait until both answer, create the topics,
+    register the Feast feature repo and start the Feast writer in the background."""
     from streamrank import stack
 
     from features.store import apply_repo
+    from jobs.launch import run_job, running_pid
 
     settings = _settings()
     with console.status("starting the local stack"):
         state = stack.up(settings)
         apply_repo(settings)
+        writer = running_pid("writer", settings)
+        if writer is None:
+            writer = run_job("writer", settings, detach=True).pid
     for name, what in state.items():
         console.print(f"{name}: {what}")
     console.print("feast: feature repo applied")
+    console.print(f"feast writer: running (pid {writer}; `streamrank job stop writer`)")
     console.print(f"stack up (run dir {settings.run_dir.resolve()}); stop it with `streamrank stack down`")
 
 
@@ -279,7 +284,7 @@ def topics() -> None:
 
 # --- jobs -------------------------------------------------------------------------------------
 
-JobName = Annotated[str, typer.Argument(help="ingest | features | training")]
+JobName = Annotated[str, typer.Argument(help="ingest | features | training | writer")]
 
 
 @job_app.command("run")

@@ -2,7 +2,8 @@
 
 1. start the local stack (Kafka, Redis) and register the Feast repo;
 2. replay the head of the shared Taobao sample into ``events`` (impressions added by the rule);
-3. run the ``features`` job bounded: validation, Feast features, training examples;
+3. run the ``features`` job bounded (validation, feature rows, training examples), then the
+   Feast writer bounded (the rows into Feast's online store and offline log);
 4. run the ``training`` job bounded: online trainer, deltas and snapshots on ``model.deltas``;
 5. follow ``model.deltas`` like a scorer would, and rank candidates for one shopper with the
    followed model and the features read back through Feast;
@@ -114,6 +115,7 @@ def run_demo(settings: Settings, out: Path, rows: int, console: Console) -> None
 
         t = _step(console, 3, "features job (bounded): Feast features + training examples")
         run_job("features", settings, bounded=True)
+        run_job("writer", settings, bounded=True)  # its rows into Feast
         console.print(read_stats("features", settings))
         console.print(f"{time.perf_counter() - t:.0f}s")
 

@@ -21,7 +21,7 @@ from connectors.producer import TopicProducer
 from features.rows import FeatureRow
 from features.store import apply_repo, offline_dir, open_store
 from features.verify import STORED, reference, row_differences
-from jobs.feast_writer import run_writer
+from jobs import feast_writer
 from streamrank.config import Settings
 from tests.shop_logs import spanning_log
 
@@ -81,7 +81,7 @@ def offline_row_count(settings: Settings) -> int:
 def test_rows_read_back_through_feast_and_bad_records_are_dead_lettered(settings):
     rows = all_rows(settings)
     send(settings, rows, [b"{not json", b'{"view": "user_features"}'])
-    run = run_writer(settings, bounded=True)
+    run = feast_writer.run(settings, bounded=True)
 
     last = {(r.view, r.key): r for r in rows}
     assert not row_differences(last, open_store(settings))
@@ -91,16 +91,16 @@ def test_rows_read_back_through_feast_and_bad_records_are_dead_lettered(settings
     assert reasons == ["bad_json", "invalid_field"]
     assert offline_row_count(settings) == run.rows_written
     # offsets were committed: a second run finds nothing to do
-    assert run_writer(settings, bounded=True).messages == 0
+    assert feast_writer.run(settings, bounded=True).messages == 0
 
 
 def test_a_restart_resumes_from_the_committed_offsets(settings):
     rows = all_rows(settings)
     half = len(rows) // 2
     send(settings, rows[:half])
-    first = run_writer(settings, bounded=True)
+    first = feast_writer.run(settings, bounded=True)
     send(settings, rows[half:])
-    second = run_writer(settings, bounded=True)
+    second = feast_writer.run(settings, bounded=True)
 
     assert (first.messages, second.messages) == (half, len(rows) - half)
     last = {(r.view, r.key): r for r in rows}
@@ -112,5 +112,5 @@ def test_the_reference_of_a_log_reads_back_exactly(settings):
     events = spanning_log(users=6, minutes=40, seed=4)
     rows, _ = reference(events, settings)
     send(settings, list(rows.values()))
-    run_writer(settings, bounded=True)
+    feast_writer.run(settings, bounded=True)
     assert not row_differences(rows, open_store(settings), tol=0.0)

@@ -30,7 +30,7 @@ from features.examples import ExampleBuilder
 from features.impressions import with_impressions
 from features.store import apply_repo, open_store
 from features.verify import example_differences, reference, row_differences
-from jobs.feast_writer import run_writer
+from jobs import feast_writer
 from jobs.features_job import JOB
 from jobs.runtime import read_stats
 from streamrank.config import Settings
@@ -107,7 +107,7 @@ def read_examples(settings: Settings, n: int) -> list[TrainingExample]:
 def assert_equals_reference(settings: Settings, events: list[Event]) -> list[TrainingExample]:
     """Drain the rows into Feast, then compare Feast and the examples topic with the
     reference; returns the records of the examples topic."""
-    run_writer(settings, bounded=True)
+    feast_writer.run(settings, bounded=True)
     rows, examples = reference(events, settings)
     assert rows and examples and sum(x.click for x in examples.values()) > 0
     bad = row_differences(rows, open_store(settings))
