@@ -212,10 +212,11 @@ def rows_frame(spec: ViewSpec, rows: list[FeatureRow]) -> pd.DataFrame:
 class FeatureWriter:
     """Coalesces feature rows and writes them through Feast in micro-batches.
 
-    Cheap to construct (reads the cached registry once) and free of Flink: a PyFlink operator
-    builds one in ``open()``, calls :meth:`add` per row and :meth:`maybe_flush` on a timer,
-    and :meth:`flush` before a checkpoint and on close. ``offline_flush_rows`` and
-    ``offline_flush_ms`` bound how far the offline log may lag the online store.
+    Cheap to construct (reads the cached registry once) and free of Flink and Kafka: the Feast
+    writer process (:mod:`jobs.feast_writer`) calls :meth:`add_rows` per poll, then
+    :meth:`flush_online`, and :meth:`flush` before it commits its offsets.
+    ``offline_flush_rows`` and ``offline_flush_ms`` bound how far the offline log may lag the
+    online store when :meth:`maybe_flush` drives the flushes.
     """
 
     def __init__(
