@@ -31,7 +31,6 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 from connectors.events import Event
-from streamrank.config import Settings
 from features.state import (
     DAY_MS,
     HOUR_MS,
@@ -48,6 +47,7 @@ from features.state import (
     user_category_features,
     user_features,
 )
+from streamrank.config import Settings
 
 USER_VIEW = "user_features"
 ITEM_VIEW = "item_features"

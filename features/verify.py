@@ -24,9 +24,16 @@ from typing import TYPE_CHECKING, Any
 from connectors.events import Event
 from connectors.examples import TrainingExample
 from features.examples import ExampleBuilder
-from features.rows import JOIN_KEYS, USER_CATEGORY_STORED, USER_LISTS, USER_VIEW, FeatureRow
+from features.rows import (
+    ITEM_VIEW,
+    JOIN_KEYS,
+    USER_CATEGORY_STORED,
+    USER_CATEGORY_VIEW,
+    USER_LISTS,
+    USER_VIEW,
+    FeatureRow,
+)
 from features.schema import ITEM_FEATURES, USER_FEATURES
-from features.rows import ITEM_VIEW, USER_CATEGORY_VIEW
 from streamrank.config import Settings
 
 if TYPE_CHECKING:
