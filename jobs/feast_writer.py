@@ -31,7 +31,7 @@ import time
 from dataclasses import dataclass, field
 from types import FrameType
 
-from confluent_kafka import Consumer, Message, TopicPartition
+from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
 
 from connectors.admin import end_offsets
 from connectors.errors import DecodeError
@@ -47,6 +47,9 @@ from streamrank.config import Settings
 GROUP = "streamrank-feast-writer"
 """The writer's consumer group (its committed offsets are where a restart resumes)."""
 POLL_ROWS = 20_000
+SESSION_TIMEOUT_MS = 10_000
+"""A writer that died (SIGKILL) leaves the group after this long; until then its successor
+waits for its partitions."""
 
 
 @dataclass
@@ -68,7 +71,8 @@ class FeastRowWriter:
         self._settings = settings
         self._topic = settings.topic_feature_rows
         self._consumer = Consumer(consumer_config(settings, GROUP, **{
-            "enable.auto.commit": False, "fetch.min.bytes": 1_000_000, "fetch.wait.max.ms": 50}))
+            "enable.auto.commit": False, "fetch.min.bytes": 1_000_000, "fetch.wait.max.ms": 50,
+            "session.timeout.ms": SESSION_TIMEOUT_MS}))
         self._consumer.subscribe([self._topic])
         self._writer = FeatureWriter(open_store(settings), settings, offline_flush_rows=1 << 62,
                                      offline_flush_ms=float("inf"))
@@ -114,7 +118,10 @@ class FeastRowWriter:
         """Whether every partition has been read up to ``ends``, by this writer or (committed)
         by another member of its group."""
         parts = [TopicPartition(self._topic, p) for p in ends]
-        done = {tp.partition: tp.offset for tp in self._consumer.committed(parts, timeout=10)}
+        try:
+            done = {tp.partition: tp.offset for tp in self._consumer.committed(parts, timeout=5)}
+        except KafkaException:  # the group is rebalancing (e.g. waiting for a dead member)
+            return False
         for tp in self._consumer.position(parts):
             done[tp.partition] = max(done[tp.partition], tp.offset, self._pending.get(
                 tp.partition, -1))

@@ -1,20 +1,25 @@
 """The Feast writer on the real broker and Redis: rows from ``features.rows`` read back through
 Feast's ``get_online_features``, bad records dead-lettered, offsets committed only after the
-writes, a restart resuming from them, and the offline log holding every row once."""
+writes, a restart (also after a SIGKILL) resuming from them, and the offline log holding every
+row once."""
 
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from confluent_kafka import Consumer
+from confluent_kafka import Consumer, TopicPartition
 from redis import Redis
 
-from connectors.admin import delete_topics, ensure_topics, topic_specs
+from connectors.admin import delete_topics, end_offsets, ensure_topics, topic_specs
 from connectors.feature_rows import encode_row
 from connectors.kafka_config import consumer_config
 from connectors.producer import TopicProducer
@@ -22,6 +27,8 @@ from features.rows import FeatureRow
 from features.store import apply_repo, offline_dir, open_store
 from features.verify import STORED, reference, row_differences
 from jobs import feast_writer
+from jobs.feast_writer import GROUP
+from jobs.launch import settings_env
 from streamrank.config import Settings
 from tests.shop_logs import spanning_log
 
@@ -114,3 +121,38 @@ def test_the_reference_of_a_log_reads_back_exactly(settings):
     send(settings, list(rows.values()))
     feast_writer.run(settings, bounded=True)
     assert not row_differences(rows, open_store(settings), tol=0.0)
+
+
+def test_killed_at_any_moment_a_restarted_writer_ends_with_the_same_values(settings, tmp_path):
+    rows = [FeatureRow("item_features", (f"i{k % 5_000}",),
+                       {"i_impressions_24h": float(k), "i_clicks_1h": 0.0, "i_clicks_24h": 1.0,
+                        "i_purchases_24h": 0.0, "i_ctr": 0.5, "i_cvr": 0.25,
+                        "i_secs_since_last": 3.0}, 1_000 + k) for k in range(80_000)]
+    send(settings, rows)
+    with (tmp_path / "writer.log").open("wb") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "jobs", "run", "writer"], stdout=log,
+                                stderr=subprocess.STDOUT, start_new_session=True,
+                                env={**os.environ, **settings_env(settings)})
+    deadline = time.monotonic() + 120
+    while committed_rows(settings) == 0:
+        assert proc.poll() is None and time.monotonic() < deadline, (
+            (tmp_path / "writer.log").read_text())
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert committed_rows(settings) < len(rows), "killed too late to be mid-stream"
+
+    feast_writer.run(settings, bounded=True)
+    last = {(r.view, r.key): r for r in rows}
+    assert not row_differences(last, open_store(settings))
+
+
+def committed_rows(settings: Settings) -> int:
+    """Offsets the writer's group has committed, over all partitions."""
+    consumer = Consumer(consumer_config(settings, GROUP, **{"enable.auto.commit": False}))
+    try:
+        parts = [TopicPartition(settings.topic_feature_rows, p)
+                 for p in end_offsets(settings, settings.topic_feature_rows)]
+        return sum(max(tp.offset, 0) for tp in consumer.committed(parts, timeout=10))
+    finally:
+        consumer.close()
