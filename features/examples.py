@@ -34,7 +34,7 @@ from typing import TypeVar
 
 from connectors.events import Event
 from connectors.examples import TrainingExample
-from features.labels import LabelJoiner
+from features.labels import NO_RECENT, LabelJoiner, Recent
 from features.rows import feeds_state
 from features.state import (
     HOUR_MS,
@@ -140,17 +140,24 @@ class ExampleBuilder:
         features.update(user_category_features(uc, u, category, t))
         return features
 
+    def recent(self, user: str) -> Recent:
+        """The user's last clicked items and categories so far (as of an impression read
+        before it is applied), newest first."""
+        u = self._users.get(user, _NO_USER)
+        return u.last_items, u.last_categories
+
     def add(self, event: Event) -> list[TrainingExample]:
         """Take one event; return the examples it finished."""
         if self.joiner.rejects(event) is not None:
             return self.joiner.add(event)
-        features = None
+        features, recent = None, NO_RECENT
         if event.event_type == "impression":
             features = self.features(event.user_id, event.item_id, event.category_id,
                                      event.event_time)
+            recent = self.recent(event.user_id)
         if feeds_state(event):
             self._apply(event)
-        return self.joiner.add(event, features)
+        return self.joiner.add(event, features, recent)
 
     def _apply(self, event: Event) -> None:
         kind, t = event.event_type, event.event_time

@@ -62,7 +62,7 @@ from pyflink.datastream.state import MapStateDescriptor, StateTtlConfig, ValueSt
 
 from connectors.events import Event
 from connectors.examples import TrainingExample, encode_example
-from features.labels import LabelJoiner
+from features.labels import NO_RECENT, LabelJoiner
 from features.rows import feeds_state, update_item, update_user, update_user_category
 from features.schema import DENSE_FEATURES
 from features.state import (
@@ -224,11 +224,12 @@ class UserStage(_WritingStage):
         user: UserState | None = self._user.value()
         uc: UserCategoryState | None = (self._categories.get(category)
                                         if category is not None else None)
-        features = None
+        features, recent = None, NO_RECENT
         if event.event_type == "impression":
             before = user or UserState()
             features = (user_features(before, t)
                         | user_category_features(uc or UserCategoryState(), before, category, t))
+            recent = (before.last_items, before.last_categories)
             ctx.timer_service().register_event_time_timer(t + self._wait + 1)
         if feeds_state(event):
             new_user, user_row = update_user(user, event)
@@ -240,7 +241,7 @@ class UserStage(_WritingStage):
                 self._write(uc_row, ctx)
         self._stats.add("events")
         joiner = self._load_joiner()
-        yield from self._emit(joiner, joiner.add(event, features))
+        yield from self._emit(joiner, joiner.add(event, features, recent))
 
     def on_timer(self, timestamp: int, ctx: KeyedProcessFunction.OnTimerContext) -> Iterator[bytes]:
         if ctx.time_domain() == TimeDomain.PROCESSING_TIME:

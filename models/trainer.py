@@ -1,16 +1,22 @@
 """The online trainer: learns the :class:`~models.ranker.Ranker` from examples as they arrive.
 
-* Optimiser: one ``torch.optim.Adagrad`` (lr ``settings.learning_rate``) over sparse-gradient
-  embedding tables (only the rows in a batch are read and updated) and the dense MLPs. Measured
-  on the real Taobao examples against SparseAdam/Adam: as fast, and the best progressive AUC.
+* Optimisers (Wide & Deep, jointly on one loss): the wide part by FTRL-Proximal with L1
+  (:class:`WideFtrl`: River's ``FTRLProximal`` step per coordinate, the intercept by River's
+  plain SGD; ``settings.wide_*``), the deep part by one ``torch.optim.Adagrad`` (lr
+  ``settings.learning_rate``) over sparse-gradient embedding tables (only the rows in a batch
+  are read and updated) and the dense MLPs. Both follow the gradient of the same joint logit.
 * Threads: run it with ``torch.set_num_threads(1)``. The model is small; on the 2-core
   machine two intra-op threads made ``learn_many`` about 10x slower than one
   (``bench/bench_trainer.py --threads 2``).
-* Loss (ESMM, over all impressions): ``BCE(p_click, click) + BCE(p_purchase, click*purchase)``.
+* Loss (ESMM, over all impressions): ``BCE(p_click, click) + BCE(p_purchase, click*purchase)``;
+  the click logit is trained at the impression's own position, every score is made at
+  :data:`~models.ranker.SERVING_POSITION`, whose weight is the impression-weighted mean of the
+  position weights.
 * Deterministic: weights are initialised from ``settings.seed``; two trainers fed the same
   batches hold the same weights and give the same predictions.
-* Change tracking for deltas: the embedding rows touched since the last ``take_touched_rows``
-  (per table) and whether the dense tensors changed since they were last published.
+* Change tracking for deltas: the sparse rows (embeddings and wide weights) touched since the
+  last ``take_touched_rows`` (per table) and whether the dense tensors changed since they were
+  last published.
 * Progressive validation (:meth:`OnlineTrainer.progressive`): each batch is scored, the online
   metrics are updated, then the trainer learns from it. Metrics per head (click, purchase):
   River's exact ``RollingROCAUC`` over the last :data:`ROLLING_WINDOW` examples; a cumulative
@@ -34,12 +40,23 @@ from river import drift, metrics
 from torch import Tensor
 
 from connectors.examples import TrainingExample
-from models.ranker import Ranker, encode_batch
+from models.ranker import (
+    SERVING_POSITION,
+    WIDE_FIELDS,
+    Batch,
+    Ranker,
+    WideArch,
+    encode_batch,
+    wide_inputs,
+)
 from streamrank.config import Settings
 
 ROLLING_WINDOW = 10_000
 """Examples in the rolling metrics' window."""
 HEADS = ("click", "purchase")
+SPARSE_TABLES = Ranker.embedding_names()[:3]
+WIDE_TABLES = Ranker.embedding_names()[3:-1]
+POSITION_TABLE = Ranker.embedding_names()[-1]
 
 
 class BinnedAUC:
@@ -160,7 +177,82 @@ def _predict(model: Ranker, examples: Sequence[TrainingExample], buckets: int) -
     if not examples:
         return np.zeros((0, 2), dtype=np.float64)
     with torch.no_grad():
-        return Ranker.probabilities(model(*encode_batch(examples, buckets))).double().numpy()
+        batch = encode_batch(examples, buckets)
+        return Ranker.probabilities(model(*batch)).double().numpy()
+
+
+class WideFtrl:
+    """FTRL-Proximal for the wide part (McMahan et al., 2013), River's ``FTRLProximal`` rule.
+
+    Per coordinate ``i`` with gradient ``g`` in a step: ``w_i`` is first set from the state
+    before the step, ``w_i = -(z_i - sign(z_i) l1) / ((beta + sqrt(n_i)) / alpha + l2)`` where
+    ``|z_i| > l1`` (elsewhere ``w_i`` keeps its value, as in River: a coordinate whose ``|z|``
+    never passes ``l1`` stays at 0), then ``z_i += g - (sqrt(n_i + g^2) - sqrt(n_i)) / alpha * w_i`` and
+    ``n_i += g^2``; the intercept takes plain SGD, ``b -= intercept_lr * g``. With batches of
+    one this is River's ``LogisticRegression(optimizer=FTRLProximal(...))`` step for step; a
+    larger batch sums each coordinate's gradients and squared gradients over the batch. State
+    is float64.
+    """
+
+    def __init__(self, wide: WideArch, settings: Settings) -> None:
+        self.alpha, self.beta = settings.wide_alpha, settings.wide_beta
+        self.l1, self.l2 = settings.wide_l1, settings.wide_l2
+        self.intercept_lr = settings.wide_intercept_lr
+        self.state = {name: (torch.zeros(p.shape, dtype=torch.float64),
+                             torch.zeros(p.shape, dtype=torch.float64))
+                      for name, p in wide.named_parameters() if name != "bias"}
+        self.position_counts = torch.zeros(SERVING_POSITION, dtype=torch.float64)
+
+    def step(self, wide: WideArch, batch: Batch, g: Tensor) -> None:
+        """Update ``wide`` in place from the ``B`` float64 gradients ``g`` of its logits."""
+        for k, field in enumerate(WIDE_FIELDS):
+            self._rows(f"tables.{field}", wide.tables[field], batch.wide[:, k], g)
+        self._rows("position", wide.position, batch.position, g)
+        x = wide_inputs(batch.dense).double()
+        gx = g.unsqueeze(1) * x
+        z, n = self.state["dense"]
+        w = self._weights(z, n, wide.dense.data.double())
+        self._update(z, n, w, gx.sum(0), (gx * gx).sum(0))
+        wide.dense.data.copy_(w)
+        wide.bias.data -= self.intercept_lr * g.sum()
+        self.position_counts += torch.bincount(batch.position, minlength=SERVING_POSITION)[
+            :SERVING_POSITION].double()
+        weights = wide.position.data[:SERVING_POSITION, 0].double()
+        mean = (self.position_counts * weights).sum() / self.position_counts.sum()
+        wide.position.data[SERVING_POSITION, 0] = mean
+
+    def _rows(self, name: str, table: Tensor, rows: Tensor, g: Tensor) -> None:
+        unique, inverse = rows.unique(return_inverse=True)
+        gs = torch.zeros(len(unique), dtype=torch.float64).index_add_(0, inverse, g)
+        g2 = torch.zeros(len(unique), dtype=torch.float64).index_add_(0, inverse, g * g)
+        z_all, n_all = self.state[name]
+        z, n = z_all[unique, 0], n_all[unique, 0]
+        w = self._weights(z, n, table.data[unique, 0].double())
+        self._update(z, n, w, gs, g2)
+        z_all[unique, 0], n_all[unique, 0] = z, n
+        table.data[unique, 0] = w.float()
+
+    def _weights(self, z: Tensor, n: Tensor, current: Tensor) -> Tensor:
+        w = -(z - torch.sign(z) * self.l1) / ((self.beta + n.sqrt()) / self.alpha + self.l2)
+        return torch.where(z.abs() > self.l1, w, current)
+
+    def _update(self, z: Tensor, n: Tensor, w: Tensor, g: Tensor, g2: Tensor) -> None:
+        sigma = ((n + g2).sqrt() - n.sqrt()) / self.alpha
+        z += g - sigma * w
+        n += g2
+
+    def state_dict(self) -> dict[str, Tensor]:
+        """The FTRL state by name (for checkpoints)."""
+        out = {f"{name}.z": z for name, (z, _) in self.state.items()}
+        out |= {f"{name}.n": n for name, (_, n) in self.state.items()}
+        return out | {"position_counts": self.position_counts}
+
+    def load_state_dict(self, state: dict[str, Tensor]) -> None:
+        """Restore :meth:`state_dict`."""
+        for name, (z, n) in self.state.items():
+            z.copy_(state[f"{name}.z"])
+            n.copy_(state[f"{name}.n"])
+        self.position_counts.copy_(state["position_counts"])
 
 
 class FrozenRanker:
@@ -194,11 +286,13 @@ class OnlineTrainer:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(settings.seed)
             self.model = Ranker.from_settings(settings)
-        self.optimizer = torch.optim.Adagrad(self.model.parameters(), lr=settings.learning_rate)
+        self.optimizer = torch.optim.Adagrad(
+            [p for p in self.model.parameters() if p.requires_grad], lr=settings.learning_rate)
+        self.ftrl = WideFtrl(self.model.wide, settings)
         self._buckets = settings.hash_buckets
-        self._tables = Ranker.embedding_names()
-        self._touched = {name: torch.zeros(self._buckets, dtype=torch.bool)
-                         for name in self._tables}
+        state = self.model.state_dict()
+        self._touched = {name: torch.zeros(len(state[name]), dtype=torch.bool)
+                         for name in Ranker.embedding_names()}
         self.dense_changed = False
         self.examples_seen = 0
         self.watermark_ms = 0
@@ -261,8 +355,8 @@ class OnlineTrainer:
     def checkpoint(self) -> bytes:
         """Optimiser state and counters (``torch.save``; local trusted storage, never the wire)."""
         buf = io.BytesIO()
-        torch.save({"optimizer": self.optimizer.state_dict(), "examples_seen": self.examples_seen,
-                    "watermark_ms": self.watermark_ms}, buf)
+        torch.save({"optimizer": self.optimizer.state_dict(), "ftrl": self.ftrl.state_dict(),
+                    "examples_seen": self.examples_seen, "watermark_ms": self.watermark_ms}, buf)
         return buf.getvalue()
 
     def restore(self, weights: dict[str, Tensor], checkpoint: bytes | None = None) -> None:
@@ -274,6 +368,7 @@ class OnlineTrainer:
         if checkpoint is not None:
             saved = torch.load(io.BytesIO(checkpoint), weights_only=True)
             self.optimizer.load_state_dict(saved["optimizer"])
+            self.ftrl.load_state_dict(saved["ftrl"])
             self.examples_seen = int(saved["examples_seen"])
             self.watermark_ms = int(saved["watermark_ms"])
         self.take_touched_rows()
@@ -281,22 +376,39 @@ class OnlineTrainer:
 
     # --- internals -----------------------------------------------------------------------------
     def _step(self, batch: Sequence[TrainingExample]) -> np.ndarray:
-        """One Adagrad step on ``batch``; returns its ``B X 2`` scores from before the step."""
-        sparse, dense = encode_batch(batch, self._buckets)
+        """One joint step on ``batch`` (FTRL for the wide part, Adagrad for the deep part);
+        returns its ``B X 2`` scores, made at the serving position, from before the step."""
+        encoded = encode_batch(batch, self._buckets, training=True)
         y = labels(batch)
-        logits = self.model(sparse, dense)
+        logits = self.model(*encoded)
         p = Ranker.probabilities(logits)
         loss = (F.binary_cross_entropy_with_logits(logits[:, 0], y[:, 0])
                 + F.binary_cross_entropy(p[:, 1], y[:, 1]))
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
-        for i, name in enumerate(self._tables):
-            self._touched[name][sparse[:, i]] = True
+        position = self.model.wide.position.detach()[:, 0]
+        shift = position[SERVING_POSITION] - position[encoded.position]
+        scores = torch.stack([logits[:, 0].detach() + shift, logits[:, 1].detach()], dim=1)
+        if self.settings.deep:
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+        self.ftrl.step(self.model.wide, encoded, p[:, 0].detach().double() - y[:, 0].double())
+        self._track(encoded)
         self.dense_changed = True
         self.examples_seen += len(batch)
         self.watermark_ms = max(self.watermark_ms, max(x.event_time for x in batch))
-        return p.detach().double().numpy()
+        return Ranker.probabilities(scores).double().numpy()
+
+    def _track(self, encoded: Batch) -> None:
+        touched = self._touched
+        for i, field in enumerate(SPARSE_TABLES):
+            touched[field][encoded.sparse[:, i]] = True
+        for rows, field in ((encoded.recent_items, SPARSE_TABLES[1]),
+                            (encoded.recent_categories, SPARSE_TABLES[2])):
+            touched[field][rows[rows >= 0]] = True
+        for i, field in enumerate(WIDE_TABLES):
+            touched[field][encoded.wide[:, i]] = True
+        touched[POSITION_TABLE][encoded.position] = True
+        touched[POSITION_TABLE][SERVING_POSITION] = True
 
     def _observe(self, batch: Sequence[TrainingExample], p: np.ndarray) -> None:
         y = labels(batch).numpy().astype(np.float64)
