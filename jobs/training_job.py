@@ -13,16 +13,19 @@ One subtask trains (one model); the constant key gives it processing-time timers
   Decoding sits in the trainer's task on purpose: handing decoded examples from a separate
   decode task across the key-by costs a pickle round trip per example, slower than the
   decoding itself (``bench/bench_training_job.py`` measures the job against the trainer alone).
-* **Train**: the examples are buffered into mini-batches of ``batch_size``, each batch goes
-  through :meth:`~models.trainer.OnlineTrainer.progressive` (score, online metrics, learn), and
-  every version :class:`~models.publisher.DeltaPublisher` cuts is sent to ``topic_deltas``
-  (:class:`~connectors.model_updates.ModelUpdatePublisher`, flushed per version; snapshots also
-  land in the snapshot store). A tick every ``min(1 s, delta_interval_s)`` learns a partial
-  batch, cuts a version when one is due (so versions keep coming when the input goes idle)
-  and rewrites :func:`status_path` (examples, examples/s, version, watermark,
-  online metrics, drifts); the counters ``examples`` and ``dead_letters`` go to the job's
-  stats (:class:`jobs.runtime.StatsFile`, part ``trainer``) and Flink metrics. When the task
-  closes (end of a bounded input, cancellation) it learns what is buffered and cuts a final
+* **Train**: :class:`~models.loop.TrainingLoop` (the one training loop, in ``models/``) drops
+  duplicate ``example_id``s (bounded: the last ``dedup_window_examples``; the examples sink
+  of the features job is at-least-once, see :mod:`models.loop`), buffers mini-batches of
+  ``batch_size``, runs each through progressive validation (score, online metrics, learn) and
+  cuts versions with :class:`~models.publisher.DeltaPublisher`; each is sent to
+  ``topic_deltas`` (:class:`~connectors.model_updates.ModelUpdatePublisher`, flushed per
+  version; snapshots also land in the snapshot store). A tick every
+  ``min(1 s, delta_interval_s)`` learns a partial batch, cuts a version when one is due (so
+  versions keep coming when the input goes idle) and rewrites :func:`status_path` (examples,
+  examples/s, version, watermark, online metrics, drifts, duplicates); the counters
+  ``examples``, ``duplicates`` and ``dead_letters`` go to the job's stats
+  (:class:`jobs.runtime.StatsFile`, part ``trainer``) and Flink metrics. When the task closes
+  (end of a bounded input, cancellation) the loop learns what is buffered and cuts a final
   version if anything was learned since the last one.
 * **Versions** only go up, also across restarts: the trainer resumes from the store's latest
   snapshot and the first version it cuts is a full snapshot with a new number
@@ -92,6 +95,7 @@ from streamrank.config import Settings
 
 if TYPE_CHECKING:
     from connectors.model_updates import ModelUpdatePublisher
+    from models.loop import TrainingLoop
     from models.publisher import DeltaPublisher
     from models.trainer import OnlineTrainer
 
@@ -142,6 +146,7 @@ class TrainerFunction(KeyedProcessFunction):
 
         from connectors.model_updates import ModelUpdatePublisher
         from connectors.snapshot_store import SnapshotStore
+        from models.loop import TrainingLoop
         from models.publisher import DeltaPublisher
         from models.trainer import OnlineTrainer
 
@@ -152,9 +157,8 @@ class TrainerFunction(KeyedProcessFunction):
         self.publisher: DeltaPublisher = DeltaPublisher(self.trainer, self.settings)
         self.restored_version = self.publisher.resume(SnapshotStore.from_settings(self.settings))
         self.updates: ModelUpdatePublisher = ModelUpdatePublisher(self.settings)
-        self.buffer: list[TrainingExample] = []
+        self.loop: TrainingLoop = TrainingLoop(self.trainer, self.settings, self.publisher)
         self.next_tick: int | None = None
-        self.learned_at_cut = self.trainer.examples_seen
         self.status_file = status_path(self.settings)
         self.status_file.parent.mkdir(parents=True, exist_ok=True)
         self.rate_at = (time.monotonic(), self.trainer.examples_seen)
@@ -170,26 +174,23 @@ class TrainerFunction(KeyedProcessFunction):
             yield DEAD_LETTERS, dead_letter(value, reason, detail, self.settings.topic_examples)
             return
         self.stats.add("examples")
-        self.buffer.append(example)
-        if len(self.buffer) >= self.settings.batch_size:
-            self.learn()
-            self.send(self.publisher.maybe_publish())
+        duplicates = self.loop.duplicates
+        self.send(self.loop.add((example,)))
+        if self.loop.duplicates != duplicates:
+            self.stats.add("duplicates")
 
     def on_timer(self, timestamp: int, ctx: KeyedProcessFunction.OnTimerContext) -> None:
         # A timer restored from a Flink checkpoint may fire beside the chain of this run.
         if self.next_tick is None or timestamp >= self.next_tick:
             self.schedule(ctx)
-        self.learn()
-        self.send(self.publisher.maybe_publish())
+        self.send(self.loop.tick())
         self.write_status()
         self.stats.tick()
 
     def close(self) -> None:
         if not self.opened:  # open() failed: its error is the one to see
             return
-        self.learn()
-        if self.trainer.examples_seen > self.learned_at_cut:
-            self.send(self.publisher.publish())
+        self.send(self.loop.close())
         self.updates.flush()
         self.write_status()
         self.stats.close()
@@ -199,12 +200,6 @@ class TrainerFunction(KeyedProcessFunction):
         self.next_tick = ctx.timer_service().current_processing_time() + self.tick_ms
         ctx.timer_service().register_processing_time_timer(self.next_tick)
 
-    def learn(self) -> None:
-        """Score, measure and learn the buffered examples."""
-        if self.buffer:
-            self.trainer.progressive(self.buffer)
-            self.buffer = []
-
     def send(self, messages: list[bytes]) -> None:
         """Send a version's messages and wait until Kafka has them."""
         if not messages:
@@ -212,7 +207,6 @@ class TrainerFunction(KeyedProcessFunction):
         for data in messages:
             self.updates.publish(self.settings.model_id, data)
         self.updates.flush()
-        self.learned_at_cut = self.trainer.examples_seen
 
     def write_status(self) -> None:
         """Rewrite the status file atomically."""
@@ -226,6 +220,7 @@ class TrainerFunction(KeyedProcessFunction):
             "restored_version": self.restored_version,
             "watermark_ms": self.trainer.watermark_ms,
             "drift_detected": self.trainer.drift_detected,
+            "duplicates": self.loop.duplicates,
             "metrics": self.trainer.metrics(),
             "updated_ms": int(time.time() * 1000),
         }

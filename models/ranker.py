@@ -72,7 +72,7 @@ SERVING_POSITION = POSITIONS + 1
 """The fixed position every score uses (see the module docstring)."""
 RECENT = LAST_N
 """Recent clicked items (and categories) pooled."""
-DENSE_INPUTS: tuple[str, ...] = (*DENSE_FEATURES, "log_price", "has_price", "item_in_recent")
+DENSE_INPUTS: tuple[str, ...] = (*DENSE_FEATURES, "price", "has_price", "item_in_recent")
 """The dense inputs, in column order."""
 HIDDEN = 64
 """Width of the dense arch and of the over arch's first layer."""
@@ -198,6 +198,37 @@ class WideArch(nn.Module):
         return ids + self.position[position, 0] + wide_inputs(dense) @ self.dense + self.bias
 
 
+class FusionArch(nn.Module):
+    """Online mixture of the wide part alone and wide + deep: ``B X 2`` click logits -> ``B``.
+
+    ``p = pi * sigmoid(wide) + (1 - pi) * sigmoid(wide + deep)`` with ``pi = softmax(log_weights)
+    [0]``; the trainer moves ``log_weights`` by each branch's log loss (exponential weights
+    with forgetting, :meth:`update`), so the model follows whichever predicts better lately:
+    the linear model while the deep part has seen little, wide + deep once it helps.
+    """
+
+    def __init__(self, decay: float = 1e-4) -> None:
+        super().__init__()
+        self.decay = decay
+        self.log_weights = nn.Parameter(torch.tensor([0.0, -2.0]), requires_grad=False)
+
+    def mix(self, branches: Tensor) -> Tensor:
+        """``B X 2`` logits (wide, wide + deep) -> ``B`` logits of the mixture."""
+        log_pi = torch.log_softmax(self.log_weights, 0)
+        log_p = torch.logsumexp(F.logsigmoid(branches) + log_pi, dim=1)
+        log_q = torch.logsumexp(F.logsigmoid(-branches) + log_pi, dim=1)
+        return log_p - log_q
+
+    def update(self, branches: Tensor, click: Tensor) -> None:
+        """Exponential weights on the branches' per-example log losses, forgetting at
+        ``decay`` per example (``B X 2`` logits, ``B`` labels)."""
+        losses = F.binary_cross_entropy_with_logits(
+            branches, click.unsqueeze(1).expand_as(branches), reduction="none").sum(0)
+        keep = (1.0 - self.decay) ** len(branches)
+        w = self.log_weights.data.double() * keep - losses
+        self.log_weights.data.copy_((w - w.max()).float())
+
+
 class SparseArch(nn.Module):
     """One hashed embedding table per field: ``B X F`` indices -> ``B X F X D``."""
 
@@ -294,6 +325,7 @@ class Ranker(nn.Module):
             "sparse_grad": sparse_grad, "deep": deep}
         num_vectors = len(SPARSE_FIELDS) + 3
         self.wide = WideArch(hash_buckets, num_dense)
+        self.fusion = FusionArch()
         self.sparse = SparseArch(hash_buckets, embedding_dim, sparse_grad)
         self.dense = DenseArch(num_dense, embedding_dim)
         self.interaction = InteractionArch(num_vectors)
@@ -327,7 +359,10 @@ class Ranker(nn.Module):
                 recent_items: Tensor, recent_categories: Tensor) -> Tensor:
         """A :class:`Batch`'s tensors -> logits ``B X 2`` (ctr, cvr)."""
         logits = self.deep_logits(sparse, dense, recent_items, recent_categories)
-        ctr = logits[:, 0] + self.wide(wide, position, dense)
+        linear = self.wide(wide, position, dense)
+        if not self.hparams["deep"]:
+            return torch.stack([linear, logits[:, 1]], dim=1)
+        ctr = self.fusion.mix(torch.stack([linear, linear + logits[:, 0]], dim=1))
         return torch.stack([ctr, logits[:, 1]], dim=1)
 
     @staticmethod

@@ -190,8 +190,10 @@ class WideFtrl:
     never passes ``l1`` stays at 0), then ``z_i += g - (sqrt(n_i + g^2) - sqrt(n_i)) / alpha * w_i`` and
     ``n_i += g^2``; the intercept takes plain SGD, ``b -= intercept_lr * g``. With batches of
     one this is River's ``LogisticRegression(optimizer=FTRLProximal(...))`` step for step; a
-    larger batch sums each coordinate's gradients and squared gradients over the batch. State
-    is float64.
+    larger batch is one step whose gradient is the sum over the batch (so a coordinate moves
+    by at most about ``alpha`` per batch, however many of its examples the batch holds; summing
+    squared per-example gradients into ``n`` instead let dense coordinates overshoot by about
+    ``sqrt(B)``). State is float64.
     """
 
     def __init__(self, wide: WideArch, settings: Settings) -> None:
@@ -209,10 +211,9 @@ class WideFtrl:
             self._rows(f"tables.{field}", wide.tables[field], batch.wide[:, k], g)
         self._rows("position", wide.position, batch.position, g)
         x = wide_inputs(batch.dense).double()
-        gx = g.unsqueeze(1) * x
         z, n = self.state["dense"]
         w = self._weights(z, n, wide.dense.data.double())
-        self._update(z, n, w, gx.sum(0), (gx * gx).sum(0))
+        self._update(z, n, w, (g.unsqueeze(1) * x).sum(0))
         wide.dense.data.copy_(w)
         wide.bias.data -= self.intercept_lr * g.sum()
         self.position_counts += torch.bincount(batch.position, minlength=SERVING_POSITION)[
@@ -224,11 +225,10 @@ class WideFtrl:
     def _rows(self, name: str, table: Tensor, rows: Tensor, g: Tensor) -> None:
         unique, inverse = rows.unique(return_inverse=True)
         gs = torch.zeros(len(unique), dtype=torch.float64).index_add_(0, inverse, g)
-        g2 = torch.zeros(len(unique), dtype=torch.float64).index_add_(0, inverse, g * g)
         z_all, n_all = self.state[name]
         z, n = z_all[unique, 0], n_all[unique, 0]
         w = self._weights(z, n, table.data[unique, 0].double())
-        self._update(z, n, w, gs, g2)
+        self._update(z, n, w, gs)
         z_all[unique, 0], n_all[unique, 0] = z, n
         table.data[unique, 0] = w.float()
 
@@ -236,10 +236,10 @@ class WideFtrl:
         w = -(z - torch.sign(z) * self.l1) / ((self.beta + n.sqrt()) / self.alpha + self.l2)
         return torch.where(z.abs() > self.l1, w, current)
 
-    def _update(self, z: Tensor, n: Tensor, w: Tensor, g: Tensor, g2: Tensor) -> None:
-        sigma = ((n + g2).sqrt() - n.sqrt()) / self.alpha
+    def _update(self, z: Tensor, n: Tensor, w: Tensor, g: Tensor) -> None:
+        sigma = ((n + g * g).sqrt() - n.sqrt()) / self.alpha
         z += g - sigma * w
-        n += g2
+        n += g * g
 
     def state_dict(self) -> dict[str, Tensor]:
         """The FTRL state by name (for checkpoints)."""
@@ -376,27 +376,46 @@ class OnlineTrainer:
 
     # --- internals -----------------------------------------------------------------------------
     def _step(self, batch: Sequence[TrainingExample]) -> np.ndarray:
-        """One joint step on ``batch`` (FTRL for the wide part, Adagrad for the deep part);
-        returns its ``B X 2`` scores, made at the serving position, from before the step."""
+        """One joint step on ``batch`` (Adagrad for the deep part, FTRL for the wide part in
+        slices of ``settings.wide_step``); returns its ``B X 2`` scores, made at the serving
+        position, from before the step."""
         encoded = encode_batch(batch, self._buckets, training=True)
         y = labels(batch)
-        logits = self.model(*encoded)
-        p = Ranker.probabilities(logits)
-        loss = (F.binary_cross_entropy_with_logits(logits[:, 0], y[:, 0])
-                + F.binary_cross_entropy(p[:, 1], y[:, 1]))
+        deep = self.model.deep_logits(encoded.sparse, encoded.dense, encoded.recent_items,
+                                      encoded.recent_categories)
+        wide = self.model.wide(encoded.wide, encoded.position, encoded.dense).detach()
+        fusion = self.model.fusion
+        branches = torch.stack([wide, wide + deep[:, 0]], dim=1)  # B X 2 click logits
         position = self.model.wide.position.detach()[:, 0]
         shift = position[SERVING_POSITION] - position[encoded.position]
-        scores = torch.stack([logits[:, 0].detach() + shift, logits[:, 1].detach()], dim=1)
+        served = branches.detach() + shift.unsqueeze(1)
+        click_score = fusion.mix(served) if self.settings.deep else served[:, 0]
+        scores = torch.stack([click_score, deep[:, 1].detach()], dim=1)
         if self.settings.deep:
+            p_click = torch.sigmoid(branches[:, 1])
+            p_purchase = p_click * torch.sigmoid(deep[:, 1])
+            loss = (F.binary_cross_entropy_with_logits(branches[:, 1], y[:, 0])
+                    + F.binary_cross_entropy(p_purchase, y[:, 1]))
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
-        self.ftrl.step(self.model.wide, encoded, p[:, 0].detach().double() - y[:, 0].double())
+            fusion.update(branches.detach().double(), y[:, 0].double())
+        # The wide part is FTRL on its own logit (the deep part learns on top of it). It steps
+        # through the batch in slices, each slice's gradient taken at the weights the slices
+        # before it left: one FTRL step for a whole batch learns far slower than River's step
+        # per example.
+        click = y[:, 0].double()
+        step = self.settings.wide_step
+        with torch.no_grad():
+            for start in range(0, len(batch), step):
+                part = Batch(*(t[start:start + step] for t in encoded))
+                logit = self.model.wide(part.wide, part.position, part.dense).double()
+                self.ftrl.step(self.model.wide, part, torch.sigmoid(logit) - click[start:start + step])
         self._track(encoded)
         self.dense_changed = True
         self.examples_seen += len(batch)
         self.watermark_ms = max(self.watermark_ms, max(x.event_time for x in batch))
-        return Ranker.probabilities(scores).double().numpy()
+        return Ranker.probabilities(scores.detach()).double().numpy()
 
     def _track(self, encoded: Batch) -> None:
         touched = self._touched

@@ -13,8 +13,17 @@ from typer.testing import CliRunner
 from connectors.logs import read_log
 from features.examples import build_examples
 from features.impressions import with_impressions
-from models.evaluate import MODELS, ExampleSpool, evaluate, score
-from models.trainer import OnlineTrainer
+from models.evaluate import (
+    MODELS,
+    SEGMENTS,
+    WINDOWS,
+    ExampleSpool,
+    LogSpec,
+    evaluate,
+    evaluate_logs,
+    score,
+)
+from models.trainer import OnlineTrainer, log_loss
 from streamrank.cli import app
 from streamrank.config import Settings
 
@@ -24,7 +33,7 @@ CLI_ENV = {"STREAMRANK_BATCH_SIZE": str(SETTINGS.batch_size),
            "STREAMRANK_HASH_BUCKETS": str(SETTINGS.hash_buckets),
            "STREAMRANK_EMBEDDING_DIM": str(SETTINGS.embedding_dim)}
 MODEL_KEYS = {"auc", "logloss", "examples", "positives", "purchase_auc", "purchase_logloss",
-              "purchases", "curves"}
+              "purchases", "curves", "segments", "windows"}
 
 
 @pytest.fixture(scope="module")
@@ -62,6 +71,42 @@ def test_results_json_has_the_documented_keys(run):
         assert curves["auc"][-1] == pytest.approx(m["auc"], abs=1e-4)
     assert doc["models"]["ftrl"]["purchase_auc"] is None  # no purchase head
     assert doc["models"]["online"]["purchase_logloss"] > 0
+
+
+def test_segments_and_windows_are_the_exact_figures_of_their_slices(run):
+    result, _ = run
+    y = result.labels
+    for name, p in result.predictions.items():
+        m = result.models[name]
+        assert set(m.segments) == set(SEGMENTS)
+        for seg, share in SEGMENTS.items():
+            k = int(np.ceil(len(y) * share))
+            assert m.segments[seg]["click_auc"] == pytest.approx(auc(y[:k, 0], p[:k, 0]))
+            assert m.segments[seg]["click_logloss"] == pytest.approx(
+                log_loss(y[:k, 0], p[:k, 0]).mean())
+        w = m.windows
+        assert len(w["auc"]) == WINDOWS and w["start"][0] == 0 and w["end"][-1] == len(y)
+        assert w["t_start_ms"] == sorted(w["t_start_ms"])
+        a, b = w["start"][3], w["end"][3]
+        assert w["logloss"][3] == pytest.approx(log_loss(y[a:b, 0], p[a:b, 0]).mean(), abs=1e-5)
+    assert result.models["ftrl"].segments["all"]["purchase_auc"] is None
+
+
+def test_several_logs_give_one_table(log, tmp_path):
+    results = evaluate_logs([LogSpec(log, "taobao"), LogSpec(log, "taobao")], SETTINGS,
+                            out_dir=tmp_path, progress=False, models=["online", "ftrl"])
+    assert len(results) == 2
+    suite = json.loads((tmp_path / "suite.json").read_text())
+    assert set(suite) == {log.stem}  # same stem twice: one entry, both runs equal anyway
+    assert (tmp_path / "suite.md").read_text().count("| head | online |") == 2
+    a, b = (r.models["online"].segments for _, r in results)
+    assert a == b  # deterministic, and nothing carried from one log to the next
+    assert (tmp_path / log.stem / "auc_windows.png").stat().st_size > 0
+
+
+def auc(y: np.ndarray, p: np.ndarray) -> float:
+    pos, neg = p[y == 1], p[y == 0]
+    return float(((pos[:, None] > neg[None, :]) + 0.5 * (pos[:, None] == neg[None, :])).mean())
 
 
 def test_report_and_plots_are_written(run):
