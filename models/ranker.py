@@ -210,7 +210,7 @@ class FusionArch(nn.Module):
     def __init__(self, decay: float = 1e-4) -> None:
         super().__init__()
         self.decay = decay
-        self.log_weights = nn.Parameter(torch.tensor([0.0, -2.0]), requires_grad=False)
+        self.log_weights = nn.Parameter(torch.tensor([0.0, -8.0]), requires_grad=False)
 
     def mix(self, branches: Tensor) -> Tensor:
         """``B X 2`` logits (wide, wide + deep) -> ``B`` logits of the mixture."""

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import copy
 import io
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -182,18 +183,20 @@ def _predict(model: Ranker, examples: Sequence[TrainingExample], buckets: int) -
 
 
 class WideFtrl:
-    """FTRL-Proximal for the wide part (McMahan et al., 2013), River's ``FTRLProximal`` rule.
+    """FTRL-Proximal for the wide part (McMahan et al., 2013), River's ``FTRLProximal`` rule,
+    one example at a time.
 
-    Per coordinate ``i`` with gradient ``g`` in a step: ``w_i`` is first set from the state
-    before the step, ``w_i = -(z_i - sign(z_i) l1) / ((beta + sqrt(n_i)) / alpha + l2)`` where
-    ``|z_i| > l1`` (elsewhere ``w_i`` keeps its value, as in River: a coordinate whose ``|z|``
-    never passes ``l1`` stays at 0), then ``z_i += g - (sqrt(n_i + g^2) - sqrt(n_i)) / alpha * w_i`` and
-    ``n_i += g^2``; the intercept takes plain SGD, ``b -= intercept_lr * g``. With batches of
-    one this is River's ``LogisticRegression(optimizer=FTRLProximal(...))`` step for step; a
-    larger batch is one step whose gradient is the sum over the batch (so a coordinate moves
-    by at most about ``alpha`` per batch, however many of its examples the batch holds; summing
-    squared per-example gradients into ``n`` instead let dense coordinates overshoot by about
-    ``sqrt(B)``). State is float64.
+    For each example of a batch, in order: its logit (the wide part's, plus the deep part's
+    fixed ``offset`` where given) at the weights the examples before it left, the log loss
+    gradient ``g = p - y``, the intercept by SGD (``b -= intercept_lr * g``), then per
+    coordinate ``i`` of the example (its hashed rows, its position, every dense input ``x_i``):
+    ``w_i = -(z_i - sign(z_i) l1) / ((beta + sqrt(n_i)) / alpha + l2)`` where ``|z_i| > l1``
+    (elsewhere ``w_i`` keeps its value, as in River: a coordinate whose ``|z|`` never passes
+    ``l1`` stays at 0), then ``z_i += g_i - (sqrt(n_i + g_i^2) - sqrt(n_i)) / alpha * w_i`` and
+    ``n_i += g_i^2`` with ``g_i = g * x_i``. This is River's
+    ``LogisticRegression(optimizer=FTRLProximal(...))`` step for step, whatever the batch size
+    (one FTRL step per batch, on the summed gradient, learned far slower). The batch's rows
+    are gathered once into Python floats and written back once; state is float64.
     """
 
     def __init__(self, wide: WideArch, settings: Settings) -> None:
@@ -205,41 +208,68 @@ class WideFtrl:
                       for name, p in wide.named_parameters() if name != "bias"}
         self.position_counts = torch.zeros(SERVING_POSITION, dtype=torch.float64)
 
-    def step(self, wide: WideArch, batch: Batch, g: Tensor) -> None:
-        """Update ``wide`` in place from the ``B`` float64 gradients ``g`` of its logits."""
-        for k, field in enumerate(WIDE_FIELDS):
-            self._rows(f"tables.{field}", wide.tables[field], batch.wide[:, k], g)
-        self._rows("position", wide.position, batch.position, g)
-        x = wide_inputs(batch.dense).double()
-        z, n = self.state["dense"]
-        w = self._weights(z, n, wide.dense.data.double())
-        self._update(z, n, w, (g.unsqueeze(1) * x).sum(0))
-        wide.dense.data.copy_(w)
-        wide.bias.data -= self.intercept_lr * g.sum()
+    def step(self, wide: WideArch, batch: Batch, click: Tensor,
+             offset: Tensor | None = None) -> None:
+        """Learn ``batch`` (``B`` labels ``click``; ``offset``: ``B`` logits added to the wide
+        part's, e.g. the deep part's) in order, updating ``wide`` in place."""
+        alpha, beta, l1, l2, lr = self.alpha, self.beta, self.l1, self.l2, self.intercept_lr
+        tables = [(f"tables.{f}", wide.tables[f], batch.wide[:, k])
+                  for k, f in enumerate(WIDE_FIELDS)]
+        tables.append(("position", wide.position, batch.position))
+        cells: list[dict[int, list[float]]] = []  # per table: row -> [w, z, n]
+        gathered = []
+        for name, table, rows in tables:
+            unique = rows.unique()
+            z, n = self.state[name]
+            cells.append(dict(zip(unique.tolist(), map(list, zip(
+                table.data[unique, 0].tolist(), z[unique, 0].tolist(), n[unique, 0].tolist())))))
+            gathered.append(unique)
+        per_example = [[cells[t][r] for t, r in enumerate(rows)]
+                       for rows in zip(*(rows.tolist() for _, _, rows in tables))]
+        dz, dn = self.state["dense"]
+        dense = [[w, z, n] for w, z, n in zip(wide.dense.data.tolist(), dz.tolist(), dn.tolist())]
+        bias = float(wide.bias)
+        xs = wide_inputs(batch.dense).double().tolist()
+        ys = click.tolist()
+        offsets = offset.tolist() if offset is not None else [0.0] * len(ys)
+        sqrt, copysign, exp = math.sqrt, math.copysign, math.exp
+        for coords, x, y, off in zip(per_example, xs, ys, offsets):
+            logit = bias + off + sum(c[0] for c in coords) + sum(
+                c[0] * xi for c, xi in zip(dense, x))
+            sign = 1.0 if y > 0 else -1.0
+            g = -sign / (exp(logit * sign) + 1.0)
+            bias -= lr * g
+            for c in coords:
+                if abs(c[1]) > l1:
+                    c[0] = -(c[1] - copysign(l1, c[1])) / ((beta + sqrt(c[2])) / alpha + l2)
+            for c in dense:
+                if abs(c[1]) > l1:
+                    c[0] = -(c[1] - copysign(l1, c[1])) / ((beta + sqrt(c[2])) / alpha + l2)
+            for c in coords:
+                s = (sqrt(c[2] + g * g) - sqrt(c[2])) / alpha
+                c[1] += g - s * c[0]
+                c[2] += g * g
+            for c, xi in zip(dense, x):
+                if xi:
+                    gi = g * xi
+                    s = (sqrt(c[2] + gi * gi) - sqrt(c[2])) / alpha
+                    c[1] += gi - s * c[0]
+                    c[2] += gi * gi
+        for (name, table, _), unique, cell in zip(tables, gathered, cells):
+            values = torch.tensor([cell[r] for r in unique.tolist()], dtype=torch.float64)
+            z, n = self.state[name]
+            table.data[unique, 0] = values[:, 0].float()
+            z[unique, 0], n[unique, 0] = values[:, 1], values[:, 2]
+        values = torch.tensor(dense, dtype=torch.float64)
+        wide.dense.data.copy_(values[:, 0])
+        dz.copy_(values[:, 1])
+        dn.copy_(values[:, 2])
+        wide.bias.data.fill_(bias)
         self.position_counts += torch.bincount(batch.position, minlength=SERVING_POSITION)[
             :SERVING_POSITION].double()
         weights = wide.position.data[:SERVING_POSITION, 0].double()
-        mean = (self.position_counts * weights).sum() / self.position_counts.sum()
-        wide.position.data[SERVING_POSITION, 0] = mean
-
-    def _rows(self, name: str, table: Tensor, rows: Tensor, g: Tensor) -> None:
-        unique, inverse = rows.unique(return_inverse=True)
-        gs = torch.zeros(len(unique), dtype=torch.float64).index_add_(0, inverse, g)
-        z_all, n_all = self.state[name]
-        z, n = z_all[unique, 0], n_all[unique, 0]
-        w = self._weights(z, n, table.data[unique, 0].double())
-        self._update(z, n, w, gs)
-        z_all[unique, 0], n_all[unique, 0] = z, n
-        table.data[unique, 0] = w.float()
-
-    def _weights(self, z: Tensor, n: Tensor, current: Tensor) -> Tensor:
-        w = -(z - torch.sign(z) * self.l1) / ((self.beta + n.sqrt()) / self.alpha + self.l2)
-        return torch.where(z.abs() > self.l1, w, current)
-
-    def _update(self, z: Tensor, n: Tensor, w: Tensor, g: Tensor) -> None:
-        sigma = ((n + g * g).sqrt() - n.sqrt()) / self.alpha
-        z += g - sigma * w
-        n += g * g
+        wide.position.data[SERVING_POSITION, 0] = (
+            (self.position_counts * weights).sum() / self.position_counts.sum())
 
     def state_dict(self) -> dict[str, Tensor]:
         """The FTRL state by name (for checkpoints)."""
@@ -400,17 +430,9 @@ class OnlineTrainer:
             loss.backward()
             self.optimizer.step()
             fusion.update(branches.detach().double(), y[:, 0].double())
-        # The wide part is FTRL on its own logit (the deep part learns on top of it). It steps
-        # through the batch in slices, each slice's gradient taken at the weights the slices
-        # before it left: one FTRL step for a whole batch learns far slower than River's step
-        # per example.
-        click = y[:, 0].double()
-        step = self.settings.wide_step
-        with torch.no_grad():
-            for start in range(0, len(batch), step):
-                part = Batch(*(t[start:start + step] for t in encoded))
-                logit = self.model.wide(part.wide, part.position, part.dense).double()
-                self.ftrl.step(self.model.wide, part, torch.sigmoid(logit) - click[start:start + step])
+        # The wide part is FTRL on its own logit (the deep part learns on top of it), one
+        # example at a time as River's.
+        self.ftrl.step(self.model.wide, encoded, y[:, 0].double())
         self._track(encoded)
         self.dense_changed = True
         self.examples_seen += len(batch)

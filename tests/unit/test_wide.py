@@ -48,22 +48,29 @@ def river_features(x: TrainingExample) -> dict[str, float]:
     return out | {name: math.log1p(v) for name, v in zip(DENSE_INPUTS, dense)}
 
 
-@pytest.mark.parametrize("l1", [0.0, 0.05])
-def test_wide_part_alone_reproduces_rivers_ftrl(l1: float) -> None:
-    settings = Settings(hash_buckets=BUCKETS, embedding_dim=4, batch_size=1, deep=False,
-                        wide_l1=l1)
+@pytest.mark.parametrize("l1, batch_size", [(0.0, 1), (0.05, 1), (0.0, 64)])
+def test_wide_part_alone_reproduces_rivers_ftrl(l1: float, batch_size: int) -> None:
+    """Deep part off: every prediction (at the example's own position, before the batch is
+    learned) equals River's FTRL-Proximal logistic regression fed the same features one by
+    one, to 1e-6 over the stream, whatever the batch size."""
+    settings = Settings(hash_buckets=BUCKETS, embedding_dim=4, batch_size=batch_size,
+                        deep=False, wide_l1=l1)
     trainer = OnlineTrainer(settings)
     river = linear_model.LogisticRegression(optimizer=optim.FTRLProximal(
         alpha=settings.wide_alpha, beta=settings.wide_beta, l1=l1, l2=settings.wide_l2),
         intercept_lr=settings.wide_intercept_lr)
+    xs = stream(640)
     worst = 0.0
-    for x in stream(600):
-        with torch.no_grad():  # the training-time prediction: at the example's own position
-            ours = float(Ranker.probabilities(trainer.model(*encode_batch([x], BUCKETS, training=True)))[0, 0])
-        theirs = river.predict_proba_one(river_features(x))[True]
-        worst = max(worst, abs(ours - theirs))
-        trainer.learn_many([x])
-        river.learn_one(river_features(x), bool(x.click))
+    for start in range(0, len(xs), batch_size):
+        batch = xs[start:start + batch_size]
+        with torch.no_grad():
+            ours = Ranker.probabilities(
+                trainer.model(*encode_batch(batch, BUCKETS, training=True)))[:, 0].tolist()
+        theirs = [river.predict_proba_one(river_features(x))[True] for x in batch]
+        worst = max(worst, *(abs(a - b) for a, b in zip(ours, theirs)))
+        trainer.learn_many(batch)
+        for x in batch:
+            river.learn_one(river_features(x), bool(x.click))
     assert worst < 1e-6
     assert trainer.model.wide.tables["item_id"].abs().sum() > 1  # it did learn
 
