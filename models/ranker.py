@@ -12,8 +12,10 @@ One model, two parts whose logits add up (Cheng et al., 2016), trained jointly o
   tables), a dense arch, the pairwise dot interaction and an MLP with two outputs (ctr, cvr);
   trained with Adagrad. Its last layer starts at zero, so a fresh model *is* its wide part.
 
-Heads (ESMM): ``p_click = sigmoid(wide + deep_ctr)`` and ``p_purchase = p_click *
-sigmoid(deep_cvr)``, so the purchase head is learned over all impressions.
+**Fusion** (:class:`FusionArch`): ``p_click = pi * sigmoid(wide) + (1 - pi) * sigmoid(wide +
+deep_ctr)``, ``pi`` following whichever branch predicted better lately; a fresh model is its
+wide part. Heads (ESMM): ``p_purchase = p_click * sigmoid(deep_cvr)``, so the purchase head is
+learned over all impressions.
 
 **Position** enters the wide part only, as one additive weight per position (clamped at
 ``POSITIONS - 1``; a training example without a position uses :data:`UNKNOWN_POSITION`).
@@ -74,6 +76,10 @@ RECENT = LAST_N
 """Recent clicked items (and categories) pooled."""
 DENSE_INPUTS: tuple[str, ...] = (*DENSE_FEATURES, "price", "has_price", "item_in_recent")
 """The dense inputs, in column order."""
+FUSION_DECAY = 1e-4
+"""The fusion forgets a branch's past log loss at this rate per example (about the last 10k)."""
+LINEAR_PRIOR = 8.0
+"""The fusion starts this many nats of log loss in favour of the linear branch."""
 HIDDEN = 64
 """Width of the dense arch and of the over arch's first layer."""
 INIT_STD = 0.01
@@ -207,10 +213,10 @@ class FusionArch(nn.Module):
     the linear model while the deep part has seen little, wide + deep once it helps.
     """
 
-    def __init__(self, decay: float = 1e-4) -> None:
+    def __init__(self, decay: float = FUSION_DECAY, prior: float = LINEAR_PRIOR) -> None:
         super().__init__()
         self.decay = decay
-        self.log_weights = nn.Parameter(torch.tensor([0.0, -8.0]), requires_grad=False)
+        self.log_weights = nn.Parameter(torch.tensor([0.0, -prior]), requires_grad=False)
 
     def mix(self, branches: Tensor) -> Tensor:
         """``B X 2`` logits (wide, wide + deep) -> ``B`` logits of the mixture."""

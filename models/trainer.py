@@ -406,9 +406,9 @@ class OnlineTrainer:
 
     # --- internals -----------------------------------------------------------------------------
     def _step(self, batch: Sequence[TrainingExample]) -> np.ndarray:
-        """One joint step on ``batch`` (Adagrad for the deep part, FTRL for the wide part in
-        slices of ``settings.wide_step``); returns its ``B X 2`` scores, made at the serving
-        position, from before the step."""
+        """One step on ``batch``: Adagrad for the deep part (on top of the wide logit), the
+        fusion's weights, FTRL for the wide part (example by example); returns the batch's
+        ``B X 2`` scores, made at the serving position, from before the step."""
         encoded = encode_batch(batch, self._buckets, training=True)
         y = labels(batch)
         deep = self.model.deep_logits(encoded.sparse, encoded.dense, encoded.recent_items,

@@ -90,8 +90,6 @@ class Settings(BaseSettings):
     wide_l2: float = 1.0
     wide_intercept_lr: float = 0.01
     """The wide intercept's SGD learning rate (River's LogisticRegression default)."""
-    wide_step: int = 16
-    """The wide part takes one FTRL step per this many examples of a batch, in order."""
     dedup_window_examples: int = 200_000
     """The training job drops an example whose example_id was among the last this many."""
     batch_size: int = 256

@@ -17,6 +17,7 @@ from models.ranker import (
     UNKNOWN_POSITION,
     WIDE_FIELDS,
     DenseArch,
+    FusionArch,
     InteractionArch,
     OverArch,
     Ranker,
@@ -166,3 +167,18 @@ def test_like_shares_tensors_and_scores_the_same() -> None:
 def test_constructor_rejects_bad_sizes(buckets: int, dim: int) -> None:
     with pytest.raises(AssertionError, match="must be positive"):
         Ranker(buckets, dim)
+
+
+def test_fusion_follows_the_branch_that_predicts_better() -> None:
+    fusion = FusionArch(decay=1e-3, prior=2.0)
+    same = torch.tensor([[0.3, 0.3], [-2.0, -2.0]])
+    assert torch.allclose(fusion.mix(same), same[:, 0])  # equal branches: that logit
+    click = torch.tensor([1.0, 0.0] * 64)
+    good = torch.where(click > 0, 3.0, -3.0)  # the second branch is right, the first unsure
+    branches = torch.stack([torch.zeros_like(good), good], dim=1)
+    start = fusion.mix(branches[:2])
+    for _ in range(5):
+        fusion.update(branches.double(), click.double())
+    pi = torch.softmax(fusion.log_weights, 0)
+    assert pi[1] > 0.99
+    assert fusion.mix(branches[:2])[0] > start[0] and fusion.mix(branches[:2])[1] < start[1]
