@@ -76,7 +76,7 @@ def main() -> None:
         for name in MODELS:
             seg = result.models[name].segments
             rows.append([name, *(f"{seg[k]['click_auc']:.4f}" for k in SEGMENTS),
-                         *(f"{seg[k]['click_logloss']:.4f}" for k in SEGMENTS)])
+                         *(f"{seg[k]['click_logloss']:.5f}" for k in SEGMENTS)])
             table.add_row(*rows[-1])
         check = verdict({n: result.models[n].segments for n in ("online", "ftrl")})
         console.print(table, f"online vs FTRL: {check}")

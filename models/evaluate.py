@@ -32,10 +32,13 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import os
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
+from multiprocessing import get_context
 from pathlib import Path
 from typing import cast
 
@@ -176,15 +179,24 @@ def _counted(
     tick(n % every)
 
 
+def spooled_batches(path: str, size: int) -> Iterator[list[TrainingExample]]:
+    """The examples of a spool file in order, ``size`` at a time."""
+    with open(path, "rb") as f:
+        while batch := [decode_example(line) for line in itertools.islice(f, size)]:
+            yield batch
+
+
 class ExampleSpool:
-    """Examples written once to an anonymous temporary file, then read back in batches.
+    """Examples written once to a temporary file, then read back in batches (by any process:
+    :attr:`path`).
 
     Memory stays bounded by a batch whatever the log's size; the labels (``N X 2`` click,
     purchase) and event times are kept since every metric needs them.
     """
 
     def __init__(self, examples: Iterable[TrainingExample]) -> None:
-        self._file = tempfile.TemporaryFile()
+        self._file = tempfile.NamedTemporaryFile(prefix="streamrank-examples-")
+        self.path = self._file.name
         labels: list[tuple[int, int]] = []
         times: list[int] = []
         for x in examples:
@@ -197,11 +209,14 @@ class ExampleSpool:
     def __len__(self) -> int:
         return len(self.labels)
 
+    def flush(self) -> None:
+        """Make every example readable through :attr:`path`."""
+        self._file.flush()
+
     def batches(self, size: int) -> Iterator[list[TrainingExample]]:
         """The examples in order, ``size`` at a time."""
-        self._file.seek(0)
-        while batch := [decode_example(line) for line in itertools.islice(self._file, size)]:
-            yield batch
+        self.flush()
+        yield from spooled_batches(self.path, size)
 
     def close(self) -> None:
         """Remove the temporary file."""
@@ -269,6 +284,41 @@ def progressive(
     if start != n:
         raise ValueError(f"expected {n} examples, got {start}")
     return {name: out[name] for name in names}, frozen_at
+
+
+BASELINES = ("ftrl", "most_popular")
+"""The models :func:`progressive_in_parallel` runs in a second process."""
+
+
+def _baselines_of_file(path: str, n: int, settings: Settings,
+                       models: Sequence[str]) -> dict[str, np.ndarray]:
+    return progressive(spooled_batches(path, settings.batch_size), n, settings,
+                       models=models)[0]
+
+
+def progressive_in_parallel(
+    spool: ExampleSpool, settings: Settings, on_batch: Callable[[int], None] = lambda n: None,
+    models: Sequence[str] = MODELS,
+) -> tuple[dict[str, np.ndarray], int]:
+    """:func:`progressive` over ``spool``, the baselines (:data:`BASELINES`) in a second
+    process where there are two cores or more and both kinds of model are asked for.
+
+    The models never see one another's learning, so each one's predictions are those of the
+    single-process run: every example is still scored by every model before any learns it.
+    """
+    names = _check(models)
+    torch_models = [m for m in names if m not in BASELINES]
+    baselines = [m for m in names if m in BASELINES]
+    if not torch_models or not baselines or (os.cpu_count() or 1) < 2:
+        return progressive(spool.batches(settings.batch_size), len(spool), settings,
+                           on_batch=on_batch, models=names)
+    spool.flush()
+    with ProcessPoolExecutor(1, mp_context=get_context("spawn")) as pool:
+        future = pool.submit(_baselines_of_file, spool.path, len(spool), settings, baselines)
+        predictions, frozen_at = progressive(spool.batches(settings.batch_size), len(spool),
+                                             settings, on_batch=on_batch, models=torch_models)
+        predictions |= future.result()
+    return {name: predictions[name] for name in names}, frozen_at
 
 
 def segments(y: np.ndarray, p: np.ndarray) -> dict[str, dict[str, float | None]]:
@@ -361,9 +411,8 @@ def evaluate(
             if not len(spool):
                 raise ValueError(f"{path}: no training examples ({report.summary()})")
             learn = bar.add_task("progressive validation", total=len(spool))
-            predictions, frozen_at = progressive(
-                spool.batches(settings.batch_size), len(spool), settings,
-                on_batch=lambda k: bar.advance(learn, k), models=names)
+            predictions, frozen_at = progressive_in_parallel(
+                spool, settings, on_batch=lambda k: bar.advance(learn, k), models=names)
         finally:
             spool.close()
     learned = time.perf_counter()

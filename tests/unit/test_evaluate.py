@@ -135,8 +135,11 @@ def test_online_model_matches_a_plain_trainer_fed_the_same_examples(run, log):
         expected.append(p)
         expected_frozen.append(p if frozen is None else frozen.predict_many(batch))
         trainer.learn_many(batch)
-    np.testing.assert_array_equal(result.predictions["online"], np.concatenate(expected))
-    np.testing.assert_array_equal(result.predictions["frozen"], np.concatenate(expected_frozen))
+    # the loop's scores come from the training forward pass with the position term swapped
+    # for the serving one; predict_many encodes the serving position: equal up to float32
+    np.testing.assert_allclose(result.predictions["online"], np.concatenate(expected), atol=1e-6)
+    np.testing.assert_allclose(result.predictions["frozen"], np.concatenate(expected_frozen),
+                               atol=1e-6)
     after = slice(result.frozen_at, None)
     assert not np.array_equal(result.predictions["online"][after],
                               result.predictions["frozen"][after])
