@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import time
 from pathlib import Path
+from typing import cast
 
 import torch
 from rich.console import Console
@@ -43,11 +44,14 @@ def verdict(segments: dict[str, dict[str, dict[str, float | None]]]) -> str:
     on, ftrl = segments["online"], segments["ftrl"]
 
     def better(seg: str, strict: bool) -> bool:
-        a, b = on[seg], ftrl[seg]
-        auc = a["click_auc"] > b["click_auc"] if strict else a["click_auc"] >= b["click_auc"]
-        ll = (a["click_logloss"] < b["click_logloss"] if strict
-              else a["click_logloss"] <= b["click_logloss"])
-        return bool(auc and ll)
+        figures = [on[seg][k] for k in ("click_auc", "click_logloss")]
+        figures += [ftrl[seg][k] for k in ("click_auc", "click_logloss")]
+        if any(v is None for v in figures):
+            return False
+        auc, ll, auc_ftrl, ll_ftrl = cast(list[float], figures)
+        if strict:
+            return auc > auc_ftrl and ll < ll_ftrl
+        return auc >= auc_ftrl and ll <= ll_ftrl
 
     return (f"first 10 %: {'yes' if better('first_10%', False) else 'no'}, "
             f"overall: {'yes' if better('all', True) else 'no'}")

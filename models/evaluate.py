@@ -40,7 +40,7 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import numpy as np
 from rich.console import Console
@@ -108,7 +108,7 @@ class ModelResult:
     segments: dict[str, dict[str, float | None]] = field(default_factory=dict)
     """Per :data:`SEGMENTS` name: ``click_auc``, ``click_logloss``, ``purchase_auc``,
     ``purchase_logloss`` (None where a model has no such head)."""
-    windows: dict[str, list[float | None]] = field(default_factory=dict)
+    windows: dict[str, list[Any]] = field(default_factory=dict)
     """Per window of time: ``start``, ``end`` (example indices), ``t_start_ms``, ``t_end_ms``,
     ``auc`` and ``logloss`` (click)."""
 
@@ -288,6 +288,8 @@ def progressive(
 
 BASELINES = ("ftrl", "most_popular")
 """The models :func:`progressive_in_parallel` runs in a second process."""
+PARALLEL_MIN_EXAMPLES = 50_000
+"""Below this many examples a second process costs more (its start, imports) than it saves."""
 
 
 def _baselines_of_file(path: str, n: int, settings: Settings,
@@ -298,10 +300,11 @@ def _baselines_of_file(path: str, n: int, settings: Settings,
 
 def progressive_in_parallel(
     spool: ExampleSpool, settings: Settings, on_batch: Callable[[int], None] = lambda n: None,
-    models: Sequence[str] = MODELS,
+    models: Sequence[str] = MODELS, min_examples: int = PARALLEL_MIN_EXAMPLES,
 ) -> tuple[dict[str, np.ndarray], int]:
     """:func:`progressive` over ``spool``, the baselines (:data:`BASELINES`) in a second
-    process where there are two cores or more and both kinds of model are asked for.
+    process where there are two cores or more, both kinds of model are asked for and the
+    spool holds at least ``min_examples``.
 
     The models never see one another's learning, so each one's predictions are those of the
     single-process run: every example is still scored by every model before any learns it.
@@ -309,7 +312,8 @@ def progressive_in_parallel(
     names = _check(models)
     torch_models = [m for m in names if m not in BASELINES]
     baselines = [m for m in names if m in BASELINES]
-    if not torch_models or not baselines or (os.cpu_count() or 1) < 2:
+    if (not torch_models or not baselines or (os.cpu_count() or 1) < 2
+            or len(spool) < min_examples):
         return progressive(spool.batches(settings.batch_size), len(spool), settings,
                            on_batch=on_batch, models=names)
     spool.flush()
@@ -333,10 +337,10 @@ def segments(y: np.ndarray, p: np.ndarray) -> dict[str, dict[str, float | None]]
 
 
 def windows(y: np.ndarray, p: np.ndarray, times: np.ndarray,
-            count: int = WINDOWS) -> dict[str, list[float | None]]:
+            count: int = WINDOWS) -> dict[str, list[Any]]:
     """Click AUC and log loss per window of time: ``count`` consecutive slices of equal size."""
     edges = np.linspace(0, len(y), min(count, len(y)) + 1).astype(int)
-    out: dict[str, list[float | None]] = {k: [] for k in (
+    out: dict[str, list[Any]] = {k: [] for k in (
         "start", "end", "t_start_ms", "t_end_ms", "auc", "logloss")}
     for a, b in zip(edges[:-1], edges[1:]):
         figures = head_figures(y[a:b, 0], p[a:b, 0])

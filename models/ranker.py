@@ -1,7 +1,8 @@
 """The ranking model: Wide & Deep over hashed IDs, their crosses, recent clicks and dense inputs.
 
-One model, two parts whose logits add up (Cheng et al., 2016), trained jointly on one loss
-(:mod:`models.trainer`):
+One model, two parts whose logits add up (Cheng et al., 2016), trained together on every
+batch (:mod:`models.trainer`): the wide part as a logistic regression of its own, the deep
+part on top of the wide logit (it learns what the linear model misses):
 
 * **Wide** (:class:`WideArch`): a logistic regression over one-hot hashed IDs — user, item,
   category, user x item, user x category — the impression's position and the ``log1p`` of the
@@ -50,7 +51,7 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import Sequence
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import torch
 import torch.nn.functional as F
@@ -253,7 +254,7 @@ class SparseArch(nn.Module):
 
     def pooled(self, field: str, rows: Tensor) -> Tensor:
         """Mean of ``field``'s rows ``B X L`` (``-1``: none) -> ``B X D`` (zeros when none)."""
-        table = self.tables[field]
+        table = cast(nn.Embedding, self.tables[field])
         mask = rows >= 0
         emb = F.embedding(rows.clamp_min(0), table.weight, sparse=table.sparse)
         emb = emb * mask.unsqueeze(-1)
@@ -303,8 +304,9 @@ class OverArch(nn.Module):
             nn.Linear(in_features, HIDDEN), nn.ReLU(),
             nn.Linear(HIDDEN, HIDDEN // 2), nn.ReLU(),
             nn.Linear(HIDDEN // 2, 2))
-        nn.init.zeros_(self.mlp[-1].weight)
-        nn.init.zeros_(self.mlp[-1].bias)
+        last = cast(nn.Linear, self.mlp[-1])
+        nn.init.zeros_(last.weight)
+        nn.init.zeros_(last.bias)
 
     def forward(self, x: Tensor) -> Tensor:
         """``B X I`` -> ``B X 2``."""

@@ -1,14 +1,17 @@
 """The online trainer: learns the :class:`~models.ranker.Ranker` from examples as they arrive.
 
-* Optimisers (Wide & Deep, jointly on one loss): the wide part by FTRL-Proximal with L1
-  (:class:`WideFtrl`: River's ``FTRLProximal`` step per coordinate, the intercept by River's
-  plain SGD; ``settings.wide_*``), the deep part by one ``torch.optim.Adagrad`` (lr
-  ``settings.learning_rate``) over sparse-gradient embedding tables (only the rows in a batch
-  are read and updated) and the dense MLPs. Both follow the gradient of the same joint logit.
+* Optimisers (Wide & Deep): the wide part by FTRL-Proximal with L1 on its own logit
+  (:class:`WideFtrl`: River's ``FTRLProximal`` step for step, example by example; the
+  intercept by River's plain SGD; ``settings.wide_*``), the deep part by one
+  ``torch.optim.Adagrad`` (lr ``settings.learning_rate``) on ``wide + deep`` with the wide
+  logit held fixed, over sparse-gradient embedding tables (only the rows in a batch are read
+  and updated) and the dense MLPs; the fusion's weights by each branch's log loss
+  (:class:`~models.ranker.FusionArch`).
 * Threads: run it with ``torch.set_num_threads(1)``. The model is small; on the 2-core
   machine two intra-op threads made ``learn_many`` about 10x slower than one
   (``bench/bench_trainer.py --threads 2``).
-* Loss (ESMM, over all impressions): ``BCE(p_click, click) + BCE(p_purchase, click*purchase)``;
+* Deep loss (ESMM, over all impressions): ``BCE(p_click, click) + BCE(p_purchase,
+  click*purchase)`` with the wide + deep branch's ``p_click``;
   the click logit is trained at the impression's own position, every score is made at
   :data:`~models.ranker.SERVING_POSITION`, whose weight is the impression-weighted mean of the
   position weights.

@@ -21,6 +21,8 @@ from models.evaluate import (
     LogSpec,
     evaluate,
     evaluate_logs,
+    progressive,
+    progressive_in_parallel,
     score,
 )
 from models.trainer import OnlineTrainer, log_loss
@@ -203,3 +205,19 @@ def test_cli_rejects_unknown_or_missing_models(log, tmp_path, models, reason):
     assert "error: models must be some of online, frozen, ftrl, most_popular" in message
     assert reason in message
     assert not (tmp_path / "results.json").exists()
+
+
+def test_baselines_in_a_second_process_give_the_same_predictions(log):
+    events, _ = read_log(log, "taobao", settings=SETTINGS)
+    examples = list(itertools.islice(build_examples(with_impressions(events, SETTINGS), SETTINGS),
+                                     1_000))
+    spool = ExampleSpool(examples)
+    try:
+        parallel, frozen_at = progressive_in_parallel(spool, SETTINGS, min_examples=0)
+        serial, serial_frozen_at = progressive(spool.batches(SETTINGS.batch_size), len(spool),
+                                               SETTINGS)
+    finally:
+        spool.close()
+    assert frozen_at == serial_frozen_at and list(parallel) == list(MODELS)
+    for name in MODELS:
+        np.testing.assert_array_equal(parallel[name], serial[name])
