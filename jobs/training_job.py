@@ -57,7 +57,9 @@ checkpoint's offsets ``C`` and the trainer at the latest snapshot ``S``. So:
   the examples between ``C`` and ``S`` are **learned twice** (at most one checkpoint
   interval's worth).
 
-That is at-most-once with a bounded loss in the usual case; online learning shrugs it off, and
+The de-duplication window (:mod:`models.loop`) lives in the task's memory and starts empty
+after a restart: re-read examples are learned by the restored weights, which never learned
+them. That is at-most-once with a bounded loss in the usual case; online learning shrugs it off, and
 a smaller ``snapshot_every`` shrinks the window. A start without ``--restore`` resumes at the
 consumer group's committed offsets (committed at each completed checkpoint), i.e. the same.
 Versions cut after ``S`` by the crashed run are superseded by the new snapshot, whose number is

@@ -210,6 +210,9 @@ class WideFtrl:
                              torch.zeros(p.shape, dtype=torch.float64))
                       for name, p in wide.named_parameters() if name != "bias"}
         self.position_counts = torch.zeros(SERVING_POSITION, dtype=torch.float64)
+        self.dense_pending: list[int] = []
+        """Dense inputs updated at the last example that had them (their w is set again at
+        the next example, as River does)."""
 
     def step(self, wide: WideArch, batch: Batch, click: Tensor,
              offset: Tensor | None = None) -> None:
@@ -236,28 +239,39 @@ class WideFtrl:
         ys = click.tolist()
         offsets = offset.tolist() if offset is not None else [0.0] * len(ys)
         sqrt, copysign, exp = math.sqrt, math.copysign, math.exp
+        pending = self.dense_pending  # dense inputs whose w_i River would catch up next
         for coords, x, y, off in zip(per_example, xs, ys, offsets):
+            nonzero = [(j, xi) for j, xi in enumerate(x) if xi]
             logit = bias + off + sum(c[0] for c in coords) + sum(
-                c[0] * xi for c, xi in zip(dense, x))
+                dense[j][0] * xi for j, xi in nonzero)
             sign = 1.0 if y > 0 else -1.0
             g = -sign / (exp(logit * sign) + 1.0)
             bias -= lr * g
+            # River sets every w_i of the example (a dense input of value 0 too) from its z_i
+            # and n_i, then updates z_i and n_i of the non-zero ones; a w_i whose z_i and n_i
+            # did not change since it was last set stays what it is, so only the inputs
+            # updated at their last example need it again.
+            for j in pending:
+                c = dense[j]
+                if abs(c[1]) > l1:
+                    c[0] = -(c[1] - copysign(l1, c[1])) / ((beta + sqrt(c[2])) / alpha + l2)
+            pending = []
             for c in coords:
                 if abs(c[1]) > l1:
                     c[0] = -(c[1] - copysign(l1, c[1])) / ((beta + sqrt(c[2])) / alpha + l2)
-            for c in dense:
-                if abs(c[1]) > l1:
-                    c[0] = -(c[1] - copysign(l1, c[1])) / ((beta + sqrt(c[2])) / alpha + l2)
-            for c in coords:
                 s = (sqrt(c[2] + g * g) - sqrt(c[2])) / alpha
                 c[1] += g - s * c[0]
                 c[2] += g * g
-            for c, xi in zip(dense, x):
-                if xi:
-                    gi = g * xi
-                    s = (sqrt(c[2] + gi * gi) - sqrt(c[2])) / alpha
-                    c[1] += gi - s * c[0]
-                    c[2] += gi * gi
+            for j, xi in nonzero:
+                c = dense[j]
+                if abs(c[1]) > l1:
+                    c[0] = -(c[1] - copysign(l1, c[1])) / ((beta + sqrt(c[2])) / alpha + l2)
+                gi = g * xi
+                s = (sqrt(c[2] + gi * gi) - sqrt(c[2])) / alpha
+                c[1] += gi - s * c[0]
+                c[2] += gi * gi
+                pending.append(j)
+        self.dense_pending = pending
         for (name, table, _), unique, cell in zip(tables, gathered, cells):
             values = torch.tensor([cell[r] for r in unique.tolist()], dtype=torch.float64)
             z, n = self.state[name]
@@ -278,7 +292,9 @@ class WideFtrl:
         """The FTRL state by name (for checkpoints)."""
         out = {f"{name}.z": z for name, (z, _) in self.state.items()}
         out |= {f"{name}.n": n for name, (_, n) in self.state.items()}
-        return out | {"position_counts": self.position_counts}
+        pending = torch.zeros(len(self.state["dense"][0]), dtype=torch.bool)
+        pending[self.dense_pending] = True
+        return out | {"position_counts": self.position_counts, "dense_pending": pending}
 
     def load_state_dict(self, state: dict[str, Tensor]) -> None:
         """Restore :meth:`state_dict`."""
@@ -286,6 +302,7 @@ class WideFtrl:
             z.copy_(state[f"{name}.z"])
             n.copy_(state[f"{name}.n"])
         self.position_counts.copy_(state["position_counts"])
+        self.dense_pending = state["dense_pending"].nonzero().flatten().tolist()
 
 
 class FrozenRanker:
