@@ -58,8 +58,7 @@ checkpoint's offsets ``C`` and the trainer at the latest snapshot ``S``. So:
   interval's worth).
 
 The de-duplication window (:mod:`models.loop`) lives in the task's memory and starts empty
-after a restart: re-read examples are learned by the restored weights, which never learned
-them. That is at-most-once with a bounded loss in the usual case; online learning shrugs it off, and
+after a restart, so what the source reads again is learned as described above. That is at-most-once with a bounded loss in the usual case; online learning shrugs it off, and
 a smaller ``snapshot_every`` shrinks the window. A start without ``--restore`` resumes at the
 consumer group's committed offsets (committed at each completed checkpoint), i.e. the same.
 Versions cut after ``S`` by the crashed run are superseded by the new snapshot, whose number is
