@@ -21,8 +21,8 @@ Metrics per model and head (click; purchase where a model has that head): exact 
 log loss over the whole stream and over its first 10 % and first 20 % (:data:`SEGMENTS`: how
 fast a model learns, when most users and items are new), and per window of time
 (:data:`WINDOWS` consecutive slices of equal example counts, event-time order); plus the
-cumulative curves of :class:`models.trainer.HeadMetrics` (binned AUC, log loss, River's exact
-``RollingROCAUC`` over the last ``ROLLING_WINDOW`` examples). The purchase label is the
+curves along the stream: cumulative AUC (binned, :class:`models.trainer.BinnedAUC`), cumulative
+log loss and the exact AUC over the last ``ROLLING_WINDOW`` examples. The purchase label is the
 example's ``purchase`` (bought within the attribution window). :func:`evaluate_logs` runs
 several logs in one go and writes the per-log table.
 """
@@ -56,7 +56,7 @@ from features.impressions import with_impressions
 from models.base import OnlineRanker
 from models.baselines import FtrlBaseline, MostPopular
 from models.loop import TrainingLoop
-from models.trainer import ROLLING_WINDOW, HeadMetrics, OnlineTrainer, log_loss
+from models.trainer import ROLLING_WINDOW, BinnedAUC, OnlineTrainer, log_loss
 from streamrank.config import Settings
 
 FREEZE_FRACTION = 0.2
@@ -357,30 +357,34 @@ def score(y: np.ndarray, p: np.ndarray, step: int, every: int,
     """Metrics of ``N X 2`` predictions ``p`` against ``N X 2`` labels ``y`` (click, purchase),
     fed in slices of ``step`` in order; curve points about every ``every`` examples; windows of
     time by the examples' event ``times`` (ms; default: their indices)."""
-    heads = {0: HeadMetrics()}
     has_purchase = bool(np.isfinite(p[:, 1]).any())
-    if has_purchase:
-        heads[1] = HeadMetrics()
+    cols = (0, 1) if has_purchase else (0,)
+    aucs = {col: BinnedAUC() for col in cols}
+    loss_sum = dict.fromkeys(cols, 0.0)
+    loss_n = dict.fromkeys(cols, 0)
     curves: dict[str, list[float]] = {"x": [], "auc": [], "logloss": [], "window_auc": []}
     n, next_point = len(y), every
     for start in range(0, n, step):
         end = min(start + step, n)
-        for col, metrics in heads.items():
+        for col in cols:
             ok = np.isfinite(p[start:end, col])
-            metrics.update(y[start:end, col][ok], p[start:end, col][ok])
+            yy, pp = y[start:end, col][ok], p[start:end, col][ok]
+            aucs[col].update(yy, pp)
+            loss_sum[col] += float(log_loss(yy, pp).sum())
+            loss_n[col] += len(yy)
         if end >= next_point or end == n:
-            click = heads[0].as_dict("click")
+            recent = slice(max(0, end - ROLLING_WINDOW), end)
+            window_auc = head_figures(y[recent, 0], p[recent, 0])["auc"]
             curves["x"].append(end)
-            curves["auc"].append(round(click["click_auc"], 5))
-            curves["logloss"].append(round(click["click_logloss"], 5))
-            curves["window_auc"].append(round(click["click_auc_rolling"], 5))
+            curves["auc"].append(round(aucs[0].get(), 5))
+            curves["logloss"].append(round(loss_sum[0] / max(loss_n[0], 1), 5))
+            curves["window_auc"].append(round(window_auc or 0.0, 5))
             next_point = end + every
-    click = heads[0].as_dict("click")
-    purchase = heads[1].as_dict("purchase") if has_purchase else {}
+    mean_loss = {col: loss_sum[col] / max(loss_n[col], 1) for col in cols}
     return ModelResult(
-        auc=click["click_auc"], logloss=click["click_logloss"], examples=n,
-        positives=int(y[:, 0].sum()), purchase_auc=purchase.get("purchase_auc"),
-        purchase_logloss=purchase.get("purchase_logloss"), purchases=int(y[:, 1].sum()),
+        auc=aucs[0].get(), logloss=mean_loss[0], examples=n,
+        positives=int(y[:, 0].sum()), purchase_auc=aucs[1].get() if has_purchase else None,
+        purchase_logloss=mean_loss[1] if has_purchase else None, purchases=int(y[:, 1].sum()),
         curves=curves, segments=segments(y, p),
         windows=windows(y, p, np.arange(n) if times is None else times))
 
