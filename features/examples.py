@@ -44,7 +44,7 @@ from operator import itemgetter
 
 from connectors.events import Event
 from connectors.examples import TrainingExample
-from features.labels import LabelJoiner
+from features.labels import NO_RECENT, LabelJoiner, Recent
 from features.rows import FeatureComputer, FeatureRow, feeds_state
 from features.schema import DENSE_FEATURES
 from features.state import (
@@ -153,6 +153,12 @@ class ExampleBuilder:
         return user_features(u, t) | user_category_features(uc or UserCategoryState(), u,
                                                             category, t)
 
+    def recent(self, user: str, t: int) -> Recent:
+        """The user's last clicked items and categories at ``t`` (state before an impression
+        at ``t``), newest first."""
+        u = alive(self.computer.users.get(user), t, self._ttl) or UserState()
+        return u.last_items, u.last_categories
+
     def add(self, event: Event) -> list[TrainingExample]:
         """Take one event; return the examples it finished."""
         return self.step(event)[1]
@@ -163,9 +169,10 @@ class ExampleBuilder:
             return [], self.joiner.add(event)
         t = event.event_time
         self._fill(max(self.joiner.watermark, t - self._lag))
-        features = None
+        features, recent = None, NO_RECENT
         if event.event_type == "impression":
             features = self.user_side(event.user_id, event.category_id, t)
+            recent = self.recent(event.user_id, t)
             self._seq += 1
             heapq.heappush(self._waiting, (t, self._seq, event.item_id, features))
         rows: list[FeatureRow] = []
@@ -174,7 +181,7 @@ class ExampleBuilder:
             self._items.apply(event.item_id, event.event_type, t)
             self.state.events += 1
             self._sweep(t)
-        return rows, self.joiner.add(event, features)
+        return rows, self.joiner.add(event, features, recent)
 
     def flush(self) -> list[TrainingExample]:
         """End of stream: every impression still waiting, labelled with what arrived."""

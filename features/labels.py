@@ -81,11 +81,17 @@ class JoinCounters:
         return asdict(self)
 
 
-class _Pending:
-    __slots__ = ("event", "features", "click", "purchase", "seq")
+Recent = tuple[tuple[str, ...], tuple[str, ...]]
+"""The user's last clicked items and categories before an impression, newest first."""
+NO_RECENT: Recent = ((), ())
 
-    def __init__(self, event: Event, features: dict[str, float], seq: int) -> None:
-        self.event, self.features, self.seq = event, features, seq
+
+class _Pending:
+    __slots__ = ("event", "features", "recent", "click", "purchase", "seq")
+
+    def __init__(self, event: Event, features: dict[str, float], recent: Recent,
+                 seq: int) -> None:
+        self.event, self.features, self.recent, self.seq = event, features, recent, seq
         self.click = self.purchase = 0
 
     @property
@@ -125,9 +131,10 @@ class LabelJoiner:
             return "late"
         return None
 
-    def add(self, event: Event, features: dict[str, float] | None = None) -> list[TrainingExample]:
-        """Take one event (an impression with its features as of the impression); return the
-        examples this finished."""
+    def add(self, event: Event, features: dict[str, float] | None = None,
+            recent: Recent = NO_RECENT) -> list[TrainingExample]:
+        """Take one event (an impression with its features and the user's recent clicked
+        items and categories, as of the impression); return the examples this finished."""
         rejected = self.rejects(event)
         if rejected == "duplicate":
             self.counters.duplicates += 1
@@ -139,7 +146,7 @@ class LabelJoiner:
         self._seen[seen] = event.event_time
         self._seen_order.append((event.event_time, seen))
         if event.event_type == "impression":
-            self._hold(event, features or {})
+            self._hold(event, features or {}, recent)
         elif event.event_type in ("click", "purchase"):
             heapq.heappush(self._labels, (event.event_time, next(self._seq), event))
         return self.advance(event.event_time - self._lag) if self._follow else []
@@ -172,9 +179,9 @@ class LabelJoiner:
     def _horizon(self) -> int:
         return self.watermark - self._lateness if self.watermark != _NEVER else _NEVER
 
-    def _hold(self, event: Event, features: dict[str, float]) -> None:
+    def _hold(self, event: Event, features: dict[str, float], recent: Recent) -> None:
         self.counters.impressions += 1
-        p = _Pending(event, features, next(self._seq))
+        p = _Pending(event, features, recent, next(self._seq))
         heapq.heappush(self._pending, (event.event_time + self.wait_ms, p.seq, p))
         if event.request_id is not None:
             self._by_request[(event.request_id, event.item_id)] = p
@@ -220,7 +227,8 @@ class LabelJoiner:
         return TrainingExample(
             example_id=e.event_id, request_id=e.request_id, user_id=e.user_id,
             item_id=e.item_id, category_id=e.category_id, position=e.position,
-            event_time=e.event_time, click=p.click, purchase=p.purchase, features=p.features)
+            event_time=e.event_time, click=p.click, purchase=p.purchase, features=p.features,
+            price=e.price, recent_items=p.recent[0], recent_categories=p.recent[1])
 
     def _forget(self) -> None:
         horizon = self._horizon()

@@ -66,7 +66,7 @@ from pyflink.table import StreamTableEnvironment
 from connectors.events import Event
 from connectors.examples import encode_example
 from connectors.feature_rows import encode_row
-from features.labels import LabelJoiner
+from features.labels import NO_RECENT, LabelJoiner
 from features.rows import FeatureRow, feeds_state, update_item, update_user, update_user_category
 from features.schema import DENSE_FEATURES
 from features.state import (
@@ -236,12 +236,13 @@ class UserStage(_Stage):
         user: UserState | None = self._user.value()
         uc: UserCategoryState | None = (self._categories.get(category)
                                         if category is not None else None)
-        features = None
+        features, recent = None, NO_RECENT
         if event.event_type == "impression":
             before = alive(user, t, self._ttl) or UserState()
             features = (user_features(before, t)
                         | user_category_features(alive(uc, t, self._ttl) or UserCategoryState(),
                                                  before, category, t))
+            recent = (before.last_items, before.last_categories)
             ctx.timer_service().register_event_time_timer(t + self._wait + 1)
         if feeds_state(event):
             new_user, user_row = update_user(user, event, self._ttl)
@@ -255,7 +256,7 @@ class UserStage(_Stage):
             self._stats.add("rows", 1 + (category is not None))
         self._stats.add("events")
         joiner = self._load_joiner()
-        joiner.add(event, features)
+        joiner.add(event, features, recent)
         self._joiner.update(joiner)
 
     def on_timer(self, timestamp: int, ctx: KeyedProcessFunction.OnTimerContext) -> Iterator[Any]:

@@ -242,8 +242,10 @@ def replay(
 
 @app.command()
 def evaluate(
-    file: Annotated[Optional[Path], typer.Argument(help="the log (default: the Taobao sample in data/)")] = None,
-    fmt: LogFormatOpt = "taobao",
+    files: Annotated[Optional[list[Path]], typer.Argument(
+        help="one or more logs (default: the Taobao sample in data/)")] = None,
+    fmt: Annotated[str, typer.Option("--format", help=(
+        "taobao | csv | jsonl, one for every log or one per log, comma-separated"))] = "taobao",
     mapping: MappingOpt = None,
     columns: ColumnsOpt = None,
     event_names: EventNamesOpt = None,
@@ -251,21 +253,32 @@ def evaluate(
     models: Annotated[Optional[str], typer.Option(
         "--models", help="comma-separated, some of online, frozen, ftrl, most_popular (default: all)")] = None,
 ) -> None:
-    """Progressive validation on a log: the online torch model vs River FTRL, a frozen copy
-    and a most-popular baseline. No Kafka, Redis or Flink needed."""
-    from models.evaluate import MODELS
+    """Progressive validation on one or more logs: the online torch model vs River FTRL, a
+    frozen copy and a most-popular baseline; with several logs, a per-log table too. No Kafka,
+    Redis or Flink needed."""
+    from models.evaluate import MODELS, LogSpec, evaluate_logs
     from models.evaluate import evaluate as run_evaluate
 
     settings = _settings()
-    file = file or settings.sample_log
-    if not file.is_file():
-        raise _fail(f"no such file: {file}")
-    csv_mapping = _csv_mapping(fmt, mapping, columns, event_names)
+    paths = files or [settings.sample_log]
+    formats = [f.strip() for f in fmt.split(",")]
+    if len(formats) == 1:
+        formats *= len(paths)
+    if len(formats) != len(paths):
+        raise _fail(f"--format: give one format or one per log ({len(paths)}), got {fmt!r}")
+    for path in paths:
+        if not path.is_file():
+            raise _fail(f"no such file: {path}")
+    specs = [LogSpec(path, f, _csv_mapping(f, mapping, columns, event_names))  # type: ignore[arg-type]
+             for path, f in zip(paths, formats)]
     out_dir = out or settings.run_dir / "reports" / "evaluate"
     names = MODELS if models is None else [m.strip() for m in models.split(",") if m.strip()]
     try:
-        run_evaluate(file, fmt, settings, mapping=csv_mapping, out_dir=out_dir,  # type: ignore[arg-type]
-                     models=names)
+        if len(specs) == 1:
+            run_evaluate(specs[0].path, specs[0].fmt, settings, mapping=specs[0].mapping,
+                         out_dir=out_dir, models=names)
+        else:
+            evaluate_logs(specs, settings, out_dir=out_dir, models=names)
     except ValueError as err:
         raise _fail(str(err)) from None
     console.print(f"report written to {out_dir}")

@@ -83,6 +83,21 @@ class Settings(BaseSettings):
     hash_buckets: int = 200_003
     """Rows per hashed ID embedding table (bounds memory)."""
     learning_rate: float = 0.05
+    """Adagrad's learning rate for the deep part."""
+    deep: bool = True
+    """Train the deep part; off, the ranker is its wide part alone (FTRL logistic regression)."""
+    wide_alpha: float = 0.1
+    """FTRL-Proximal's alpha for the wide part (River's default is 0.05; the wide part's rows
+    see few examples each, so it learns them faster)."""
+    wide_beta: float = 1.0
+    wide_l1: float = 1.0
+    """FTRL-Proximal's L1 for the wide part: a row (e.g. a cross seen once) stays at 0 until
+    its |z| passes it."""
+    wide_l2: float = 1.0
+    wide_intercept_lr: float = 0.01
+    """The wide intercept's SGD learning rate (River's LogisticRegression default)."""
+    dedup_window_examples: int = 200_000
+    """The training job drops an example whose example_id was among the last this many."""
     batch_size: int = 256
     seed: int = 0
     delta_interval_s: float = 1.0

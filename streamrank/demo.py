@@ -74,8 +74,7 @@ def follow_and_rank(settings: Settings, console: Console) -> int:
     from models.ranker import encode_batch
 
     with torch.no_grad():
-        sparse, dense_t = encode_batch(examples, settings.hash_buckets)
-        probs = Ranker.probabilities(model(sparse, dense_t)).numpy()
+        probs = Ranker.probabilities(model(*encode_batch(examples, settings.hash_buckets))).numpy()
     table = Table("rank", "item_id", "p_click", "p_purchase", title=f"user {user}, model v{version}")
     order = probs[:, 0].argsort()[::-1]
     for rank, i in enumerate(order[:10], 1):
