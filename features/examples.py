@@ -35,6 +35,7 @@ from typing import TypeVar
 from connectors.events import Event
 from connectors.examples import TrainingExample
 from features.labels import LabelJoiner
+from features.model_input import model_features
 from features.rows import feeds_state
 from features.state import (
     HOUR_MS,
@@ -44,9 +45,6 @@ from features.state import (
     apply_item,
     apply_user,
     apply_user_category,
-    item_features,
-    user_category_features,
-    user_features,
 )
 from streamrank.config import Settings
 
@@ -133,12 +131,9 @@ class ExampleBuilder:
     def features(self, user: str, item: str, category: str | None, t: int) -> dict[str, float]:
         """The dense features of showing ``item`` to ``user`` at ``t``, keyed (and ordered) as
         DENSE_FEATURES."""
-        u = self._users.get(user, _NO_USER)
-        features = user_features(u, t)
-        features.update(item_features(self._items.before(item, t), t))
-        uc = self._user_categories.get((user, category), _NO_USER_CATEGORY)
-        features.update(user_category_features(uc, u, category, t))
-        return features
+        return model_features(self._users.get(user, _NO_USER), self._items.before(item, t),
+                              self._user_categories.get((user, category), _NO_USER_CATEGORY),
+                              category, t)
 
     def add(self, event: Event) -> list[TrainingExample]:
         """Take one event; return the examples it finished."""
