@@ -49,7 +49,7 @@ class Reloader(threading.Thread):
 
     def run(self) -> None:
         try:
-            self._bootstrap()
+            self._from_store()
             with ModelUpdateSubscriber(
                     self.settings, group_id=f"streamrank-scorer-{uuid.uuid4().hex[:12]}",
                     **{"fetch.wait.max.ms": 50}) as subscriber:
@@ -62,7 +62,7 @@ class Reloader(threading.Thread):
             self.ready.set()
             log.exception("model reloader stopped")
 
-    def _bootstrap(self) -> None:
+    def _from_store(self) -> None:
         outcome = self.service.bootstrap_from_store()
         if outcome is not None:
             self.on_outcome("bootstrap", outcome)
