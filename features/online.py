@@ -135,9 +135,9 @@ class OnlineFeatureReader:
     encoders and its batched ``HMGET`` read, the one ``get_online_features`` uses), so any
     Feast writer's rows are read; what is skipped is the response protos and the per-call
     registry work of ``get_online_features``. One read per request fetches the user row, the
-    (user, category) rows and the item rows not in the cache. A cached item row is exact at
-    any later time (its state is aged at read time); it misses at most the item's events of
-    the last ``item_cache_ttl_ms``. The cache holds at most ``max_cached_items`` rows.
+    (user, category) rows and the item rows not in the cache. The cache holds the item's state
+    turned back from its row, which is exact at any later time (aged at read time); it misses
+    at most the item's events of the last ``item_cache_ttl_ms``. The cache holds at most ``max_cached_items`` rows.
     """
 
     def __init__(self, store: FeatureStore, item_cache_ttl_ms: float,
@@ -152,7 +152,8 @@ class OnlineFeatureReader:
         self._ttl_s = item_cache_ttl_ms / 1000.0
         self._max_cached = max_cached_items
         self._clock = clock
-        self._items: dict[str, tuple[float, Row]] = {}
+        self._items: dict[str, tuple[float, ItemState]] = {}
+        self._item_key_bytes: dict[str, bytes] = {}
         self._fields: dict[str, tuple[list[str], list[str | bytes]]] = {}
         for view in VIEW_FEATURES:
             fv = store.get_feature_view(view)
@@ -179,32 +180,53 @@ class OnlineFeatureReader:
             return []
         t = int(time.time() * 1000) if t_ms is None else t_ms
         now = self._clock()
-        cached = {i: e[1] for i in dict.fromkeys(item_ids)
-                  if (e := self._items.get(i)) is not None and now - e[0] < self._ttl_s}
-        missing = [i for i in dict.fromkeys(item_ids) if i not in cached]
-        self.cache_hits += len(cached)
+        states: dict[str, ItemState] = {}
+        missing: list[str] = []
+        for item in dict.fromkeys(item_ids):
+            entry = self._items.get(item)
+            if entry is not None and now - entry[0] < self._ttl_s:
+                states[item] = entry[1]
+            else:
+                missing.append(item)
+        self.cache_hits += len(states)
         self.cache_misses += len(missing)
         categories = [c for c in dict.fromkeys(category_ids) if c is not None]
-        plan = [(USER_VIEW, [(user_id,)]), (ITEM_VIEW, [(i,) for i in missing]),
-                (USER_CATEGORY_VIEW, [(user_id, c) for c in categories])]
-        commands = [(key, self._fields[view][1]) for view, keys in plan
-                    for key in self._keys(view, keys)]
+        user_fields, item_fields, uc_fields = (self._fields[v][1] for v in VIEW_FEATURES)
+        commands = [(self._keys(USER_VIEW, [(user_id,)])[0], user_fields)]
+        commands += [(key, item_fields) for key in self._item_keys(missing)]
+        commands += [(key, uc_fields)
+                     for key in self._keys(USER_CATEGORY_VIEW, [(user_id, c) for c in categories])]
         replies = self._online._read_hash_fields(self._config, commands)  # noqa: SLF001
+        self._make_room(len(missing), now)
+        for item, reply in zip(missing, replies[1:1 + len(missing)]):
+            row = _decode(self._fields[ITEM_VIEW][0], reply)
+            states[item] = item_state(*row) if row else ItemState()
+            self._items[item] = (now, states[item])
         user_r = _decode(self._fields[USER_VIEW][0], replies[0])
-        fetched = [_decode(self._fields[ITEM_VIEW][0], r)
-                   for r in replies[1:1 + len(missing)]]
-        uc_rows = {c: _decode(self._fields[USER_CATEGORY_VIEW][0], r)
-                   for c, r in zip(categories, replies[1 + len(missing):])}
-        if len(self._items) + len(missing) > self._max_cached:
+        user = user_state(*user_r) if user_r else UserState()
+        no_uc = UserCategoryState()
+        ucs: dict[str | None, UserCategoryState] = {None: no_uc}
+        for c, reply in zip(categories, replies[1 + len(missing):]):
+            row = _decode(self._fields[USER_CATEGORY_VIEW][0], reply)
+            ucs[c] = user_category_state(*row) if row else no_uc
+        return model_features_many(user, [(states[i], ucs[c], c)
+                                          for i, c in zip(item_ids, category_ids)], t)
+
+    def _item_keys(self, items: Sequence[str]) -> list[bytes]:
+        """Feast's Redis keys of item rows (kept: encoding them costs more than reading)."""
+        keys = self._item_key_bytes
+        new = [i for i in items if i not in keys]
+        if new:
+            if len(keys) + len(new) > self._max_cached:
+                keys.clear()
+            keys.update(zip(new, self._keys(ITEM_VIEW, [(i,) for i in new])))
+        return [keys[i] for i in items]
+
+    def _make_room(self, n: int, now: float) -> None:
+        if len(self._items) + n > self._max_cached:
             self._items = {k: e for k, e in self._items.items() if now - e[0] < self._ttl_s}
-            if len(self._items) + len(missing) > self._max_cached:
+            if len(self._items) + n > self._max_cached:
                 self._items.clear()
-        for item, row in zip(missing, fetched):
-            self._items[item] = (now, row)
-            cached[item] = row
-        return features_from_rows(user_r, [cached[i] for i in item_ids],
-                               [uc_rows.get(c) if c is not None else None for c in category_ids],
-                               category_ids, t)
 
 
 def _decode(names: Sequence[str], values: Sequence[bytes | None]) -> Row:
@@ -221,3 +243,20 @@ def _decode(names: Sequence[str], values: Sequence[bytes | None]) -> Row:
             value.ParseFromString(raw)
         row[name] = _value(value)
     return row, ts.seconds * 1000 + ts.nanos // 1_000_000
+
+
+class SdkFeatureReader:
+    """The plain path, :func:`read_features` (``get_online_features``) per request, behind
+    the same interface as :class:`OnlineFeatureReader`: for any Feast online store, and the
+    baseline the scorer benchmark compares with."""
+
+    def __init__(self, store: FeatureStore) -> None:
+        self._store = store
+        self.cache_hits = 0
+        self.cache_misses = 0
+
+    def read(self, user_id: str, item_ids: Sequence[str], category_ids: Sequence[str | None],
+             t_ms: int | None = None) -> list[dict[str, float]]:
+        """:func:`read_features` of the request."""
+        self.cache_misses += len(item_ids)
+        return read_features(self._store, user_id, item_ids, category_ids, t_ms)

@@ -104,6 +104,9 @@ class Settings(BaseSettings):
     """Candidates of one ``/rank`` request at most (more: 422)."""
     max_request_bytes: int = 1 << 20
     """Body of one ``/rank`` request at most (more: 413)."""
+    feature_reader: str = "redis"
+    """How a scorer reads Feast: ``redis`` (one pipelined read through Feast's Redis online
+    store, item cache) or ``sdk`` (``get_online_features``, any online store, no cache)."""
     item_cache_ttl_ms: float = 1_000.0
     """A scorer reuses an item's Feast row for this long (item features lag by at most it)."""
     guard_min_auc: float | None = None

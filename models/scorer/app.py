@@ -30,7 +30,7 @@ from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from connectors.snapshot_store import SnapshotStore
-from features.online import OnlineFeatureReader, features_from_rows
+from features.online import OnlineFeatureReader, SdkFeatureReader, features_from_rows
 from features.store import open_store
 from models.scorer.api import PinRequest, RankRequest
 from models.scorer.batcher import Batcher
@@ -89,7 +89,12 @@ class Scorer:
         self.service = ModelService(settings, self.device, SnapshotStore.from_settings(settings))
         self.metrics = ScorerMetrics(self.service)
         self.reloader = Reloader(settings, self.service, self.metrics.outcome) if follow else None
-        self.reader = OnlineFeatureReader(open_store(settings), settings.item_cache_ttl_ms)
+        if settings.feature_reader not in ("redis", "sdk"):
+            raise ValueError(f"feature_reader must be redis or sdk, not {settings.feature_reader!r}")
+        store = open_store(settings)
+        self.reader: OnlineFeatureReader | SdkFeatureReader = (
+            OnlineFeatureReader(store, settings.item_cache_ttl_ms)
+            if settings.feature_reader == "redis" else SdkFeatureReader(store))
         self.batcher = Batcher(self.service.current, settings.max_batch_wait_ms / 1000.0,
                                settings.max_batch_candidates, self._observe)
 

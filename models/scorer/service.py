@@ -54,6 +54,8 @@ class ServiceStatus:
     guard_reason: str
     served_since_ms: int
     watermark_ms: int
+    recent_swaps: list[tuple[int, int]]
+    """The last swaps as (version, wall-clock ms it started serving), oldest first."""
 
     def as_dict(self) -> dict[str, object]:
         """JSON-ready fields."""
@@ -79,6 +81,7 @@ class ModelService:
         self._pinned: Served | None = None
         self._deltas: dict[int, bytes] = {}
         self._served_log: deque[int] = deque(maxlen=64)
+        self._swaps: deque[tuple[int, int]] = deque(maxlen=256)
         self.guard_holding = False
         self.guard_reason = ""
         self.latest_seen = 0
@@ -112,7 +115,7 @@ class ModelService:
                 pinned=self._pinned[0] if self._pinned else None,
                 guard_holding=self.guard_holding, guard_reason=self.guard_reason,
                 served_since_ms=self.served_since_ms,
-                watermark_ms=last.watermark_ms if last else 0)
+                watermark_ms=last.watermark_ms if last else 0, recent_swaps=list(self._swaps))
 
     # --- updates -------------------------------------------------------------------------------
     def bootstrap(self, snapshot: bytes) -> Outcome:
@@ -188,6 +191,7 @@ class ModelService:
             self._served_log.append(self._served[0])
         self._served = pair
         self.served_since_ms = self._wall_ms()
+        self._swaps.append((pair[0], self.served_since_ms))
         self.on_swap(pair[0])
 
     # --- operators' controls -------------------------------------------------------------------
