@@ -60,7 +60,7 @@ from models.ranker import Ranker  # noqa: E402
 from models.trainer import OnlineTrainer  # noqa: E402
 from streamrank import stack  # noqa: E402
 from streamrank.config import Settings, load_settings  # noqa: E402
-from tests.integration.scorers import ScorerProcess, start_scorer  # noqa: E402
+from streamrank.scorer_process import ScorerProcess, start_scorer  # noqa: E402
 
 P99_LIMIT_MS = 50.0
 RATES = {100: [100, 200, 300, 400, 600, 800], 1000: [50, 100, 150, 200, 300]}

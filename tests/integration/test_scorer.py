@@ -38,7 +38,7 @@ from models.scorer.app import Scorer
 from models.scorer.registry import admin_call
 from models.trainer import OnlineTrainer
 from streamrank.config import Settings
-from tests.integration.scorers import ScorerProcess, start_scorer
+from streamrank.scorer_process import ScorerProcess, start_scorer
 
 pytestmark = pytest.mark.integration
 torch.set_num_threads(1)

@@ -1,4 +1,4 @@
-"""Scorers as ``streamrank serve`` child processes on free ports, for tests and benchmarks."""
+"""Scorers as ``streamrank serve`` child processes (the demo, tests and benchmarks start them)."""
 
 from __future__ import annotations
 
@@ -26,6 +26,16 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def port_free(port: int) -> bool:
+    """Whether nothing listens on 127.0.0.1:``port``."""
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
 @dataclass
 class ScorerProcess:
     """One ``streamrank serve`` child process."""
@@ -35,15 +45,19 @@ class ScorerProcess:
     log: Path
 
     def status(self) -> dict[str, Any]:
+        """``GET /status``."""
         return httpx.get(f"{self.url}/status", timeout=10).json()
 
     def version(self) -> int:
+        """The served version."""
         return int(self.status()["version"])
 
     def tail(self, n: int = 40) -> str:
+        """The last lines of its log."""
         return "\n".join(self.log.read_text(errors="replace").splitlines()[-n:])
 
     def stop(self) -> None:
+        """Terminate it (SIGTERM: it unregisters itself), kill after 15 s."""
         if self.proc.poll() is None:
             self.proc.terminate()
             try:
@@ -53,10 +67,11 @@ class ScorerProcess:
                 self.proc.wait()
 
 
-def start_scorer(settings: Settings, log: Path, *args: str) -> ScorerProcess:
-    """Start ``streamrank serve --port <free>`` with ``settings``; returns once it answers
-    ``/status`` (not necessarily with a model loaded)."""
-    port = free_port()
+def start_scorer(settings: Settings, log: Path, *args: str,
+                 port: int | None = None) -> ScorerProcess:
+    """Start ``streamrank serve --port PORT`` (default: a free one) with ``settings``; returns
+    once it answers ``/status`` (not necessarily with a model loaded)."""
+    port = free_port() if port is None else port
     cli = Path(sys.executable).with_name("streamrank")
     env = os.environ | settings_env(settings)
     out = log.open("wb")
