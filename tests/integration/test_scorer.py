@@ -7,6 +7,9 @@ One module-scoped trainer publishes to a fresh ``model.deltas`` topic; two score
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -31,6 +34,7 @@ from features.schema import DENSE_FEATURES
 from features.state import NO_HISTORY_S
 from features.store import apply_repo
 from features.writer import FeatureWriter
+from jobs.launch import settings_env
 from models.delta import decode_message, encode_delta, hmac_key
 from models.publisher import DeltaPublisher
 from models.scorer.api import RankRequest
@@ -268,6 +272,26 @@ def test_pin_unpin_and_rollback_need_the_token(trainer, scorers):
     assert admin_call(a.url, "unpin", TOKEN)[1]["version"] == newest
 
 
+def test_cli_finds_the_registered_scorers_and_sends_the_token(settings, scorers):
+    cli = str(Path(sys.executable).with_name("streamrank"))
+    env = os.environ | settings_env(settings) | {"COLUMNS": "200"}
+    out = subprocess.run([cli, "model", "status"], env=env, capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 0 and all(s.url in out.stdout for s in scorers), out
+    version = scorers[0].version()
+    no_token = {k: v for k, v in env.items() if k != "STREAMRANK_ADMIN_TOKEN"}
+    out = subprocess.run([cli, "model", "pin", str(version)], env=no_token, capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 1 and "401" in out.stderr
+    out = subprocess.run([cli, "model", "rollback", "--scorer", scorers[1].url], env=env,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and "pinned" in out.stderr, out
+    assert scorers[1].status()["pinned"] is not None and scorers[0].status()["pinned"] is None
+    out = subprocess.run([cli, "model", "unpin"], env=env, capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 0 and all(s.status()["pinned"] is None for s in scorers)
+
+
 def test_bad_requests_get_a_4xx_with_a_message(settings, scorers):
     url = scorers[1].url
     cases = [
@@ -330,9 +354,12 @@ def test_served_features_equal_the_training_examples_on_replayed_events(settings
             request = RankRequest(user_id=user, as_of_ms=cut, items=[
                 {"item_id": e.item_id, "category_id": e.category_id} for e in mine])
             _, _, dense, _ = scorer.prepare(request)
-            for row, e in zip(dense.tolist(), mine):
+            sdk = read_features(store, user, [e.item_id for e in mine],
+                                [e.category_id for e in mine], t_ms=cut)
+            for row, by_sdk, e in zip(dense.tolist(), sdk, mine):
                 expected = [examples[e.event_id].features[n] for n in DENSE_FEATURES]
                 assert row == pytest.approx(expected, rel=1e-6, abs=1e-6), e
+                assert list(by_sdk.values()) == pytest.approx(expected, rel=1e-12, abs=1e-12)
                 compared += 1
                 with_history += expected[DENSE_FEATURES.index("u_secs_since_last")] < NO_HISTORY_S
     assert compared >= 5 and with_history >= 3, (compared, with_history)
