@@ -14,11 +14,13 @@ scored on fresh (empty) features and the answer says ``"degraded": true``.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hmac
 import logging
 import time
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import orjson
@@ -42,6 +44,9 @@ from models.scorer.service import ModelService, VersionUnavailable
 from streamrank.config import Settings
 
 log = logging.getLogger(__name__)
+PREPARE_THREADS = 4
+"""Threads that read features and encode requests: enough to overlap the Redis round trips;
+more would only contend for the interpreter with the reloader and the forward pass."""
 DEGRADED_ERRORS: tuple[type[BaseException], ...] = (OSError,)
 try:  # redis-py's errors do not all derive from OSError
     from redis.exceptions import RedisError
@@ -97,6 +102,7 @@ class Scorer:
             if settings.feature_reader == "redis" else SdkFeatureReader(store))
         self.batcher = Batcher(self.service.current, settings.max_batch_wait_ms / 1000.0,
                                settings.max_batch_candidates, self._observe)
+        self.prepare_pool = ThreadPoolExecutor(PREPARE_THREADS, thread_name_prefix="prepare")
 
     def _observe(self, candidates: int, requests: int) -> None:
         self.metrics.batch_candidates.observe(candidates)
@@ -159,6 +165,7 @@ def create_app(scorer: Scorer) -> FastAPI:
             if scorer.reloader is not None:
                 scorer.reloader.stop()
             await scorer.batcher.close()
+            scorer.prepare_pool.shutdown(wait=False)
 
     app = FastAPI(title="streamrank scorer", lifespan=lifespan, docs_url=None, redoc_url=None)
 
@@ -186,7 +193,8 @@ def create_app(scorer: Scorer) -> FastAPI:
             return answer("rank", _problem(503, "no model loaded yet"))
         scorer.batcher.preparing += 1
         try:
-            items, sparse, dense, degraded = await run_in_threadpool(scorer.prepare, req)
+            items, sparse, dense, degraded = await asyncio.get_running_loop().run_in_executor(
+                scorer.prepare_pool, scorer.prepare, req)
         finally:
             scorer.batcher.preparing -= 1
         version, probs = await scorer.batcher.score(sparse, dense)

@@ -87,7 +87,6 @@ class ModelService:
         self.latest_seen = 0
         self.served_since_ms = wall_ms()
         self._behind_since: float | None = None
-        self.on_swap: Callable[[int], None] = lambda version: None
 
     # --- reading -----------------------------------------------------------------------------
     def current(self) -> Served:
@@ -192,7 +191,6 @@ class ModelService:
         self._served = pair
         self.served_since_ms = self._wall_ms()
         self._swaps.append((pair[0], self.served_since_ms))
-        self.on_swap(pair[0])
 
     # --- operators' controls -------------------------------------------------------------------
     def pin(self, version: int) -> Served:
