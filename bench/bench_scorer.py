@@ -109,7 +109,7 @@ class Run:
         return len(self.latencies) / self.seconds
 
 
-async def _load(url: str, bodies: list[bytes], rate: float) -> Run:
+async def _load(url: str, bodies: list[bytes], rate: float, path: str = "/rank") -> Run:
     run = Run(rate, len(bodies) / rate)
     limits = httpx.Limits(max_connections=256, max_keepalive_connections=256)
     in_flight = 0
@@ -122,8 +122,11 @@ async def _load(url: str, bodies: list[bytes], rate: float) -> Run:
             in_flight += 1
             started = time.perf_counter()
             try:
-                r = await client.post("/rank", content=body,
-                                      headers={"content-type": "application/json"})
+                if path == "/rank":
+                    r = await client.post(path, content=body,
+                                          headers={"content-type": "application/json"})
+                else:
+                    r = await client.get(path)
                 ok = r.status_code == 200
                 version = orjson.loads(r.content)["model_version"] if ok else -1
             except httpx.HTTPError:
@@ -157,6 +160,35 @@ def load(url: str, work: Workload, n: int, rate: float, seconds: float) -> Run:
     """Offer ``rate`` requests/s of ``n`` candidates for ``seconds`` (plus a short warm-up)."""
     asyncio.run(_load(url, [work.body(n) for _ in range(int(rate * 0.5))], rate))  # warm-up
     return asyncio.run(_load(url, [work.body(n) for _ in range(int(rate * seconds))], rate))
+
+
+def floor(url: str, rate: float, seconds: float) -> Run:
+    """``GET /healthz`` at ``rate``: what the machine, HTTP and the load generator cost alone."""
+    asyncio.run(_load(url, [b""] * int(rate * 0.5), rate, "/healthz"))
+    return asyncio.run(_load(url, [b""] * int(rate * seconds), rate, "/healthz"))
+
+
+def service_times(settings: Settings, work: Workload, n: int, requests: int) -> dict[str, list[float]]:
+    """Per request, in this process, one after another (no HTTP, no batching): the scorer's
+    feature read + encoding + forward pass, with its reader and with the Feast SDK reader."""
+    from models.scorer.api import RankRequest
+    from models.scorer.app import Scorer
+    from models.scorer.batcher import forward
+
+    bodies = [work.body(n) for _ in range(requests)]
+    out: dict[str, list[float]] = {}
+    for name, reader in (("scorer", "redis"), ("Feast SDK", "sdk")):
+        scorer = Scorer(settings.model_copy(update={"feature_reader": reader}), "cpu",
+                        follow=False)
+        scorer.service.bootstrap_from_store()
+        times = []
+        for body in bodies:
+            t0 = time.perf_counter()
+            _, sparse, dense, _ = scorer.prepare(RankRequest.model_validate_json(body))
+            forward(scorer.service.current(), sparse, dense)
+            times.append(time.perf_counter() - t0)
+        out[name] = times
+    return out
 
 
 def prepare(settings: Settings, rows: int, tmp: Path) -> tuple[Workload, list]:
@@ -270,7 +302,21 @@ def main() -> None:
         model = Ranker.from_settings(settings).eval().requires_grad_(False)
         alone = {n: measure(model, torch.device("cpu"), n, "fp32", 1.0, settings.hash_buckets)
                  for n in (100, 1_000)}
+        inproc = Table("path", "candidates", "p50 ms", "p99 ms", title=(
+            "service time per request in-process, sequential (features + encode + forward)"))
+        for n in (100, 1_000):
+            for name, times in service_times(settings, work, n, 200 if n == 100 else 60).items():
+                ms = np.asarray(times) * 1e3
+                row = (name, f"{n:,}", f"{np.percentile(ms, 50):.2f}", f"{np.percentile(ms, 99):.2f}")
+                inproc.add_row(*row)
+                results.append(("service_time",) + row)
+        console.print(inproc)
         steady: dict[int, Run] = {}
+        r = floor(a.url, 100, args.seconds)
+        results.append(("floor", "GET /healthz (A)", "100/s", f"p50 {r.pct(50):.1f}",
+                        f"p99 {r.pct(99):.1f}", f"p99.9 {r.pct(99.9):.1f}"))
+        console.print(f"floor: GET /healthz at 100/s on A: p50 {r.pct(50):.1f} ms, "
+                      f"p99 {r.pct(99):.1f} ms, p99.9 {r.pct(99.9):.1f} ms")
         table = Table("path", "candidates", "offered/s", "achieved/s", "p50 ms", "p99 ms",
                       "p99.9 ms", "failed", title="/rank, features included (open loop)")
         for name, scorer in (("scorer (A)", a), ("Feast SDK (C)", c)):
