@@ -34,14 +34,18 @@ Candidate = tuple[ItemState, UserCategoryState, "str | None"]
 
 def model_features_many(user: UserState, candidates: Sequence[Candidate],
                         t: int) -> list[dict[str, float]]:
-    """The dense features of showing each candidate to ``user`` at ``t`` (the user part is
-    read once)."""
+    """The dense features of showing each candidate to ``user`` at ``t``, keyed in
+    :data:`~features.schema.DENSE_FEATURES` order (the user part is read once, the user x
+    category part once per distinct (state, category))."""
     base = user_features(user, t)
+    by_category: dict[tuple[int, str | None], dict[str, float]] = {}
     out = []
     for item, user_category, category in candidates:
-        values = base | item_features(item, t)
-        values.update(user_category_features(user_category, user, category, t))
-        out.append({name: values[name] for name in DENSE_FEATURES})
+        key = (id(user_category), category)
+        uc = by_category.get(key)
+        if uc is None:
+            uc = by_category[key] = user_category_features(user_category, user, category, t)
+        out.append({**base, **item_features(item, t), **uc})
     return out
 
 

@@ -153,7 +153,7 @@ class OnlineFeatureReader:
         self._max_cached = max_cached_items
         self._clock = clock
         self._items: dict[str, tuple[float, ItemState]] = {}
-        self._item_key_bytes: dict[str, bytes] = {}
+        self._key_bytes: dict[tuple[str, tuple[str, ...]], bytes] = {}
         self._fields: dict[str, tuple[list[str], list[str | bytes]]] = {}
         for view in VIEW_FEATURES:
             fv = store.get_feature_view(view)
@@ -192,10 +192,11 @@ class OnlineFeatureReader:
         self.cache_misses += len(missing)
         categories = [c for c in dict.fromkeys(category_ids) if c is not None]
         user_fields, item_fields, uc_fields = (self._fields[v][1] for v in VIEW_FEATURES)
-        commands = [(self._keys(USER_VIEW, [(user_id,)])[0], user_fields)]
-        commands += [(key, item_fields) for key in self._item_keys(missing)]
-        commands += [(key, uc_fields)
-                     for key in self._keys(USER_CATEGORY_VIEW, [(user_id, c) for c in categories])]
+        commands = [(self._cached_keys(USER_VIEW, [(user_id,)])[0], user_fields)]
+        commands += [(key, item_fields)
+                     for key in self._cached_keys(ITEM_VIEW, [(i,) for i in missing])]
+        commands += [(key, uc_fields) for key in self._cached_keys(
+            USER_CATEGORY_VIEW, [(user_id, c) for c in categories])]
         replies = self._online._read_hash_fields(self._config, commands)  # noqa: SLF001
         self._make_room(len(missing), now)
         for item, reply in zip(missing, replies[1:1 + len(missing)]):
@@ -212,15 +213,16 @@ class OnlineFeatureReader:
         return model_features_many(user, [(states[i], ucs[c], c)
                                           for i, c in zip(item_ids, category_ids)], t)
 
-    def _item_keys(self, items: Sequence[str]) -> list[bytes]:
-        """Feast's Redis keys of item rows (kept: encoding them costs more than reading)."""
-        keys = self._item_key_bytes
-        new = [i for i in items if i not in keys]
+    def _cached_keys(self, view: str, keys: Sequence[tuple[str, ...]]) -> list[bytes]:
+        """Feast's Redis keys of ``view``'s rows (kept: encoding one costs more than reading
+        it; at most ``2 * max_cached_items`` are kept)."""
+        cache = self._key_bytes
+        new = [k for k in keys if (view, k) not in cache]
         if new:
-            if len(keys) + len(new) > self._max_cached:
-                keys.clear()
-            keys.update(zip(new, self._keys(ITEM_VIEW, [(i,) for i in new])))
-        return [keys[i] for i in items]
+            if len(cache) + len(new) > 2 * self._max_cached:
+                cache.clear()
+            cache.update(zip(((view, k) for k in new), self._keys(view, new)))
+        return [cache[(view, k)] for k in keys]
 
     def _make_room(self, n: int, now: float) -> None:
         if len(self._items) + n > self._max_cached:
