@@ -15,6 +15,7 @@ scorer's (one pipelined read through Feast's Redis online store, item rows cache
 
 from __future__ import annotations
 
+import struct
 import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -240,11 +241,20 @@ def _decode(names: Sequence[str], values: Sequence[bytes | None]) -> Row:
     ts.ParseFromString(ts_bytes)
     row: dict[str, Any] = {}
     for name, raw in zip(names, values):
+        if raw is not None and len(raw) == 9 and raw[0] == _DOUBLE_TAG:
+            row[name] = _DOUBLE.unpack_from(raw, 1)[0]  # a serialised Value holding a double
+            continue
         value = Value()
         if raw:
             value.ParseFromString(raw)
         row[name] = _value(value)
     return row, ts.seconds * 1000 + ts.nanos // 1_000_000
+
+
+_DOUBLE = struct.Struct("<d")
+_DOUBLE_TAG = (Value.DESCRIPTOR.fields_by_name["double_val"].number << 3) | 1
+"""A ``Value`` whose oneof is ``double_val`` serialises as this key byte (field number, wire
+type 1: 64-bit) and the double's 8 little-endian bytes; anything else goes through the proto."""
 
 
 class SdkFeatureReader:

@@ -356,6 +356,8 @@ def test_served_features_equal_the_training_examples_on_replayed_events(settings
             _, _, dense, _ = scorer.prepare(request)
             sdk = read_features(store, user, [e.item_id for e in mine],
                                 [e.category_id for e in mine], t_ms=cut)
+            assert scorer.reader.read(user, [e.item_id for e in mine],
+                                      [e.category_id for e in mine], cut) == sdk
             for row, by_sdk, e in zip(dense.tolist(), sdk, mine):
                 expected = [examples[e.event_id].features[n] for n in DENSE_FEATURES]
                 assert row == pytest.approx(expected, rel=1e-6, abs=1e-6), e
