@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import hmac
 import logging
 import time
@@ -152,6 +153,10 @@ def create_app(scorer: Scorer) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        # Everything imported and built so far (torch, Feast, the model: ~350k objects) lives
+        # as long as the process: out of the collector's sight, a full collection takes tens
+        # of milliseconds instead of about a second (measured on the shared 2-core machine).
+        gc.freeze()
         scorer.batcher.start()
         if scorer.reloader is not None:
             scorer.reloader.start()
