@@ -347,6 +347,104 @@ def job_stop(name: JobName) -> None:
     console.print(f"job {name} stopped")
 
 
+# --- scorer and model controls -----------------------------------------------------------------
+
+model_app = typer.Typer(help="Served model versions: status, pin, unpin, rollback.",
+                        no_args_is_help=True)
+app.add_typer(model_app, name="model")
+ScorerOpt = Annotated[Optional[list[str]], typer.Option(
+    "--scorer", help="scorer URL (repeatable; default: every scorer registered in the run dir)")]
+
+
+@app.command()
+def serve(
+    port: Annotated[Optional[int], typer.Option(help="port (default STREAMRANK_SCORER_PORT)")] = None,
+    device: Annotated[Optional[str], typer.Option(help="auto | cpu | cuda (default STREAMRANK_DEVICE)")] = None,
+) -> None:
+    """Run a scorer: POST /rank, /healthz, /metrics, /admin/...; follows model.deltas."""
+    from models.scorer.app import resolve_device, serve as run_scorer
+
+    settings = _settings()
+    try:
+        resolve_device(device or settings.device)
+    except ValueError as err:
+        raise _fail(str(err)) from None
+    port = settings.scorer_port if port is None else port
+    console.print(f"scorer on http://127.0.0.1:{port} (device {device or settings.device})")
+    run_scorer(settings, port=port, device=device or settings.device)
+
+
+def _scorers(settings: Settings, urls: list[str] | None) -> list[str]:
+    from models.scorer.registry import registered
+
+    found = urls or registered(settings)
+    if not found:
+        raise _fail(f"no scorer registered under {settings.run_dir / 'scorers'}; give --scorer URL")
+    return found
+
+
+def _admin(action: str, urls: list[str] | None, body: dict | None = None) -> None:
+    import httpx
+
+    from models.scorer.registry import admin_call
+
+    settings = _settings()
+    token = settings.admin_token.get_secret_value() if settings.admin_token else None
+    failed = 0
+    for url in _scorers(settings, urls):
+        try:
+            code, answer = admin_call(url, action, token, body)
+        except httpx.HTTPError as err:
+            code, answer = 0, {"detail": str(err)}
+        if code == 200:
+            console.print(f"{url}: serves version {answer['version']} "
+                          f"(pinned: {answer['pinned']}, followed: {answer['followed_version']})")
+        else:
+            failed += 1
+            console.print(f"[red]{url}: {code or 'unreachable'}[/red] {answer.get('detail')}")
+    if failed:
+        raise typer.Exit(1)
+
+
+@model_app.command("pin")
+def model_pin(version: Annotated[int, typer.Argument(help="the version to serve")],
+              scorer: ScorerOpt = None) -> None:
+    """Serve VERSION on the scorers (they keep following; `model unpin` resumes)."""
+    _admin("pin", scorer, {"version": version})
+
+
+@model_app.command("unpin")
+def model_unpin(scorer: ScorerOpt = None) -> None:
+    """Serve the newest followed version again."""
+    _admin("unpin", scorer)
+
+
+@model_app.command("rollback")
+def model_rollback(scorer: ScorerOpt = None) -> None:
+    """Pin the version each scorer served before its current one."""
+    _admin("rollback", scorer)
+
+
+@model_app.command("status")
+def model_status(scorer: ScorerOpt = None) -> None:
+    """Each scorer with the version it serves, the one it follows, pin and guard."""
+    import httpx
+
+    from models.scorer.registry import scorer_status
+
+    table = Table("scorer", "serves", "follows", "newest seen", "pinned", "guard", "device")
+    for url in _scorers(_settings(), scorer):
+        try:
+            st = scorer_status(url)
+        except httpx.HTTPError as err:
+            table.add_row(url, "unreachable", "", "", "", "", str(err)[:40])
+            continue
+        table.add_row(url, str(st["version"]), str(st["followed_version"]),
+                      str(st["latest_seen_version"]), str(st["pinned"] or "-"),
+                      st["guard_reason"] or "ok", st["device"])
+    Console().print(table)
+
+
 # --- demo -------------------------------------------------------------------------------------
 
 

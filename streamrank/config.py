@@ -114,8 +114,32 @@ class Settings(BaseSettings):
 
     # --- scorer --------------------------------------------------------------------------------
     admin_token: SecretStr | None = None
+    """When set, ``/admin/...`` requests need ``Authorization: Bearer <token>``."""
     device: str = "auto"
+    """``auto`` (CUDA when present), ``cpu`` or ``cuda``."""
     max_batch_wait_ms: float = 2.0
+    """A scorer waits at most this long to gather concurrent requests into one forward pass."""
+    max_batch_candidates: int = 16_384
+    """Candidates of one forward pass at most (requests beyond wait for the next)."""
+    max_candidates: int = 2_000
+    """Candidates of one ``/rank`` request at most (more: 422)."""
+    max_request_bytes: int = 1 << 20
+    """Body of one ``/rank`` request at most (more: 413)."""
+    feature_reader: str = "redis"
+    """How a scorer reads Feast: ``redis`` (one pipelined read through Feast's Redis online
+    store, item cache) or ``sdk`` (``get_online_features``, any online store, no cache)."""
+    item_cache_ttl_ms: float = 1_000.0
+    """A scorer reuses an item's Feast row for this long (item features lag by at most it)."""
+    guard_min_auc: float | None = None
+    """Quality guard: hold the last good version when an update reports a rolling click AUC
+    below this (off when unset)."""
+    guard_max_logloss: float | None = None
+    """Quality guard: hold the last good version when an update reports a rolling click log
+    loss above this (off when unset)."""
+    purchase_weight: float = 1.0
+    """A scorer ranks by ``score = p_click + purchase_weight * p_purchase``."""
+    scorer_history: int = 200
+    """Versions of deltas a scorer keeps to rebuild a version for pin/rollback."""
 
     @property
     def snapshot_url(self) -> str:
