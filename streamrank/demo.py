@@ -112,10 +112,11 @@ def run_demo(settings: Settings, out: Path, rows: int, console: Console) -> None
 
         _step(console, 5, "a scorer follows model.deltas; rank through POST /rank")
         serve_and_rank(settings, console, out)
+
+        _step(console, 6, "evaluate (progressive validation) on the same rows")
+        evaluate(head, "taobao", settings, out_dir=out)
     finally:
         if any(v == "started" for v in state.values()):
             _step(console, 7, "stop the stack this run started")
             console.print(stack.down(settings))
-    _step(console, 6, "evaluate (progressive validation) on the same rows")
-    evaluate(head, "taobao", settings, out_dir=out)
     console.print(f"report in {out}; demo took {time.perf_counter() - started:.0f}s")
