@@ -35,7 +35,7 @@ free a key's memory once no event that can still be accepted could see its state
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TypeVar
 
 HOUR_MS = 3_600_000
@@ -67,23 +67,20 @@ class Decayed:
         return Decayed(self.half_life_ms, self.value + late, self.as_of_ms)
 
 
-def _h1() -> Decayed:
-    return Decayed(HOUR_MS)
-
-
-def _h24() -> Decayed:
-    return Decayed(DAY_MS)
+_H1 = Decayed(HOUR_MS)
+_H24 = Decayed(DAY_MS)
+# empty counters are shared: Decayed is immutable, and a fresh state costs no allocations
 
 
 @dataclass(frozen=True, slots=True)
 class UserState:
     """What is kept per user."""
 
-    clicks_1h: Decayed = field(default_factory=_h1)
-    clicks_24h: Decayed = field(default_factory=_h24)
-    carts_24h: Decayed = field(default_factory=_h24)
-    purchases_24h: Decayed = field(default_factory=_h24)
-    impressions_24h: Decayed = field(default_factory=_h24)
+    clicks_1h: Decayed = _H1
+    clicks_24h: Decayed = _H24
+    carts_24h: Decayed = _H24
+    purchases_24h: Decayed = _H24
+    impressions_24h: Decayed = _H24
     last_ms: int | None = None
     last_items: tuple[str, ...] = ()
     last_categories: tuple[str, ...] = ()
@@ -93,10 +90,10 @@ class UserState:
 class ItemState:
     """What is kept per item."""
 
-    impressions_24h: Decayed = field(default_factory=_h24)
-    clicks_1h: Decayed = field(default_factory=_h1)
-    clicks_24h: Decayed = field(default_factory=_h24)
-    purchases_24h: Decayed = field(default_factory=_h24)
+    impressions_24h: Decayed = _H24
+    clicks_1h: Decayed = _H1
+    clicks_24h: Decayed = _H24
+    purchases_24h: Decayed = _H24
     last_ms: int | None = None
 
 
@@ -104,8 +101,8 @@ class ItemState:
 class UserCategoryState:
     """What is kept per (user, category)."""
 
-    clicks_24h: Decayed = field(default_factory=_h24)
-    purchases_24h: Decayed = field(default_factory=_h24)
+    clicks_24h: Decayed = _H24
+    purchases_24h: Decayed = _H24
     last_ms: int | None = None
 
 
