@@ -76,16 +76,18 @@ def spanning_log(users: int = 24, items: int = 40, categories: int = 6, minutes:
 
 def messy_log(events: list[Event], *, lateness_ms: int, seed: int = 0,
               duplicates: float = 0.03, shuffled: float = 0.05,
-              late: float = 0.01) -> list[Event]:
+              late: float = 0.01, late_after: int = 2_000) -> list[Event]:
     """``events`` in an arrival order a real stream brings: a share of them sent twice (the
     copy a few events later: a producer retry), a share delayed by up to half of
-    ``lateness_ms`` (out of order, still on time), and a share delayed by more than twice
-    ``lateness_ms`` past later events (late: dead-lettered by the job, dropped by the
-    reference). The first fifth of the log is left in order, so that the watermark has moved
-    before anything is late.
+    ``lateness_ms`` (out of order, still on time), and a share delayed past ``late_after``
+    later events and more than twice ``lateness_ms`` (late: dead-lettered by the job, dropped
+    by the reference). The first fifth of the log is left in order, so that the watermark has
+    moved before anything is late. A late event comes thousands of events after the watermark
+    passed it, not just after, so that Flink's periodic watermark (every 200 ms, behind a
+    Python operator's bundle) has moved past it too whatever the machine's speed.
 
     >>> log = spanning_log(users=3, minutes=30, seed=2)
-    >>> messy = messy_log(log, lateness_ms=60_000, seed=2)
+    >>> messy = messy_log(log, lateness_ms=60_000, seed=2, late_after=50)
     >>> len(messy) > len(log), len({e.event_id for e in messy}) == len(log)
     (True, True)
     """
@@ -95,8 +97,10 @@ def messy_log(events: list[Event], *, lateness_ms: int, seed: int = 0,
     for i, e in enumerate(events):
         arrival = e.event_time
         roll = rng.random()
-        if e.event_time > start and roll < late:
-            arrival += 10 * lateness_ms + rng.randrange(1, lateness_ms)
+        later = i + late_after
+        if (e.event_time > start and roll < late and later < len(events)
+                and events[later].event_time - e.event_time > 2 * lateness_ms):
+            arrival = events[later].event_time + 1
         elif e.event_time > start and roll < late + shuffled:
             arrival += rng.randrange(1, lateness_ms // 2)
         keyed.append((arrival, 2 * i, e))
