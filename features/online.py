@@ -113,13 +113,13 @@ def inputs_from_states(user: UserState | None, candidates: Sequence[Candidate], 
     out = []
     for item, user_category, category in candidates:
         key = (id(user_category), category)
-        side = by_category.get(key)
-        if side is None:
+        pair = by_category.get(key)
+        if pair is None:
             uc = alive(user_category, t, ttl_ms) if category is not None else None
-            side = by_category[key] = base | user_category_features(
-                uc or _NO_USER_CATEGORY, u, category, t)
-        merged = side | item_features(alive(item, t, ttl_ms) or _NO_ITEM, t)
-        out.append({name: merged[name] for name in DENSE_FEATURES})
+            pair = by_category[key] = user_category_features(uc or _NO_USER_CATEGORY, u,
+                                                             category, t)
+        # user, item, user x category: DENSE_FEATURES order
+        out.append({**base, **item_features(alive(item, t, ttl_ms) or _NO_ITEM, t), **pair})
     return OnlineInputs(out, u.last_items, u.last_categories)
 
 
