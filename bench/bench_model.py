@@ -1,6 +1,7 @@
 """The ranking model alone: candidates/s and latency per batch size, per device and dtype.
 
-No Kafka, Redis or Feast: random IDs and dense features, the default model shape of the config
+No Kafka, Redis or Feast: random IDs, dense inputs (features and price) and recent clicks (a
+random 0 to 10 per candidate), all at the serving position; the default model shape of the config
 (``hash_buckets``, ``embedding_dim``), a forward pass plus the two heads exactly as the scorer
 runs it (:func:`models.scorer.batcher.forward`, inputs moved to the device inside). ``bf16``
 runs the same pass under ``torch.autocast`` (CUDA; on a CPU only where torch supports it).
@@ -21,37 +22,43 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from features.schema import DENSE_FEATURES
-from models.ranker import Ranker
+from models.ranker import DENSE_INPUTS, RECENT, SERVING_POSITION, WIDE_FIELDS, Batch, Ranker
 from models.scorer.batcher import forward
 from streamrank.config import load_settings
 
 SIZES = [1, 8, 64, 512, 4_096, 32_768, 131_072]
 
 
-def _inputs(n: int, buckets: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+def _inputs(n: int, buckets: int, generator: torch.Generator) -> Batch:
+    """``n`` random encoded candidates (what :func:`models.ranker.encode_batch` returns)."""
     sparse = torch.randint(0, buckets, (n, 3), generator=generator)
-    dense = torch.rand((n, len(DENSE_FEATURES)), generator=generator) * 10
-    return sparse, dense
+    dense = torch.rand((n, len(DENSE_INPUTS)), generator=generator) * 10
+    wide = torch.randint(0, buckets, (n, len(WIDE_FIELDS)), generator=generator)
+    position = torch.full((n,), SERVING_POSITION, dtype=torch.int64)
+    kept = torch.randint(0, RECENT + 1, (n, 1), generator=generator)
+    none = torch.arange(RECENT).expand(n, RECENT) >= kept
+    recent = [torch.randint(0, buckets, (n, RECENT), generator=generator).masked_fill(none, -1)
+              for _ in range(2)]
+    return Batch(sparse, dense, wide, position, *recent)
 
 
 def measure(model: Ranker, device: torch.device, n: int, dtype: str, budget_s: float,
             buckets: int) -> dict[str, float]:
     """Latency (ms, p50/p99) and candidates/s of passes over ``n`` candidates."""
     g = torch.Generator().manual_seed(n)
-    sparse, dense = _inputs(n, buckets, g)
+    batch = _inputs(n, buckets, g)
     autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if dtype == "bf16"
                 else contextlib.nullcontext())
     served = (1, model)
     times: list[float] = []
     with autocast:
-        forward(served, sparse, dense)  # warm-up
+        forward(served, batch)  # warm-up
         if device.type == "cuda":
             torch.cuda.synchronize()
         deadline = time.perf_counter() + budget_s
         while time.perf_counter() < deadline or len(times) < 5:
             t0 = time.perf_counter()
-            forward(served, sparse, dense)  # returns host numpy: synchronised
+            forward(served, batch)  # returns host numpy: synchronised
             times.append(time.perf_counter() - t0)
             if len(times) >= 2_000:
                 break

@@ -29,6 +29,7 @@ import random
 import sys
 import time
 import uuid
+import zlib
 from dataclasses import dataclass, field
 from multiprocessing.synchronize import Event
 from multiprocessing.queues import Queue
@@ -73,7 +74,8 @@ console = Console()
 
 @dataclass
 class Workload:
-    """Real users and items (with categories) and the event time to read features at."""
+    """Real users and items (with categories and a made-up price: the Taobao log has none) and
+    the event time to read features at."""
 
     users: list[str]
     items: list[tuple[str, str | None]]
@@ -83,7 +85,9 @@ class Workload:
     def body(self, n: int) -> bytes:
         picked = self.rng.sample(self.items, n)
         return orjson.dumps({"user_id": self.rng.choice(self.users), "as_of_ms": self.as_of_ms,
-                             "items": [{"item_id": i, "category_id": c} for i, c in picked]})
+                             "items": [{"item_id": i, "category_id": c,
+                                        "price": zlib.crc32(i.encode()) % 20_000 / 100.0}
+                                       for i, c in picked]})
 
 
 @dataclass
@@ -184,8 +188,8 @@ def service_times(settings: Settings, work: Workload, n: int, requests: int) -> 
         times = []
         for body in bodies:
             t0 = time.perf_counter()
-            _, sparse, dense, _ = scorer.prepare(RankRequest.model_validate_json(body))
-            forward(scorer.service.current(), sparse, dense)
+            _, batch, _ = scorer.prepare(RankRequest.model_validate_json(body))
+            forward(scorer.service.current(), batch)
             times.append(time.perf_counter() - t0)
         out[name] = times
     return out

@@ -1,13 +1,19 @@
-"""Dense features for a ranking request, read from Feast's online store.
+"""The model's online inputs for a ranking request, read from Feast's online store.
 
 One ``get_online_features`` call fetches the user row, every candidate's item row and every
 (user, category) row: the features of the ``ranker`` feature service, named as feature
 references (cheaper than resolving the service object from the registry on every request).
 Each row is turned back into state as of its own event timestamp (:mod:`features.rows`) and
-read at the request time by :func:`features.model_input.model_features_many`, the function that
-gives training examples their features: counters decay and recency grow exactly as if the
-state were read in the job. A missing row reads as a fresh state; ``uc_affinity`` and
-``uc_in_last_categories`` come from the current user row.
+read at the request time by :func:`inputs_from_states` with the functions that give training
+examples their inputs (:class:`features.examples.ExampleBuilder`): the state expiry
+:func:`features.state.alive` (``feature_state_ttl_ms``), then :func:`~features.state.
+user_features`, :func:`~features.state.user_category_features` and
+:func:`~features.state.item_features`; counters decay and recency grow exactly as if the state
+were read in the job. The user's recent clicked items and categories (the model's pooled
+history) are the user row's ``last_items``/``last_categories``, newest first, as
+:meth:`~features.examples.ExampleBuilder.recent` gives them to an example. A missing or expired
+row reads as a fresh state; ``uc_affinity`` and ``uc_in_last_categories`` come from the
+current user row.
 
 :func:`read_features` is the plain Feast SDK path; :class:`OnlineFeatureReader` is the
 scorer's (one pipelined read through Feast's Redis online store, item rows cached briefly).
@@ -18,7 +24,8 @@ from __future__ import annotations
 import struct
 import time
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from feast.protos.feast.serving.ServingService_pb2 import FieldStatus
 from feast.protos.feast.types.EntityKey_pb2 import EntityKey as EntityKeyProto
@@ -26,6 +33,7 @@ from feast.protos.feast.types.Value_pb2 import Value
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from features.rows import (
+    DEFAULT_TTL_MS,
     ITEM_VIEW,
     JOIN_KEYS,
     USER_CATEGORY_STORED,
@@ -36,9 +44,16 @@ from features.rows import (
     user_category_state,
     user_state,
 )
-from features.model_input import model_features_many
-from features.schema import ITEM_FEATURES, USER_FEATURES
-from features.state import ItemState, UserCategoryState, UserState
+from features.schema import DENSE_FEATURES, ITEM_FEATURES, USER_FEATURES
+from features.state import (
+    ItemState,
+    UserCategoryState,
+    UserState,
+    alive,
+    item_features,
+    user_category_features,
+    user_features,
+)
 
 if TYPE_CHECKING:
     from feast import FeatureStore
@@ -53,6 +68,69 @@ VIEW_FEATURES: dict[str, tuple[str, ...]] = {
 FEATURE_REFS: list[str] = [f"{view}:{name}" for view, names in VIEW_FEATURES.items()
                            for name in names]
 _MISSING = (FieldStatus.NOT_FOUND, FieldStatus.NULL_VALUE, FieldStatus.INVALID)
+
+
+Row = tuple[dict[str, Any], int] | None
+"""A stored row (feature values, event time in ms) or None when absent."""
+_NO_ITEM = ItemState()
+_NO_USER_CATEGORY = UserCategoryState()
+
+
+class OnlineInputs(NamedTuple):
+    """What the model reads from the online store for one request: the dense features of each
+    candidate (:data:`~features.schema.DENSE_FEATURES` order) and the user's recent clicked
+    items and categories, newest first (a training example's ``recent_items`` and
+    ``recent_categories``)."""
+
+    features: list[dict[str, float]]
+    recent_items: tuple[str, ...] = ()
+    recent_categories: tuple[str, ...] = ()
+
+
+Candidate = tuple["ItemState | None", "UserCategoryState | None", "str | None"]
+"""One candidate's item state, (user, category) state and category ID (None: no state)."""
+
+
+def inputs_from_states(user: UserState | None, candidates: Sequence[Candidate], t: int,
+                       ttl_ms: int = DEFAULT_TTL_MS) -> OnlineInputs:
+    """The inputs of showing each candidate to ``user`` at ``t``, read as the example builder
+    reads its state for an impression at ``t`` (``ExampleBuilder.user_side``, ``recent`` and
+    the item part): each state through :func:`~features.state.alive` first, a missing or
+    expired one fresh. The user part is read once, the user x category part once per distinct
+    (state, category).
+
+    >>> from features.state import DAY_MS, apply_user
+    >>> u = apply_user(UserState(), "click", 0, "i1", "c1")
+    >>> x = inputs_from_states(u, [(None, None, "c1")], 1_000)
+    >>> list(x.features[0]) == list(DENSE_FEATURES), x.recent_items, x.recent_categories
+    (True, ('i1',), ('c1',))
+    >>> inputs_from_states(u, [(None, None, "c1")], 3 * DAY_MS, ttl_ms=2 * DAY_MS).recent_items
+    ()
+    """
+    u = alive(user, t, ttl_ms) or UserState()
+    base = user_features(u, t)
+    by_category: dict[tuple[int, str | None], dict[str, float]] = {}
+    out = []
+    for item, user_category, category in candidates:
+        key = (id(user_category), category)
+        pair = by_category.get(key)
+        if pair is None:
+            uc = alive(user_category, t, ttl_ms) if category is not None else None
+            pair = by_category[key] = user_category_features(uc or _NO_USER_CATEGORY, u,
+                                                             category, t)
+        # user, item, user x category: DENSE_FEATURES order
+        out.append({**base, **item_features(alive(item, t, ttl_ms) or _NO_ITEM, t), **pair})
+    return OnlineInputs(out, u.last_items, u.last_categories)
+
+
+def _user_category(row: Row) -> UserCategoryState | None:
+    """A (user, category) row back as state, its last event time the row's time (the row is
+    written as of the user's latest event when the pair's own event came: the pair's latest
+    event time unless that event was out of order), so that :func:`alive` can expire it."""
+    if row is None:
+        return None
+    return replace(user_category_state(*row), last_ms=row[1])
+
 
 
 def _value(value: Value) -> Any:
@@ -82,23 +160,25 @@ def _rows(response: OnlineResponse, view: str, n: int) -> list[tuple[dict[str, A
     return rows
 
 
-def read_features(
+def read_inputs(
     store: FeatureStore,
     user_id: str,
     item_ids: Sequence[str],
     category_ids: Sequence[str | None],
     t_ms: int | None = None,
-) -> list[dict[str, float]]:
-    """Dense features (DENSE_FEATURES order) of showing each item to the user at ``t_ms``.
+    ttl_ms: int = DEFAULT_TTL_MS,
+) -> OnlineInputs:
+    """The inputs (:class:`OnlineInputs`) of showing each item to the user at ``t_ms``.
 
     ``category_ids[j]`` is item ``j``'s category (None if unknown). ``t_ms`` defaults to the
-    wall clock; pass the request's event time when replaying a log.
+    wall clock; pass the request's event time when replaying a log. ``ttl_ms``: the state
+    expiry (``settings.feature_state_ttl_ms``).
     """
     if len(item_ids) != len(category_ids):
         raise ValueError("item_ids and category_ids must have the same length")
-    if not item_ids:
-        return []
     t = int(time.time() * 1000) if t_ms is None else t_ms
+    if not item_ids:
+        return OnlineInputs([])
     n = len(item_ids)
     response = store.get_online_features(
         features=FEATURE_REFS,
@@ -106,26 +186,34 @@ def read_features(
                      "category_id": [c if c is not None else "" for c in category_ids]},
     )
     user_r = _rows(response, USER_VIEW, 1)[0]
-    return features_from_rows(user_r, _rows(response, ITEM_VIEW, n),
-                           _rows(response, USER_CATEGORY_VIEW, n), category_ids, t)
+    return inputs_from_rows(user_r, _rows(response, ITEM_VIEW, n),
+                            _rows(response, USER_CATEGORY_VIEW, n), category_ids, t, ttl_ms)
 
 
-Row = tuple[dict[str, Any], int] | None
-"""A stored row (feature values, event time in ms) or None when absent."""
+def read_features(
+    store: FeatureStore,
+    user_id: str,
+    item_ids: Sequence[str],
+    category_ids: Sequence[str | None],
+    t_ms: int | None = None,
+    ttl_ms: int = DEFAULT_TTL_MS,
+) -> list[dict[str, float]]:
+    """Dense features (DENSE_FEATURES order) of showing each item to the user at ``t_ms``:
+    :func:`read_inputs`' ``features``."""
+    return read_inputs(store, user_id, item_ids, category_ids, t_ms, ttl_ms).features
 
 
-def features_from_rows(user_r: Row, item_rs: Sequence[Row], uc_rs: Sequence[Row],
-                    category_ids: Sequence[str | None], t: int) -> list[dict[str, float]]:
-    """Rows turned back into state as of their own times, then read at ``t`` by the function
-    that gives training examples their features (:func:`features.model_input.model_features`).
-    """
-    user = user_state(*user_r) if user_r else UserState()
+def inputs_from_rows(user_r: Row, item_rs: Sequence[Row], uc_rs: Sequence[Row],
+                     category_ids: Sequence[str | None], t: int,
+                     ttl_ms: int = DEFAULT_TTL_MS) -> OnlineInputs:
+    """Rows turned back into state as of their own times, then read at ``t`` by
+    :func:`inputs_from_states` (a missing row: no state)."""
+    user = user_state(*user_r) if user_r else None
     candidates = [
-        (item_state(*item_r) if item_r else ItemState(),
-         user_category_state(*uc_r) if uc_r and category is not None else UserCategoryState(),
-         category)
+        (item_state(*item_r) if item_r else None,
+         _user_category(uc_r) if category is not None else None, category)
         for category, item_r, uc_r in zip(category_ids, item_rs, uc_rs)]
-    return model_features_many(user, candidates, t)
+    return inputs_from_states(user, candidates, t, ttl_ms)
 
 
 class OnlineFeatureReader:
@@ -138,12 +226,15 @@ class OnlineFeatureReader:
     registry work of ``get_online_features``. One read per request fetches the user row, the
     (user, category) rows and the item rows not in the cache. The cache holds the item's state
     turned back from its row, which is exact at any later time (aged at read time); it misses
-    at most the item's events of the last ``item_cache_ttl_ms``. The cache holds at most ``max_cached_items`` rows.
+    at most the item's events of the last ``item_cache_ttl_ms``; the state expiry
+    (``state_ttl_ms``) is applied at every read, not when caching. The cache holds at most
+    ``max_cached_items`` rows.
     """
 
     def __init__(self, store: FeatureStore, item_cache_ttl_ms: float,
                  max_cached_items: int = 100_000,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 state_ttl_ms: int = DEFAULT_TTL_MS) -> None:
         from feast.infra.online_stores.redis import RedisOnlineStore
 
         online = store._get_provider().online_store  # noqa: SLF001 - Feast's configured store
@@ -151,6 +242,7 @@ class OnlineFeatureReader:
             raise TypeError(f"the serving path reads Feast's Redis online store, not {online!r}")
         self._store, self._online, self._config = store, online, store.config
         self._ttl_s = item_cache_ttl_ms / 1000.0
+        self._state_ttl = state_ttl_ms
         self._max_cached = max_cached_items
         self._clock = clock
         self._items: dict[str, tuple[float, ItemState]] = {}
@@ -172,13 +264,13 @@ class OnlineFeatureReader:
         return self._online._generate_redis_keys_for_entities(self._config, protos)  # noqa: SLF001
 
     def read(self, user_id: str, item_ids: Sequence[str], category_ids: Sequence[str | None],
-             t_ms: int | None = None) -> list[dict[str, float]]:
-        """Dense features of showing each item to the user at ``t_ms`` (default: now), equal
-        to :func:`read_features`'s for the same stored rows."""
+             t_ms: int | None = None) -> OnlineInputs:
+        """The inputs of showing each item to the user at ``t_ms`` (default: now), equal to
+        :func:`read_inputs`' for the same stored rows."""
         if len(item_ids) != len(category_ids):
             raise ValueError("item_ids and category_ids must have the same length")
         if not item_ids:
-            return []
+            return OnlineInputs([])
         t = int(time.time() * 1000) if t_ms is None else t_ms
         now = self._clock()
         states: dict[str, ItemState] = {}
@@ -202,17 +294,15 @@ class OnlineFeatureReader:
         self._make_room(len(missing), now)
         for item, reply in zip(missing, replies[1:1 + len(missing)]):
             row = _decode(self._fields[ITEM_VIEW][0], reply)
-            states[item] = item_state(*row) if row else ItemState()
+            states[item] = item_state(*row) if row else _NO_ITEM
             self._items[item] = (now, states[item])
         user_r = _decode(self._fields[USER_VIEW][0], replies[0])
-        user = user_state(*user_r) if user_r else UserState()
-        no_uc = UserCategoryState()
-        ucs: dict[str | None, UserCategoryState] = {None: no_uc}
+        ucs: dict[str | None, UserCategoryState | None] = {None: None}
         for c, reply in zip(categories, replies[1 + len(missing):]):
-            row = _decode(self._fields[USER_CATEGORY_VIEW][0], reply)
-            ucs[c] = user_category_state(*row) if row else no_uc
-        return model_features_many(user, [(states[i], ucs[c], c)
-                                          for i, c in zip(item_ids, category_ids)], t)
+            ucs[c] = _user_category(_decode(self._fields[USER_CATEGORY_VIEW][0], reply))
+        return inputs_from_states(user_state(*user_r) if user_r else None,
+                                  [(states[i], ucs[c], c) for i, c in zip(item_ids, category_ids)],
+                                  t, self._state_ttl)
 
     def _cached_keys(self, view: str, keys: Sequence[tuple[str, ...]]) -> list[bytes]:
         """Feast's Redis keys of ``view``'s rows (kept: encoding one costs more than reading
@@ -262,13 +352,14 @@ class SdkFeatureReader:
     the same interface as :class:`OnlineFeatureReader`: for any Feast online store, and the
     baseline the scorer benchmark compares with."""
 
-    def __init__(self, store: FeatureStore) -> None:
+    def __init__(self, store: FeatureStore, state_ttl_ms: int = DEFAULT_TTL_MS) -> None:
         self._store = store
+        self._state_ttl = state_ttl_ms
         self.cache_hits = 0
         self.cache_misses = 0
 
     def read(self, user_id: str, item_ids: Sequence[str], category_ids: Sequence[str | None],
-             t_ms: int | None = None) -> list[dict[str, float]]:
-        """:func:`read_features` of the request."""
+             t_ms: int | None = None) -> OnlineInputs:
+        """:func:`read_inputs` of the request."""
         self.cache_misses += len(item_ids)
-        return read_features(self._store, user_id, item_ids, category_ids, t_ms)
+        return read_inputs(self._store, user_id, item_ids, category_ids, t_ms, self._state_ttl)

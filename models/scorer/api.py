@@ -2,12 +2,14 @@
 
 ``POST /rank``::
 
-    {"user_id": "u1", "items": ["i1", {"item_id": "i2", "category_id": "c7"}],
+    {"user_id": "u1", "items": ["i1", {"item_id": "i2", "category_id": "c7", "price": 19.9}],
      "query": null, "context": null, "as_of_ms": null}
 
 Items are IDs, or objects with the item's ``category_id`` (which gives the user x category
 features and the category embedding; an item without one has an unknown category, as in a
-training example without one). ``as_of_ms`` reads the features as of that event time (default:
+training example without one) and its ``price`` (a finite number >= 0, the price the
+impression would log; without one the price is unknown, as in a training example whose log
+has none). ``as_of_ms`` reads the features as of that event time (default:
 now), for replays and comparisons.
 """
 
@@ -27,6 +29,7 @@ class ItemRef(BaseModel):
 
     item_id: str = Field(min_length=1, max_length=ID_MAX)
     category_id: str | None = Field(default=None, min_length=1, max_length=ID_MAX)
+    price: float | None = Field(default=None, ge=0, allow_inf_nan=False, strict=True)
 
 
 class RankRequest(BaseModel):

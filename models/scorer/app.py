@@ -5,9 +5,11 @@ Endpoints: ``POST /rank``, ``GET /healthz`` (200 once a model is loaded), ``GET 
 ``STREAMRANK_ADMIN_TOKEN`` when one is set, ``POST /admin/pin`` (``{"version": V}``),
 ``POST /admin/unpin`` and ``POST /admin/rollback``.
 
-A ``/rank`` request is checked (size, fields, candidates), its features read in one online
-read (:class:`features.online.OnlineFeatureReader`) and encoded in a worker thread, then
-scored in the next forward pass of the :class:`~models.scorer.batcher.Batcher`. Bad input is
+A ``/rank`` request is checked (size, fields, candidates), its features and the user's recent
+clicks read in one online read (:class:`features.online.OnlineFeatureReader`) and encoded with
+the items' prices from the request by the training examples' encoder
+(:mod:`models.scorer.candidates`) in a worker thread, then scored at the fixed serving
+position in the next forward pass of the :class:`~models.scorer.batcher.Batcher`. Bad input is
 answered 4xx with a message, never 5xx. When the online store cannot be read the candidates are
 scored on fresh (empty) features and the answer says ``"degraded": true``.
 """
@@ -33,9 +35,10 @@ from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from connectors.snapshot_store import SnapshotStore
-from features.online import OnlineFeatureReader, SdkFeatureReader, features_from_rows
+from features.online import OnlineFeatureReader, SdkFeatureReader, inputs_from_states
 from features.store import open_store
 from models.scorer.api import PinRequest, RankRequest
+from models.ranker import Batch
 from models.scorer.batcher import Batcher
 from models.scorer.candidates import encode_candidates
 from models.scorer.metrics import ScorerMetrics
@@ -98,9 +101,10 @@ class Scorer:
         if settings.feature_reader not in ("redis", "sdk"):
             raise ValueError(f"feature_reader must be redis or sdk, not {settings.feature_reader!r}")
         store = open_store(settings)
+        ttl = settings.feature_state_ttl_ms
         self.reader: OnlineFeatureReader | SdkFeatureReader = (
-            OnlineFeatureReader(store, settings.item_cache_ttl_ms)
-            if settings.feature_reader == "redis" else SdkFeatureReader(store))
+            OnlineFeatureReader(store, settings.item_cache_ttl_ms, state_ttl_ms=ttl)
+            if settings.feature_reader == "redis" else SdkFeatureReader(store, ttl))
         self.batcher = Batcher(self.service.current, settings.max_batch_wait_ms / 1000.0,
                                settings.max_batch_candidates, self._observe)
         self.prepare_pool = ThreadPoolExecutor(PREPARE_THREADS, thread_name_prefix="prepare")
@@ -109,27 +113,27 @@ class Scorer:
         self.metrics.batch_candidates.observe(candidates)
         self.metrics.batch_requests.observe(requests)
 
-    def prepare(self, request: RankRequest) -> tuple[list[str], torch.Tensor, torch.Tensor, bool]:
+    def prepare(self, request: RankRequest) -> tuple[list[str], Batch, bool]:
         """Item IDs, encoded model input and whether it is degraded (features unreadable)."""
         refs = request.refs()
         items = [r.item_id for r in refs]
         categories = [r.category_id for r in refs]
+        prices = [r.price for r in refs]
         t = request.as_of_ms if request.as_of_ms is not None else time.time_ns() // 1_000_000
         degraded = False
         hits, misses = self.reader.cache_hits, self.reader.cache_misses
         try:
-            features = self.reader.read(request.user_id, items, categories, t)
+            inputs = self.reader.read(request.user_id, items, categories, t)
         except DEGRADED_ERRORS as err:
             log.warning("online features unreadable, scoring degraded: %s", err)
             self.metrics.feature_errors.inc()
-            features = features_from_rows(None, [None] * len(items), [None] * len(items),
-                                          categories, t)
+            inputs = inputs_from_states(None, [(None, None, c) for c in categories], t)
             degraded = True
         self.metrics.cache_hits.inc(max(0, self.reader.cache_hits - hits))
         self.metrics.cache_misses.inc(max(0, self.reader.cache_misses - misses))
-        sparse, dense = encode_candidates(request.user_id, items, categories, features,
-                                          self.settings.hash_buckets)
-        return items, sparse, dense, degraded
+        batch = encode_candidates(request.user_id, items, categories, prices, inputs,
+                                  self.settings.hash_buckets)
+        return items, batch, degraded
 
     def authorized(self, request: Request) -> bool:
         """Whether an admin request carries the configured bearer token (or none is set)."""
@@ -198,11 +202,11 @@ def create_app(scorer: Scorer) -> FastAPI:
             return answer("rank", _problem(503, "no model loaded yet"))
         scorer.batcher.preparing += 1
         try:
-            items, sparse, dense, degraded = await asyncio.get_running_loop().run_in_executor(
+            items, batch, degraded = await asyncio.get_running_loop().run_in_executor(
                 scorer.prepare_pool, scorer.prepare, req)
         finally:
             scorer.batcher.preparing -= 1
-        version, probs = await scorer.batcher.score(sparse, dense)
+        version, probs = await scorer.batcher.score(batch)
         weight = settings.purchase_weight
         scores = probs[:, 0] + weight * probs[:, 1]
         order = (-scores).argsort(kind="stable")

@@ -1,6 +1,7 @@
 """Gathers concurrent scoring requests into one forward pass, on the scorer's device.
 
-Requests hand their encoded candidates to :meth:`Batcher.score` and await the result. One
+Requests hand their encoded candidates (a :class:`~models.ranker.Batch`, the encoder's output
+for training examples too) to :meth:`Batcher.score` and await the result. One
 worker task takes the first waiting request and, while other requests are still being prepared
 (features being read), waits up to ``max_wait_s`` for them, up to ``max_candidates``
 candidates; then one forward pass of the served model (read once: every request of the pass
@@ -17,25 +18,30 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from torch import Tensor
 
-from models.ranker import Ranker
+from models.ranker import Batch, Ranker
 from models.scorer.service import Served
 
 
 @dataclass
 class _Job:
-    sparse: Tensor
-    dense: Tensor
+    batch: Batch
     future: asyncio.Future[tuple[int, np.ndarray]]
 
 
-def forward(served: Served, sparse: Tensor, dense: Tensor) -> np.ndarray:
+def concat(batches: list[Batch]) -> Batch:
+    """The batches' rows one after the other (one batch: itself)."""
+    if len(batches) == 1:
+        return batches[0]
+    return Batch(*(torch.cat(parts) for parts in zip(*batches)))
+
+
+def forward(served: Served, batch: Batch) -> np.ndarray:
     """``B X 2`` float64 (p_click, p_purchase) of one pass on the model's device."""
     model = served[1]
     device = next(model.parameters()).device
     with torch.inference_mode():
-        logits = model(sparse.to(device, non_blocking=True), dense.to(device, non_blocking=True))
+        logits = model(*(x.to(device, non_blocking=True) for x in batch))
         return Ranker.probabilities(logits).double().cpu().numpy()
 
 
@@ -72,16 +78,16 @@ class Batcher:
                 pass
         self._executor.shutdown(wait=True)
 
-    async def score(self, sparse: Tensor, dense: Tensor) -> tuple[int, np.ndarray]:
-        """The version and ``B X 2`` probabilities of these candidates."""
+    async def score(self, batch: Batch) -> tuple[int, np.ndarray]:
+        """The version and ``B X 2`` probabilities of these encoded candidates."""
         future: asyncio.Future[tuple[int, np.ndarray]] = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait(_Job(sparse, dense, future))
+        self._queue.put_nowait(_Job(batch, future))
         return await future
 
     async def _gather(self) -> list[_Job]:
         loop = asyncio.get_running_loop()
         batch = [await self._queue.get()]
-        size = len(batch[0].sparse)
+        size = len(batch[0].batch.sparse)
         deadline = loop.time() + self._max_wait
         while size < self._max_candidates:
             if not self._queue.empty():
@@ -94,7 +100,7 @@ class Batcher:
             else:
                 break
             batch.append(job)
-            size += len(job.sparse)
+            size += len(job.batch.sparse)
         return batch
 
     async def _run(self) -> None:
@@ -110,18 +116,14 @@ class Batcher:
                 continue
             start = 0
             for job in batch:
-                n = len(job.sparse)
+                n = len(job.batch.sparse)
                 if not job.future.done():
                     job.future.set_result((version, probs[start:start + n]))
                 start += n
 
     def _pass(self, batch: list[_Job]) -> tuple[int, np.ndarray]:
         served = self._current()
-        if len(batch) == 1:
-            sparse, dense = batch[0].sparse, batch[0].dense
-        else:
-            sparse = torch.cat([job.sparse for job in batch])
-            dense = torch.cat([job.dense for job in batch])
-        probs = forward(served, sparse, dense)
-        self._observe(len(sparse), len(batch))
+        inputs = concat([job.batch for job in batch])
+        probs = forward(served, inputs)
+        self._observe(len(inputs.sparse), len(batch))
         return served[0], probs

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+import zlib
 from collections.abc import Iterator
 from dataclasses import replace
 from itertools import islice
@@ -22,21 +23,23 @@ import pytest
 import redis
 import torch
 
+from connectors.events import Event
 from connectors.examples import TrainingExample
 from connectors.logs import read_log
 from connectors.model_updates import ModelUpdatePublisher
 from connectors.snapshot_store import SnapshotStore
 from features.examples import ExampleBuilder
 from features.impressions import with_impressions
-from features.online import read_features
+from features.online import read_inputs
 from features.rows import Coalescer, FeatureComputer, feeds_state
 from features.schema import DENSE_FEATURES
-from features.state import NO_HISTORY_S
+from features.state import alive
 from features.store import apply_repo
 from features.writer import FeatureWriter
 from jobs.launch import settings_env
 from models.delta import decode_message, encode_delta, hmac_key
 from models.publisher import DeltaPublisher
+from models.ranker import SERVING_POSITION, encode_batch
 from models.scorer.api import RankRequest
 from models.scorer.app import Scorer
 from models.scorer.registry import admin_call
@@ -82,8 +85,11 @@ class Trainer:
     def learn(self, n: int = 64) -> None:
         batch = [TrainingExample(example_id=str(k), user_id=f"u{k % 31}",
                                  item_id=f"i{(k * 7) % 97}", category_id=f"c{k % 5}",
-                                 event_time=1_000 * k, click=int(k % 4 == 0),
-                                 purchase=int(k % 16 == 0), features={"i_ctr": 0.1})
+                                 position=k % 7, event_time=1_000 * k, click=int(k % 4 == 0),
+                                 purchase=int(k % 16 == 0), features={"i_ctr": 0.1},
+                                 price=None if k % 5 == 0 else float(k % 40),
+                                 recent_items=tuple(f"i{(k * j) % 97}" for j in range(k % 4)),
+                                 recent_categories=tuple(f"c{(k + j) % 5}" for j in range(k % 3)))
                  for k in range(self._k, self._k + n)]
         self._k += n
         self.model.learn_many(batch)
@@ -145,22 +151,42 @@ def rank(scorer: ScorerProcess, body: dict) -> httpx.Response:
 
 
 def test_scorers_converge_and_score_like_the_trainer(settings, trainer, scorers):
+    """The same inputs (Feast features and recent clicks, the request's prices, the serving
+    position) scored by the scorers and by the trainer's own model agree to 1e-6."""
     latest = trainer.published[-1]
     for s in scorers:
         wait_until(f"{s.url} at v{latest}", lambda s=s: s.version() == latest)
         assert httpx.get(f"{s.url}/healthz").status_code == 200
     items = [f"i{k}" for k in range(40)]
     cats = [f"c{k % 5}" for k in range(40)]
+    prices = [None if k % 6 == 0 else 0.5 + k for k in range(40)]
     t = 1_700_000_000_000
-    body = {"user_id": "u3", "items": [{"item_id": i, "category_id": c}
-                                       for i, c in zip(items, cats)], "as_of_ms": t}
+    store = apply_repo(settings)
+    writer, computer = FeatureWriter(store, settings), FeatureComputer()
+    for n, (item, cat) in enumerate([("i5", "c0"), ("i12", "c2"), ("i33", "c3")]):
+        writer.add_rows(computer.apply(Event(
+            event_id=f"h{n}", event_type="click", user_id="u3", item_id=item, category_id=cat,
+            event_time=t - 60_000 + n)))
+    writer.flush()
+    body = {"user_id": "u3", "as_of_ms": t, "items": [
+        {"item_id": i, "category_id": c} | ({} if p is None else {"price": p})
+        for i, c, p in zip(items, cats, prices)]}
     answers = [rank(s, body).json() for s in scorers]
     assert [a["model_version"] for a in answers] == [latest, latest]
-    features = read_features(apply_repo(settings), "u3", items, cats, t_ms=t)
+    inputs = read_inputs(store, "u3", items, cats, t_ms=t)
+    assert inputs.recent_items == ("i33", "i12", "i5")
+    assert inputs.recent_categories == ("c3", "c2", "c0")
     expected = trainer.model.predict_many([
         TrainingExample(example_id=i, user_id="u3", item_id=i, category_id=c, event_time=t,
+                        click=0, purchase=0, features=f, price=p,
+                        recent_items=inputs.recent_items,
+                        recent_categories=inputs.recent_categories)
+        for i, c, p, f in zip(items, cats, prices, inputs.features)])
+    no_history = trainer.model.predict_many([
+        TrainingExample(example_id=i, user_id="u3", item_id=i, category_id=c, event_time=t,
                         click=0, purchase=0, features=f)
-        for i, c, f in zip(items, cats, features)])
+        for i, c, f in zip(items, cats, inputs.features)])
+    assert abs(expected - no_history).max() > 1e-4  # price and recent clicks do count
     for answer in answers:
         got = {x["item_id"]: (x["p_click"], x["p_purchase"]) for x in answer["items"]}
         assert len(got) == len(items)
@@ -321,13 +347,30 @@ def test_bad_requests_get_a_4xx_with_a_message(settings, scorers):
     assert 'code="500"' not in httpx.get(f"{url}/metrics").text
 
 
-def test_served_features_equal_the_training_examples_on_replayed_events(settings, tmp_path):
-    """Taobao events: Feast is written as of a cut time by the feature computation the job
-    runs; the scorer's model input for each impression at the cut equals its example's."""
+def _price(item: str) -> float | None:
+    """A made-up catalogue price per item (the Taobao log has none); some items have none."""
+    cents = zlib.crc32(item.encode()) % 20_000
+    return None if cents % 7 == 0 else cents / 100.0
+
+
+@pytest.mark.parametrize("ttl_ms", [Settings().feature_state_ttl_ms, 90_000])
+def test_served_inputs_equal_the_training_examples_on_replayed_events(settings, tmp_path,
+                                                                        ttl_ms):
+    """Taobao events (with a price per item): Feast is written as of a cut time by the feature
+    computation the job runs; the scorer's model input for each impression at the cut — dense
+    features, recent clicked items and categories, price, hashed IDs — equals its training
+    example's encoded at the serving position. At the default state TTL and at 90 s (the log's
+    first rows span about four minutes, so there many states have expired by a cut)."""
+    settings = settings.model_copy(update={"feature_state_ttl_ms": ttl_ms})
     head = tmp_path / "head.csv"
     with settings.sample_log.open() as src:
         head.write_text("".join(islice(src, SAMPLE_ROWS)))
     raw, _ = read_log(head, "taobao", settings=settings)
+    tag = f"ttl{ttl_ms}-"  # keys of their own: Feast keeps a key's newest row
+    raw = [e.model_copy(update={
+        "user_id": tag + e.user_id, "item_id": tag + e.item_id,
+        "category_id": e.category_id and tag + e.category_id, "price": _price(e.item_id)})
+        for e in raw]
     events = list(with_impressions(raw, settings))
     examples = {x.example_id: x for x in ExampleBuilder(settings).run(events)}
     real_times = {e.event_time for e in events if feeds_state(e)}
@@ -335,9 +378,9 @@ def test_served_features_equal_the_training_examples_on_replayed_events(settings
             if e.event_type == "impression" and e.event_time not in real_times][:3]
     assert cuts, "no impression time to cut at"
     store = apply_repo(settings)
-    writer, computer, pending = FeatureWriter(store, settings), FeatureComputer(), Coalescer()
+    writer, computer, pending = FeatureWriter(store, settings), FeatureComputer(ttl_ms), Coalescer()
     scorer = Scorer(settings.model_copy(update={"item_cache_ttl_ms": 0.0}), "cpu", follow=False)
-    at = compared = with_history = 0
+    at = compared = with_history = priced = expired = 0
     for cut in cuts:
         while events[at].event_time < cut:
             for row in computer.apply(events[at]):
@@ -352,16 +395,29 @@ def test_served_features_equal_the_training_examples_on_replayed_events(settings
         for user in {e.user_id for e in shown}:
             mine = [e for e in shown if e.user_id == user]
             request = RankRequest(user_id=user, as_of_ms=cut, items=[
-                {"item_id": e.item_id, "category_id": e.category_id} for e in mine])
-            _, _, dense, _ = scorer.prepare(request)
-            sdk = read_features(store, user, [e.item_id for e in mine],
-                                [e.category_id for e in mine], t_ms=cut)
-            assert scorer.reader.read(user, [e.item_id for e in mine],
-                                      [e.category_id for e in mine], cut) == sdk
-            for row, by_sdk, e in zip(dense.tolist(), sdk, mine):
-                expected = [examples[e.event_id].features[n] for n in DENSE_FEATURES]
-                assert row == pytest.approx(expected, rel=1e-6, abs=1e-6), e
+                {"item_id": e.item_id, "category_id": e.category_id, "price": e.price}
+                for e in mine])
+            _, batch, _ = scorer.prepare(request)
+            ids, cats = [e.item_id for e in mine], [e.category_id for e in mine]
+            sdk = read_inputs(store, user, ids, cats, t_ms=cut, ttl_ms=ttl_ms)
+            assert scorer.reader.read(user, ids, cats, cut) == sdk
+            trained = [examples[e.event_id] for e in mine]
+            want = encode_batch(trained, settings.hash_buckets)
+            assert set(batch.position.tolist()) == {SERVING_POSITION}
+            for name in ("sparse", "wide", "position", "recent_items", "recent_categories"):
+                assert torch.equal(getattr(batch, name), getattr(want, name)), (name, mine)
+            for got_row, want_row in zip(batch.dense.tolist(), want.dense.tolist()):
+                assert got_row == pytest.approx(want_row, rel=1e-6, abs=1e-6), mine
+            for by_sdk, x in zip(sdk.features, trained):
+                expected = [x.features[n] for n in DENSE_FEATURES]
                 assert list(by_sdk.values()) == pytest.approx(expected, rel=1e-12, abs=1e-12)
+                assert (sdk.recent_items, sdk.recent_categories) == (
+                    x.recent_items, x.recent_categories)
                 compared += 1
-                with_history += expected[DENSE_FEATURES.index("u_secs_since_last")] < NO_HISTORY_S
-    assert compared >= 5 and with_history >= 3, (compared, with_history)
+                with_history += bool(x.recent_items)
+                priced += x.price is not None
+            states = [computer.users.get(user)] + [computer.items.get(i) for i in ids]
+            expired += sum(x is not None and alive(x, cut, ttl_ms) is None for x in states)
+    assert compared >= 5 and with_history >= 3 and priced >= 3, (compared, with_history, priced)
+    if ttl_ms < 5 * 60_000:
+        assert expired >= 3, "few states expired by a cut: the TTL is not exercised"

@@ -17,7 +17,7 @@ from connectors.snapshot_store import SnapshotStore
 from models.delta import decode_message, encode_delta
 from models.follower import Status
 from models.publisher import DeltaPublisher
-from models.ranker import Ranker, encode_batch
+from models.ranker import Batch, Ranker, encode_batch
 from models.scorer.api import RankRequest
 from models.scorer.batcher import Batcher, forward
 from models.scorer.service import ModelService, VersionUnavailable
@@ -33,7 +33,10 @@ SETTINGS = Settings(hash_buckets=1009, embedding_dim=8, batch_size=64, snapshot_
 def examples(n: int, start: int = 0) -> list[TrainingExample]:
     return [TrainingExample(example_id=str(k), user_id=f"u{k % 41}", item_id=f"i{(k * 7) % 61}",
                             category_id=f"c{k % 5}", event_time=1_000 * k, click=int(k % 4 == 0),
-                            purchase=int(k % 12 == 0), features={"u_clicks_1h": float(k % 3)})
+                            purchase=int(k % 12 == 0), features={"u_clicks_1h": float(k % 3)},
+                            price=None if k % 3 == 0 else float(k % 50),
+                            recent_items=tuple(f"i{(k * j) % 61}" for j in range(k % 4)),
+                            recent_categories=tuple(f"c{(k + j) % 5}" for j in range(k % 3)))
             for k in range(start, start + n)]
 
 
@@ -142,20 +145,20 @@ def test_concurrent_requests_share_one_forward_pass_with_one_version(store):
         batcher.start()
         batcher.preparing = len(requests)  # all three are being prepared
 
-        async def one(sparse: torch.Tensor, dense: torch.Tensor) -> tuple[int, np.ndarray]:
+        async def one(batch: Batch) -> tuple[int, np.ndarray]:
             batcher.preparing -= 1
-            return await batcher.score(sparse, dense)
+            return await batcher.score(batch)
 
         try:
-            return await asyncio.gather(*(one(*r) for r in requests))
+            return await asyncio.gather(*(one(r) for r in requests))
         finally:
             await batcher.close()
 
     results = asyncio.run(run())
     assert passes == [(15, 3)]
-    for (version, probs), (sparse, dense) in zip(results, requests):
+    for (version, probs), batch in zip(results, requests):
         assert version == 2
-        np.testing.assert_allclose(probs, forward(service.current(), sparse, dense), atol=1e-6)
+        np.testing.assert_allclose(probs, forward(service.current(), batch), atol=1e-6)
 
 
 def test_a_lone_request_does_not_wait(store):
@@ -168,7 +171,7 @@ def test_a_lone_request_does_not_wait(store):
         batcher.start()
         loop = asyncio.get_running_loop()
         t0 = loop.time()
-        await batcher.score(*encode_batch(examples(4), SETTINGS.hash_buckets))
+        await batcher.score(encode_batch(examples(4), SETTINGS.hash_buckets))
         elapsed = loop.time() - t0
         await batcher.close()
         return elapsed
@@ -180,7 +183,12 @@ def test_a_lone_request_does_not_wait(store):
     ({"user_id": "u", "items": []}, "at least 1"),
     ({"user_id": "u", "items": ["a", {"item_id": "a"}]}, "duplicate item 'a'"),
     ({"user_id": "u", "items": ["a"], "colour": "red"}, "Extra inputs"),
-    ({"user_id": "u", "items": [{"item_id": "a", "price": 3}]}, "Extra inputs"),
+    ({"user_id": "u", "items": [{"item_id": "a", "colour": 3}]}, "Extra inputs"),
+    ({"user_id": "u", "items": [{"item_id": "a", "price": -1.0}]}, "greater than or equal"),
+    ({"user_id": "u", "items": [{"item_id": "a", "price": "3"}]}, "valid number"),
+    ({"user_id": "u", "items": [{"item_id": "a", "price": True}]}, "valid number"),
+    ({"user_id": "u", "items": [{"item_id": "a", "price": float("nan")}]}, "finite number"),
+    ({"user_id": "u", "items": [{"item_id": "a", "price": float("inf")}]}, "finite number"),
     ({"user_id": "u", "items": [""]}, "1 to 256"),
     ({"user_id": "u", "items": ["a"], "as_of_ms": -1}, "greater than or equal"),
 ])
@@ -190,3 +198,36 @@ def test_bad_requests_are_refused_with_a_reason(body, message):
     refs = RankRequest.model_validate({"user_id": "u", "items": ["a", {"item_id": "b",
                                                                        "category_id": "c"}]}).refs()
     assert [(r.item_id, r.category_id) for r in refs] == [("a", None), ("b", "c")]
+
+
+def test_a_price_is_optional_and_reaches_the_candidate():
+    refs = RankRequest.model_validate_json(
+        b'{"user_id": "u", "items": ["a", {"item_id": "b", "price": 3}, '
+        b'{"item_id": "c", "price": 0.5}]}').refs()
+    assert [r.price for r in refs] == [None, 3.0, 0.5]
+    for raw in (b'{"user_id": "u", "items": [{"item_id": "a", "price": NaN}]}',
+                b'{"user_id": "u", "items": [{"item_id": "a", "price": "1"}]}',
+                b'{"user_id": "u", "items": [{"item_id": "a", "price": -0.01}]}'):
+        with pytest.raises(ValidationError):
+            RankRequest.model_validate_json(raw)
+
+
+def test_a_candidate_encodes_as_its_training_example_at_the_serving_position():
+    """What the scorer builds from online inputs and the request is what the trainer scores."""
+    from features.online import OnlineInputs
+    from models.ranker import SERVING_POSITION
+    from models.scorer.candidates import encode_candidates
+
+    xs = [x.model_copy(update={
+        "user_id": "u7", "position": k,
+        "recent_items": ("i3", "i9"), "recent_categories": ("c1",)})
+        for k, x in enumerate(examples(6))]
+    inputs = OnlineInputs([x.features for x in xs], ("i3", "i9"), ("c1",))
+    served = encode_candidates("u7", [x.item_id for x in xs], [x.category_id for x in xs],
+                               [x.price for x in xs], inputs, SETTINGS.hash_buckets)
+    trained = encode_batch(xs, SETTINGS.hash_buckets)
+    for got, want in zip(served, trained):
+        assert torch.equal(got, want)
+    assert set(served.position.tolist()) == {SERVING_POSITION}
+    assert not torch.equal(encode_batch(xs, SETTINGS.hash_buckets, training=True).position,
+                           served.position)
