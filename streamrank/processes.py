@@ -38,7 +38,13 @@ def alive(pid: int) -> bool:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
     except OSError:
         return False
-    return state != "Z"
+    if state != "Z":
+        return True
+    try:  # it died since the first waitpid: reap it if it is ours
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass
+    return False
 
 
 def read_pid(settings: Settings, name: str, *markers: str) -> int | None:
