@@ -28,23 +28,19 @@ def pid_file(settings: Settings, name: str) -> Path:
 
 
 def alive(pid: int) -> bool:
-    """Whether ``pid`` is a live process (a zombie counts as gone; our own is reaped)."""
+    """Whether ``pid`` is a live process: our own child until it is reaped (reaped here once it
+    has exited), another's until only a zombie is left (a zombie leader whose other threads
+    still run, as a JVM shutting down, is alive)."""
     try:
-        if os.waitpid(pid, os.WNOHANG)[0] == pid:
-            return False
+        return os.waitpid(pid, os.WNOHANG)[0] != pid
     except ChildProcessError:
         pass  # not our child: look at /proc
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        threads = len(os.listdir(f"/proc/{pid}/task"))
     except OSError:
         return False
-    if state != "Z":
-        return True
-    try:  # it died since the first waitpid: reap it if it is ours
-        os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        pass
-    return False
+    return state != "Z" or threads > 1
 
 
 def read_pid(settings: Settings, name: str, *markers: str) -> int | None:
