@@ -43,7 +43,7 @@ JobBuilder = Callable[..., None]
 """``build_job(env, settings, *, bounded)`` adds a job's operators to ``env``."""
 
 JOBS: dict[str, str] = {"ingest": "jobs.ingest", "features": "jobs.features_job",
-                        "training": "jobs.training_job"}
+                        "features-fast": "jobs.features_fast", "training": "jobs.training_job"}
 """The jobs by name: the module whose ``build_job`` builds each (imported when run)."""
 
 PYFLINK_HOME = Path(pyflink.__file__).parent

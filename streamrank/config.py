@@ -38,6 +38,7 @@ class Settings(BaseSettings):
     topic_events: str = "events"
     topic_dlq: str = "events.dlq"
     topic_examples: str = "training.examples"
+    topic_feature_rows: str = "features.rows"
     topic_deltas: str = "model.deltas"
     events_partitions: int = 4
     """Partitions of ``events`` (and ``training.examples``); keyed by user_id."""
