@@ -1,8 +1,9 @@
 package streamrank.flink;
 
-import java.util.ArrayDeque;
 import java.util.ArrayList;
 import java.util.HashMap;
+import java.util.List;
+import java.util.Map;
 
 import org.apache.flink.api.common.functions.OpenContext;
 import org.apache.flink.api.common.state.ValueState;
@@ -51,20 +52,29 @@ public class LabelJoin extends KeyedProcessFunction<String, EventRecord, byte[]>
         public Label() {}
     }
 
-    /** One user's join state. */
+    /** An emitted impression: its time, item and request key (or null). */
+    public static class Emitted {
+        public long time;
+        public String item;
+        public String request;
+
+        public Emitted() {}
+    }
+
+    /** One user's join state (lists and maps as interfaces: Flink serializes them itself). */
     public static class JoinState {
         public long seq;
         /** Pending impressions in (time, seq) order. */
-        public ArrayList<Pending> pending = new ArrayList<>();
+        public List<Pending> pending = new ArrayList<>();
         /** Waiting labels in (time, seq) order. */
-        public ArrayList<Label> labels = new ArrayList<>();
+        public List<Label> labels = new ArrayList<>();
         /** The seq of the latest pending impression of each (request, item). Keyed state
          *  holds no object twice: a copy of the state (checkpoints) would split it. */
-        public HashMap<String, Long> byRequest = new HashMap<>();
-        public HashMap<String, Long> emittedRequest = new HashMap<>();
-        public HashMap<String, Long> emittedItem = new HashMap<>();
-        /** Emitted impressions (time, item, request key or null), for {@code late_labels}. */
-        public ArrayDeque<Object[]> emittedOrder = new ArrayDeque<>();
+        public Map<String, Long> byRequest = new HashMap<>();
+        public Map<String, Long> emittedRequest = new HashMap<>();
+        public Map<String, Long> emittedItem = new HashMap<>();
+        /** Emitted impressions in emission order, for {@code late_labels}. */
+        public List<Emitted> emittedOrder = new ArrayList<>();
 
         public JoinState() {}
 
@@ -206,7 +216,11 @@ public class LabelJoin extends KeyedProcessFunction<String, EventRecord, byte[]>
             s.emittedRequest.put(request, e.eventTime);
         }
         s.emittedItem.put(e.itemId, e.eventTime);
-        s.emittedOrder.addLast(new Object[] {e.eventTime, e.itemId, request});
+        Emitted x = new Emitted();
+        x.time = e.eventTime;
+        x.item = e.itemId;
+        x.request = request;
+        s.emittedOrder.add(x);
         ctx.timerService().registerEventTimeTimer(
                 e.eventTime + windowMs + allowedLatenessMs);
     }
@@ -214,16 +228,16 @@ public class LabelJoin extends KeyedProcessFunction<String, EventRecord, byte[]>
     /** Drops what {@code late_labels} no longer needs (the reference's {@code _forget}). */
     private void forget(JoinState s, long w) {
         long horizon = w + 1 - allowedLatenessMs;
-        while (!s.emittedOrder.isEmpty() && (long) s.emittedOrder.peekFirst()[0] + windowMs < horizon) {
-            Object[] x = s.emittedOrder.pollFirst();
-            long shown = (long) x[0];
-            if (Long.valueOf(shown).equals(s.emittedItem.get((String) x[1]))) {
-                s.emittedItem.remove((String) x[1]);
-            }
-            if (x[2] != null && Long.valueOf(shown).equals(s.emittedRequest.get((String) x[2]))) {
-                s.emittedRequest.remove((String) x[2]);
+        int n = 0;
+        while (n < s.emittedOrder.size() && s.emittedOrder.get(n).time + windowMs < horizon) {
+            Emitted x = s.emittedOrder.get(n++);
+            Long shown = x.time;
+            if (shown.equals(s.emittedItem.get(x.item))) s.emittedItem.remove(x.item);
+            if (x.request != null && shown.equals(s.emittedRequest.get(x.request))) {
+                s.emittedRequest.remove(x.request);
             }
         }
+        s.emittedOrder.subList(0, n).clear();
     }
 
     private static final String[] DENSE = dense();

@@ -1,13 +1,13 @@
 package streamrank.flink;
 
 import java.util.ArrayList;
+import java.util.List;
 
 import org.apache.flink.api.common.functions.OpenContext;
 import org.apache.flink.api.common.state.MapState;
 import org.apache.flink.api.common.state.MapStateDescriptor;
 import org.apache.flink.api.common.state.ValueState;
 import org.apache.flink.api.common.state.ValueStateDescriptor;
-import org.apache.flink.api.common.typeinfo.TypeHint;
 import org.apache.flink.api.common.typeinfo.TypeInformation;
 import org.apache.flink.api.common.typeinfo.Types;
 import org.apache.flink.api.java.typeutils.ResultTypeQueryable;
@@ -34,7 +34,7 @@ public class UserStage extends KeyedProcessFunction<String, EventRecord, EventRe
     private transient ValueState<FeatureState.User> user;
     private transient MapState<String, FeatureState.UserCategory> categories;
     private transient MapState<String, Long> seen;
-    private transient MapState<Long, ArrayList<String>> expiring;
+    private transient MapState<Long, List<String>> expiring;
     private transient Counter duplicates;
 
     public UserStage(long allowedLatenessMs) { this.allowedLatenessMs = allowedLatenessMs; }
@@ -48,7 +48,7 @@ public class UserStage extends KeyedProcessFunction<String, EventRecord, EventRe
         seen = getRuntimeContext().getMapState(
                 new MapStateDescriptor<>("seen-ids", Types.STRING, Types.LONG));
         expiring = getRuntimeContext().getMapState(new MapStateDescriptor<>("seen-expiry",
-                Types.LONG, new TypeHint<ArrayList<String>>() {}.getTypeInfo()));
+                Types.LONG, Types.LIST(Types.STRING)));
         duplicates = getRuntimeContext().getMetricGroup().counter("duplicates");
     }
 
@@ -61,7 +61,7 @@ public class UserStage extends KeyedProcessFunction<String, EventRecord, EventRe
         }
         seen.put(e.eventId, e.eventTime);
         long expiry = e.eventTime + allowedLatenessMs;
-        ArrayList<String> ids = expiring.get(expiry);
+        List<String> ids = expiring.get(expiry);
         if (ids == null) {
             ids = new ArrayList<>(2);
             ctx.timerService().registerEventTimeTimer(expiry);
@@ -104,7 +104,7 @@ public class UserStage extends KeyedProcessFunction<String, EventRecord, EventRe
     @Override
     public void onTimer(long ts, OnTimerContext ctx, Collector<EventRecord> out)
             throws Exception {
-        ArrayList<String> ids = expiring.get(ts);
+        List<String> ids = expiring.get(ts);
         if (ids == null) return;
         for (String id : ids) seen.remove(id);
         expiring.remove(ts);
