@@ -169,8 +169,19 @@ class Expected:
     examples: dict[str, TrainingExample]
 
 
+_REFERENCES: dict[int, Expected] = {}
+
+
 def reference(log: Log, settings: Settings) -> Expected:
-    """What the job must write for ``log``, from the pure Python code (one pass, in order)."""
+    """What the job must write for ``log``, from the pure Python code (one pass, in order);
+    computed once per log (the settings that matter, lateness and windows, are the defaults
+    in every test here)."""
+    if id(log) not in _REFERENCES:
+        _REFERENCES[id(log)] = _reference(log, settings)
+    return _REFERENCES[id(log)]
+
+
+def _reference(log: Log, settings: Settings) -> Expected:
     decode = decoder(settings)
     builder, computer, rows = ExampleBuilder(settings), FeatureComputer(), Coalescer()
     dead: list[tuple[str, str]] = []
@@ -303,15 +314,19 @@ def test_generated_log_equals_the_reference(
     run_and_compare(fast_settings, log, child_jobs)
 
 
+@pytest.fixture(scope="module")
+def taobao() -> Log:
+    return taobao_log(Settings().sample_log)
+
+
 def test_whole_taobao_sample_equals_the_reference(
-        fast_settings: Settings, child_jobs: Callable[..., ChildJob]) -> None:
-    log = taobao_log(fast_settings.sample_log)
-    run_and_compare(fast_settings, log, child_jobs)
+        fast_settings: Settings, taobao: Log, child_jobs: Callable[..., ChildJob]) -> None:
+    run_and_compare(fast_settings, taobao, child_jobs)
 
 
 def test_killed_mid_stream_and_restored_it_ends_with_the_same_outputs(
-        fast_settings: Settings, child_jobs: Callable[..., ChildJob]) -> None:
-    log = taobao_log(fast_settings.sample_log)
+        fast_settings: Settings, taobao: Log, child_jobs: Callable[..., ChildJob]) -> None:
+    log = taobao
     produce(fast_settings, log)
     run = child_jobs(JOB, fast_settings, "--bounded")
     run.wait_for("two checkpoints", lambda: run.checkpoint_id() >= 2)
