@@ -42,7 +42,6 @@ from features.store import apply_repo
 from features.writer import FeatureWriter, ViewSpec, rows_frame, view_specs
 from streamrank.config import Settings, load_settings
 
-SAMPLE = Path("/work/shared/data/taobao_user_behavior_sample.csv")
 FLUSH_MS = 200
 SPEEDS = (1, 60, 600)
 
@@ -270,7 +269,7 @@ def main() -> None:
         settings = base.model_copy(update={"run_dir": Path(tmp) / "run"})
         store = apply_repo(settings)
 
-        all_events = list(read_log(SAMPLE, "taobao", settings=base)[0])
+        all_events = list(read_log(base.sample_log, "taobao", settings=base)[0])
         per_event = replay_rows(all_events)
         console.print(coalescing_table(per_event, all_events, settings.feast_batch_rows))
 
@@ -284,7 +283,7 @@ def main() -> None:
         console.print(offline_table(settings.model_copy(update={"run_dir": Path(tmp) / "offline"}),
                                     [r for r in rows if r.view == ITEM_VIEW]))
         console.print(read_table(store, events, args.repeats))
-        console.print(f"Redis {settings.redis_url}; events from {SAMPLE.name}; "
+        console.print(f"Redis {settings.redis_url}; events from {base.sample_log.name}; "
                       f"load average {Path('/proc/loadavg').read_text().split()[0]}")
 
 

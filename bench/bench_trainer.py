@@ -4,7 +4,8 @@ Examples are the real ones: the shared Taobao sample (or ``--log``) through the 
 rule and feature code as the jobs (:mod:`features.impressions`, :mod:`features.examples`).
 Measured, with the default model (``Settings()``: hash_buckets, embedding_dim, batch_size):
 
-* trainer throughput: ``learn_many`` and ``progressive`` (score + online metrics + learn),
+* trainer throughput: ``learn_many`` and the training loop's ``progressive`` (score + online
+  metrics + learn, :class:`models.loop.TrainingLoop`),
   examples/s on ``--threads`` torch threads;
 * delta size per interval at ``--rate`` examples/s (``rate * delta_interval_s`` examples per
   version) against the full snapshot, with dense tensors in every version and in every
@@ -33,6 +34,7 @@ from features.examples import build_examples
 from features.impressions import with_impressions
 from models.delta import ROWS_SUFFIX, decode_message, hmac_key
 from models.follower import ModelFollower
+from models.loop import TrainingLoop
 from models.publisher import DeltaPublisher
 from models.ranker import Ranker
 from models.trainer import OnlineTrainer
@@ -56,7 +58,9 @@ def throughput(settings: Settings, examples: Sequence[TrainingExample]) -> dict[
     t0 = time.perf_counter()
     trainer.learn_many(examples[warm:half])
     t1 = time.perf_counter()
-    trainer.progressive(examples[half:])
+    loop = TrainingLoop(trainer, settings)
+    for start in range(half, len(examples), settings.batch_size):
+        loop.progressive(examples[start:start + settings.batch_size])
     t2 = time.perf_counter()
     return {"learn_many": (half - warm) / (t1 - t0),
             "progressive": (len(examples) - half) / (t2 - t1),

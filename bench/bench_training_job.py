@@ -5,11 +5,12 @@
 The examples are real: the shared Taobao sample through the same impression rule and feature
 code as the jobs (``bench_trainer.real_examples``). Three rows, on the same examples:
 
-* **trainer alone**: :meth:`~models.trainer.OnlineTrainer.progressive` on pre-decoded batches
-  of ``batch_size`` (score, online metrics, learn), in this process;
+* **trainer alone**: :meth:`~models.loop.TrainingLoop.progressive` on pre-decoded batches of
+  ``batch_size`` (score, online metrics, learn), in this process;
 * **trainer + decode + publisher**: what the job's task does, minus Flink and Kafka: decode each
-  record, learn in batches, cut versions with :class:`~models.publisher.DeltaPublisher` at the
-  configured interval (encoded and signed; snapshots to a snapshot store in a temporary dir);
+  record and hand it to the same :class:`~models.loop.TrainingLoop` (de-duplication, batches,
+  versions cut by :class:`~models.publisher.DeltaPublisher` at the configured interval,
+  encoded and signed; snapshots to a snapshot store in a temporary dir);
 * **training job**: the examples preloaded into a fresh ``training.examples`` topic, then
   ``python -m jobs run training --bounded`` in a child process. "examples/s" runs from the
   first example the task received to the last (its stats file); "with start-up" divides by
@@ -46,6 +47,7 @@ from connectors.snapshot_store import SnapshotStore
 from jobs.launch import settings_env
 from jobs.runtime import read_stats
 from jobs.training_job import JOB, status_path
+from models.loop import TrainingLoop
 from models.publisher import DeltaPublisher
 from models.trainer import OnlineTrainer
 from streamrank.config import Settings
@@ -54,31 +56,28 @@ console = Console(width=150)
 
 
 def trainer_alone(settings: Settings, examples: Sequence[TrainingExample]) -> dict[str, float]:
-    """Examples/s and CPU µs/example of ``progressive`` on batches of ``batch_size``."""
-    trainer = OnlineTrainer(settings)
+    """Examples/s and CPU µs/example of the training loop's ``progressive`` on batches of
+    ``batch_size`` (no publisher)."""
+    loop = TrainingLoop(OnlineTrainer(settings), settings)
     t0, c0 = time.perf_counter(), time.process_time()
     for start in range(0, len(examples), settings.batch_size):
-        trainer.progressive(examples[start:start + settings.batch_size])
+        loop.progressive(examples[start:start + settings.batch_size])
     return {"per_s": len(examples) / (time.perf_counter() - t0),
             "cpu_us": (time.process_time() - c0) / len(examples) * 1e6}
 
 
 def trainer_with_publisher(settings: Settings, records: Sequence[bytes]) -> dict[str, float]:
-    """Examples/s and CPU µs/example of decode + learn + cut versions (to a temporary
-    snapshot store)."""
+    """Examples/s and CPU µs/example of decode + the training loop with its publisher
+    (de-duplication, batches, versions to a temporary snapshot store), record by record as
+    the job's task does."""
     trainer = OnlineTrainer(settings)
     with tempfile.TemporaryDirectory(prefix="bench-training-store-") as store_dir:
         publisher = DeltaPublisher(trainer, settings, SnapshotStore(store_dir))
+        loop = TrainingLoop(trainer, settings, publisher)
         t0, c0 = time.perf_counter(), time.process_time()
-        batch: list[TrainingExample] = []
         for record in records:
-            batch.append(decode_example(record))
-            if len(batch) == settings.batch_size:
-                trainer.progressive(batch)
-                batch = []
-                publisher.maybe_publish()
-        trainer.progressive(batch)
-        publisher.publish()
+            loop.add((decode_example(record),))
+        loop.close()
         elapsed, cpu = time.perf_counter() - t0, time.process_time() - c0
     return {"per_s": len(records) / elapsed, "cpu_us": cpu / len(records) * 1e6,
             "versions": publisher.version}

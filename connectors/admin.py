@@ -22,17 +22,26 @@ def topic_specs(settings: Settings) -> dict[str, int]:
         settings.topic_dlq: 1,
         settings.topic_examples: settings.events_partitions,
         settings.topic_deltas: 1,
+        settings.topic_feature_rows: settings.events_partitions,
     }
 
 
-def topic_config(settings: Settings) -> dict[str, str]:
+def topic_config(settings: Settings, topic: str | None = None) -> dict[str, str]:
     """Per-topic settings. Retention is by size, not time: records carry their event time as
-    their Kafka timestamp, and a replay of an old log would otherwise be deleted at once."""
-    return {
+    their Kafka timestamp, and a replay of an old log would otherwise be deleted at once. The
+    feature-row topic is compacted instead: the latest row of each key is what counts.
+
+    >>> topic_config(Settings(), "features.rows")["cleanup.policy"]
+    'compact'
+    """
+    config = {
         "max.message.bytes": str(settings.max_message_bytes + 100_000),
         "retention.ms": "-1",
         "retention.bytes": str(settings.topic_retention_bytes),
     }
+    if topic == settings.topic_feature_rows:
+        config = {"max.message.bytes": config["max.message.bytes"], "cleanup.policy": "compact"}
+    return config
 
 
 def ensure_topics(settings: Settings, specs: dict[str, int] | None = None) -> list[str]:
@@ -41,7 +50,8 @@ def ensure_topics(settings: Settings, specs: dict[str, int] | None = None) -> li
     wanted = specs or topic_specs(settings)
     existing = admin.list_topics(timeout=10).topics
     new = [
-        NewTopic(name, num_partitions=parts, replication_factor=1, config=topic_config(settings))
+        NewTopic(name, num_partitions=parts, replication_factor=1,
+                 config=topic_config(settings, name))
         for name, parts in wanted.items() if name not in existing
     ]
     created: list[str] = []

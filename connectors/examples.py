@@ -12,7 +12,11 @@ from pydantic import BaseModel, ConfigDict, Field
 
 
 class TrainingExample(BaseModel):
-    """An impression with its labels and the dense features as of the impression."""
+    """An impression with its labels and its features as of the impression.
+
+    ``price``, ``recent_items`` and ``recent_categories`` default to none, so producers that
+    predate them still decode.
+    """
 
     model_config = ConfigDict(frozen=True)
 
@@ -29,6 +33,12 @@ class TrainingExample(BaseModel):
     purchase: int = Field(ge=0, le=1)
     features: dict[str, float]
     """Dense features by name (see features.schema.DENSE_FEATURES), as of the impression."""
+    price: float | None = None
+    """The impression's price, where the log has one."""
+    recent_items: tuple[str, ...] = ()
+    """The user's last clicked items before the impression, newest first (``last_items``)."""
+    recent_categories: tuple[str, ...] = ()
+    """The user's last clicked categories before the impression, newest first."""
 
 
 def encode_example(example: TrainingExample) -> bytes:

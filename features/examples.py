@@ -1,14 +1,24 @@
-"""Training examples from a time-ordered event stream (the pure form of the examples job).
+"""The pure reference of the features job: one time-ordered event stream in, the Feast rows and
+the training examples out (also how ``evaluate`` builds its examples).
 
-Per event, in order: duplicates and late events are dropped (see :mod:`features.labels`); an
-impression's dense features are read from the per-user, per-item and per-(user, category)
-state of :mod:`features.state` *before* the impression is applied (for the item: its events of
-earlier milliseconds, see :class:`ItemTimeline`), at its event time, so they never include the
-click (or anything later) that labels it; the event is then applied to the state (unless it is
-a synthetic impression, see :func:`features.rows.feeds_state`); and the impression goes to the
-:class:`~features.labels.LabelJoiner`, which yields the finished examples. State idle longer
-than ``settings.feature_state_ttl_ms`` of event time is dropped (swept once per hour of event
-time).
+Per event, in arrival order: duplicates and late events are dropped before they touch any
+state (see :mod:`features.labels`); the event is applied to the per-key state of
+:mod:`features.state` in arrival order (:class:`~features.rows.FeatureComputer`), whose rows
+are what the online store receives (unless it is a synthetic impression, see
+:func:`features.rows.feeds_state`); and it goes to the :class:`~features.labels.LabelJoiner`,
+which yields the finished examples.
+
+An impression's dense features are those *as of* the impression, at its event time, so they
+never include the click (or anything later) that labels it: the user's and user x category's
+state before the impression, in the user's own order; the item's state after all of its
+events of *earlier milliseconds* (:class:`ItemTimeline`), read once the watermark has passed
+the impression's time plus the allowed lateness, when no event of an earlier millisecond can
+still be accepted. So the examples do not depend on how the stream interleaves keys, only on
+the events accepted and each user's order: what lets a parallel job (keyed stages on Flink's
+watermark) produce exactly these.
+
+State expires in event time (:func:`features.state.alive`); keys that no acceptable event could
+see any more are freed once per hour of event time.
 
 >>> from connectors.events import Event
 >>> from streamrank.config import Settings
@@ -26,24 +36,24 @@ time).
 
 from __future__ import annotations
 
+import heapq
 from bisect import bisect_left
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from operator import itemgetter
-from typing import TypeVar
 
 from connectors.events import Event
 from connectors.examples import TrainingExample
-from features.labels import LabelJoiner
-from features.rows import feeds_state
+from features.labels import NO_RECENT, LabelJoiner, Recent
+from features.rows import FeatureComputer, FeatureRow, feeds_state
+from features.schema import DENSE_FEATURES
 from features.state import (
     HOUR_MS,
     ItemState,
     UserCategoryState,
     UserState,
+    alive,
     apply_item,
-    apply_user,
-    apply_user_category,
     item_features,
     user_category_features,
     user_features,
@@ -51,9 +61,8 @@ from features.state import (
 from streamrank.config import Settings
 
 
-K = TypeVar("K")
-_NO_USER, _NO_ITEM, _NO_USER_CATEGORY = UserState(), ItemState(), UserCategoryState()
-"""The (immutable) state of a key with no history."""
+_NO_ITEM = ItemState()
+"""The (immutable) state of an item with no history."""
 _BASE_MS = -1
 """The time of an item's base version (see :class:`ItemTimeline`): before any event."""
 
@@ -70,36 +79,38 @@ class ItemTimeline:
     """Each item's state after each of its recent milliseconds, so that an impression at ``t``
     reads the item as of its events *before* ``t`` even when the stream brings some of the
     item's later events first (the streaming job applies an item's events in event-time order
-    once the watermark passes them; see :mod:`features.state`).
+    once the watermark passes them plus the allowed lateness; see :mod:`features.state`).
 
     Versions older than ``keep_ms`` before an item's latest one are dropped but the newest of
-    them, kept as the base: a read earlier than that window sees the base.
+    them, kept as the base: a read earlier than that window sees the base. An event applied to
+    a version whose state expired at its time (``ttl_ms``) starts from a fresh state.
 
-    >>> tl = ItemTimeline(keep_ms=5_000)
+    >>> tl = ItemTimeline(keep_ms=5_000, ttl_ms=HOUR_MS)
     >>> tl.apply("a", "click", 2_000)
     >>> tl.apply("a", "click", 1_000)  # out of order: counted in the 2_000 version too
     >>> [round(tl.before("a", t).clicks_24h.read(t), 3) for t in (1_000, 1_500, 2_001)]
     [0.0, 1.0, 2.0]
     """
 
-    def __init__(self, keep_ms: int) -> None:
+    def __init__(self, keep_ms: int, ttl_ms: int) -> None:
         self._keep = keep_ms
+        self._ttl = ttl_ms
         self._versions: dict[str, list[tuple[int, ItemState]]] = {}
 
     def before(self, item: str, t: int) -> ItemState:
-        """The item's state after its events earlier than ``t``."""
+        """The item's state after its events earlier than ``t``, as seen at ``t``."""
         versions = self._versions.get(item)
         if not versions:
             return _NO_ITEM
         i = bisect_left(versions, t, key=itemgetter(0))
-        return versions[i - 1][1] if i else _NO_ITEM
+        return (alive(versions[i - 1][1], t, self._ttl) or _NO_ITEM) if i else _NO_ITEM
 
     def apply(self, item: str, event_type: str, t: int) -> None:
         """Apply one event about ``item`` at ``t`` to every version from ``t`` on."""
         versions = self._versions.setdefault(item, [])
         i = bisect_left(versions, t, key=itemgetter(0))
         if i == len(versions) or versions[i][0] != t:
-            versions.insert(i, (t, versions[i - 1][1] if i else _NO_ITEM))
+            versions.insert(i, (t, self.before(item, t)))
         for j in range(i, len(versions)):
             ms, state = versions[j]
             versions[j] = (ms, apply_item(state, event_type, t))
@@ -124,48 +135,57 @@ class ExampleBuilder:
         self.joiner = LabelJoiner(settings)
         self.state = StateCounters()
         self._ttl = settings.feature_state_ttl_ms
-        self._users: dict[str, UserState] = {}
-        self._items = ItemTimeline(settings.max_out_of_orderness_ms)
-        self._user_categories: dict[tuple[str, str | None], UserCategoryState] = {}
+        self._lateness = settings.allowed_lateness_ms
+        self._lag = settings.max_out_of_orderness_ms
+        self.computer = FeatureComputer(self._ttl)
+        self._items = ItemTimeline(self._lateness + self._lag, self._ttl)
+        self._waiting: list[tuple[int, int, str, dict[str, float]]] = []
+        """Impressions waiting for their item features: (time, seq, item, features)."""
+        self._seq = 0
         self._latest = 0
         self._next_sweep: int | None = None
 
-    def features(self, user: str, item: str, category: str | None, t: int) -> dict[str, float]:
-        """The dense features of showing ``item`` to ``user`` at ``t``, keyed (and ordered) as
-        DENSE_FEATURES."""
-        u = self._users.get(user, _NO_USER)
-        features = user_features(u, t)
-        features.update(item_features(self._items.before(item, t), t))
-        uc = self._user_categories.get((user, category), _NO_USER_CATEGORY)
-        features.update(user_category_features(uc, u, category, t))
-        return features
+    def user_side(self, user: str, category: str | None, t: int) -> dict[str, float]:
+        """The user and user x category features of an impression at ``t`` (state before it)."""
+        u = alive(self.computer.users.get(user), t, self._ttl) or UserState()
+        uc = (alive(self.computer.user_categories.get((user, category)), t, self._ttl)
+              if category is not None else None)
+        return user_features(u, t) | user_category_features(uc or UserCategoryState(), u,
+                                                            category, t)
+
+    def recent(self, user: str, t: int) -> Recent:
+        """The user's last clicked items and categories at ``t`` (state before an impression
+        at ``t``), newest first."""
+        u = alive(self.computer.users.get(user), t, self._ttl) or UserState()
+        return u.last_items, u.last_categories
 
     def add(self, event: Event) -> list[TrainingExample]:
         """Take one event; return the examples it finished."""
-        if self.joiner.rejects(event) is not None:
-            return self.joiner.add(event)
-        features = None
-        if event.event_type == "impression":
-            features = self.features(event.user_id, event.item_id, event.category_id,
-                                     event.event_time)
-        if feeds_state(event):
-            self._apply(event)
-        return self.joiner.add(event, features)
+        return self.step(event)[1]
 
-    def _apply(self, event: Event) -> None:
-        kind, t = event.event_type, event.event_time
-        user, item, category = event.user_id, event.item_id, event.category_id
-        self._users[user] = apply_user(self._users.get(user, _NO_USER), kind, t, item, category)
-        self._items.apply(item, kind, t)
-        if category is not None:
-            key = (user, category)
-            self._user_categories[key] = apply_user_category(
-                self._user_categories.get(key, _NO_USER_CATEGORY), kind, t)
-        self.state.events += 1
-        self._sweep(t)
+    def step(self, event: Event) -> tuple[list[FeatureRow], list[TrainingExample]]:
+        """Take one event; return the feature rows it changed and the examples it finished."""
+        if self.joiner.rejects(event) is not None:
+            return [], self.joiner.add(event)
+        t = event.event_time
+        self._fill(max(self.joiner.watermark, t - self._lag))
+        features, recent = None, NO_RECENT
+        if event.event_type == "impression":
+            features = self.user_side(event.user_id, event.category_id, t)
+            recent = self.recent(event.user_id, t)
+            self._seq += 1
+            heapq.heappush(self._waiting, (t, self._seq, event.item_id, features))
+        rows: list[FeatureRow] = []
+        if feeds_state(event):
+            rows = self.computer.apply(event)
+            self._items.apply(event.item_id, event.event_type, t)
+            self.state.events += 1
+            self._sweep(t)
+        return rows, self.joiner.add(event, features, recent)
 
     def flush(self) -> list[TrainingExample]:
         """End of stream: every impression still waiting, labelled with what arrived."""
+        self._fill(None)
         return self.joiner.flush()
 
     def run(self, events: Iterable[Event]) -> Iterator[TrainingExample]:
@@ -179,6 +199,16 @@ class ExampleBuilder:
         return self.joiner.counters.as_dict() | {
             "state_events": self.state.events, "evicted_keys": self.state.evicted_keys}
 
+    def _fill(self, watermark: int | None) -> None:
+        """Complete the features of the impressions the watermark has passed by the lateness
+        (all of them at the end of the stream): no event of an earlier millisecond can come."""
+        waiting = self._waiting
+        while waiting and (watermark is None or waiting[0][0] + self._lateness < watermark):
+            t, _, item, features = heapq.heappop(waiting)
+            merged = features | item_features(self._items.before(item, t), t)
+            features.clear()
+            features.update((name, merged[name]) for name in DENSE_FEATURES)
+
     def _sweep(self, t: int) -> None:
         self._latest = max(self._latest, t)
         if self._next_sweep is None:
@@ -186,17 +216,9 @@ class ExampleBuilder:
         if self._latest < self._next_sweep:
             return
         self._next_sweep = self._latest + HOUR_MS
-        cutoff = self._latest - self._ttl
-        self.state.evicted_keys += (_evict(self._users, cutoff) + self._items.evict(cutoff)
-                                    + _evict(self._user_categories, cutoff))
-
-
-def _evict(table: dict[K, UserState] | dict[K, UserCategoryState], cutoff: int) -> int:
-    """Drop the keys last seen before ``cutoff``; return how many."""
-    stale = [k for k, s in table.items() if s.last_ms is not None and s.last_ms < cutoff]
-    for k in stale:
-        del table[k]
-    return len(stale)
+        # no event that can still be accepted (t >= watermark - lateness) sees these states
+        cutoff = self._latest - self._lag - self._lateness - self._ttl
+        self.state.evicted_keys += self.computer.evict(cutoff) + self._items.evict(cutoff)
 
 
 def build_examples(events: Iterable[Event], settings: Settings) -> Iterator[TrainingExample]:

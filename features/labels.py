@@ -3,35 +3,43 @@
 The rules (the Flink training-example job applies the same ones):
 
 * **Watermark.** ``max event time seen - settings.max_out_of_orderness_ms`` (bounded
-  out-of-orderness), or later when :meth:`LabelJoiner.advance` is given a later one.
+  out-of-orderness), or later when :meth:`LabelJoiner.advance` is given a later one. A joiner
+  built with ``follow_events=False`` moves only through :meth:`~LabelJoiner.advance`: the stream
+  job's per-user joiners follow Flink's watermark, never the user's own event times, which
+  run ahead of the other keys' (and of the item features of the user's impressions).
 * **Attribution.** A click carrying a ``request_id`` labels the impression of that request and
-  item (even when its event time is a little before the impression's: clock skew between the
-  services that log them). A click without one, and every purchase, labels the latest
-  impression of the same user and item at or before it. Either way only up to
-  ``settings.attribution_window_ms`` after the impression. Clicks and purchases are matched
-  once the watermark passes their own time, so impressions that arrive a little after them
-  (within the out-of-orderness) are found.
-* **Emission.** An impression becomes a finished example once the watermark passes its time
-  plus the window; no click by then makes it a negative (``click=0``). Finished examples come
-  out in impression-time order.
-* **Late events.** An event older than ``watermark - settings.allowed_lateness_ms`` is dropped
-  and counted in ``late_events`` (the streaming job dead-letters it as ``late``). A click or
-  purchase that is not that late but whose impression was already emitted is counted in
-  ``late_labels`` (its example went out without it); one that matches nothing is counted in
+  item (even when its event time is up to ``settings.max_out_of_orderness_ms`` before the
+  impression's: clock skew between the services that log them). A click without one, and every
+  purchase, labels the latest impression of the same user and item at or before it. Either way
+  only up to ``settings.attribution_window_ms`` after the impression.
+* **Settling.** A click or purchase at ``t`` is matched once the watermark passes ``t + lateness
+  + out-of-orderness`` (``lateness`` = ``settings.allowed_lateness_ms``); an impression at ``t``
+  becomes a finished example once it passes ``t + window + lateness + out-of-orderness``; no
+  click by then makes it a negative (``click=0``). By then every event that can still be
+  accepted is later than anything that could change the outcome, so the examples depend on the
+  set of events accepted and on each user's order only, not on how the stream interleaves
+  users or how often the watermark moves: the Flink job (per-user joiners on Flink's watermark)
+  and this single joiner produce the same examples. Finished examples come out in
+  impression-time order.
+* **Late events.** An event older than ``watermark - lateness`` is dropped and counted in
+  ``late_events`` (the streaming job dead-letters it as ``late``). So no accepted label can
+  come after its impression was finished; one that matches nothing is counted in
   ``unmatched_clicks``/``unmatched_purchases``.
-* **Duplicates.** A repeated ``event_id`` is ignored and counted in ``duplicates``. IDs are
+* **Duplicates.** A repeated ``(item_id, event_id)`` is ignored and counted in ``duplicates``
+  (a delivery twice of one event; the job recognises it in its item-keyed stage). IDs are
   remembered until their event is older than the lateness horizon (after which a repeat is
   dropped as late anyway), so the seen-set is bounded by the window, not the stream.
 
-Memory: pending impressions live for the window plus the out-of-orderness; emitted ones are
-remembered (for ``late_labels``) for the allowed lateness after that.
+Memory: pending impressions live for the window plus the lateness and the out-of-orderness;
+labels for the lateness plus the out-of-orderness; seen IDs for the lateness.
 
 >>> from connectors.events import Event
 >>> from streamrank.config import Settings
 >>> def ev(i, kind, t, item="a", rid=None):
 ...     return Event(event_id=str(i), event_type=kind, user_id="u", item_id=item,
 ...                  event_time=t, request_id=rid)
->>> j = LabelJoiner(Settings(attribution_window_ms=1_000, max_out_of_orderness_ms=0))
+>>> j = LabelJoiner(Settings(attribution_window_ms=1_000, max_out_of_orderness_ms=0,
+...                          allowed_lateness_ms=100))
 >>> j.add(ev(1, "impression", 0, "a", "r"), {"f": 1.0}) + j.add(ev(2, "impression", 0, "b", "r"))
 []
 >>> j.add(ev(3, "click", 500, "a", "r"))
@@ -65,7 +73,6 @@ class JoinCounters:
     purchases_joined: int = 0
     unmatched_clicks: int = 0
     unmatched_purchases: int = 0
-    late_labels: int = 0
     late_events: int = 0
     duplicates: int = 0
 
@@ -74,11 +81,17 @@ class JoinCounters:
         return asdict(self)
 
 
-class _Pending:
-    __slots__ = ("event", "features", "click", "purchase", "seq")
+Recent = tuple[tuple[str, ...], tuple[str, ...]]
+"""The user's last clicked items and categories before an impression, newest first."""
+NO_RECENT: Recent = ((), ())
 
-    def __init__(self, event: Event, features: dict[str, float], seq: int) -> None:
-        self.event, self.features, self.seq = event, features, seq
+
+class _Pending:
+    __slots__ = ("event", "features", "recent", "click", "purchase", "seq")
+
+    def __init__(self, event: Event, features: dict[str, float], recent: Recent,
+                 seq: int) -> None:
+        self.event, self.features, self.recent, self.seq = event, features, recent, seq
         self.click = self.purchase = 0
 
     @property
@@ -92,10 +105,14 @@ class _Pending:
 class LabelJoiner:
     """Joins impressions with their labels; see the module docstring for the rules."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, follow_events: bool = True) -> None:
+        self._follow = follow_events
         self._window = settings.attribution_window_ms
         self._lag = settings.max_out_of_orderness_ms
         self._lateness = settings.allowed_lateness_ms
+        self._label_wait = self._lateness + self._lag
+        self.wait_ms = self._window + self._label_wait
+        """How long after an impression's time the watermark must pass before it is finished."""
         self.watermark = _NEVER
         self.counters = JoinCounters()
         self._seq = itertools.count()
@@ -103,24 +120,21 @@ class LabelJoiner:
         self._by_request: dict[tuple[str, str], _Pending] = {}
         self._by_user_item: dict[tuple[str, str], list[_Pending]] = {}
         self._labels: list[tuple[int, int, Event]] = []  # heap by (time, seq), until watermark
-        # emitted impressions' times by key, remembered for ``late_labels``
-        self._emitted_request: dict[tuple[str, str], int] = {}
-        self._emitted_user_item: dict[tuple[str, str], int] = {}
-        self._emitted_order: deque[tuple[int, tuple[str, str], tuple[str, str] | None]] = deque()
-        self._seen: dict[str, int] = {}
-        self._seen_order: deque[tuple[int, str]] = deque()
+        self._seen: dict[tuple[str, str], int] = {}
+        self._seen_order: deque[tuple[int, tuple[str, str]]] = deque()
 
     def rejects(self, event: Event) -> str | None:
         """``"duplicate"`` or ``"late"`` when :meth:`add` would drop ``event``, else None."""
-        if event.event_id in self._seen:
+        if (event.item_id, event.event_id) in self._seen:
             return "duplicate"
         if event.event_time < self._horizon():
             return "late"
         return None
 
-    def add(self, event: Event, features: dict[str, float] | None = None) -> list[TrainingExample]:
-        """Take one event (an impression with its features as of the impression); return the
-        examples this finished."""
+    def add(self, event: Event, features: dict[str, float] | None = None,
+            recent: Recent = NO_RECENT) -> list[TrainingExample]:
+        """Take one event (an impression with its features and the user's recent clicked
+        items and categories, as of the impression); return the examples this finished."""
         rejected = self.rejects(event)
         if rejected == "duplicate":
             self.counters.duplicates += 1
@@ -128,18 +142,19 @@ class LabelJoiner:
         if rejected == "late":
             self.counters.late_events += 1
             return []
-        self._seen[event.event_id] = event.event_time
-        self._seen_order.append((event.event_time, event.event_id))
+        seen = (event.item_id, event.event_id)
+        self._seen[seen] = event.event_time
+        self._seen_order.append((event.event_time, seen))
         if event.event_type == "impression":
-            self._hold(event, features or {})
+            self._hold(event, features or {}, recent)
         elif event.event_type in ("click", "purchase"):
             heapq.heappush(self._labels, (event.event_time, next(self._seq), event))
-        return self.advance(event.event_time - self._lag)
+        return self.advance(event.event_time - self._lag) if self._follow else []
 
     def advance(self, watermark: int) -> list[TrainingExample]:
         """Move the watermark forward (never back); return the examples that finished."""
         self.watermark = max(self.watermark, watermark)
-        while self._labels and self._labels[0][0] < self.watermark:
+        while self._labels and self._labels[0][0] + self._label_wait < self.watermark:
             self._label(heapq.heappop(self._labels)[2])
         finished = []
         while self._pending and self._pending[0][0] < self.watermark:
@@ -159,15 +174,15 @@ class LabelJoiner:
     def held(self) -> dict[str, int]:
         """What the joiner holds in memory now (all bounded by the window and the lateness)."""
         return {"pending_impressions": len(self._pending), "waiting_labels": len(self._labels),
-                "seen_ids": len(self._seen), "emitted_keys": len(self._emitted_order)}
+                "seen_ids": len(self._seen)}
 
     def _horizon(self) -> int:
         return self.watermark - self._lateness if self.watermark != _NEVER else _NEVER
 
-    def _hold(self, event: Event, features: dict[str, float]) -> None:
+    def _hold(self, event: Event, features: dict[str, float], recent: Recent) -> None:
         self.counters.impressions += 1
-        p = _Pending(event, features, next(self._seq))
-        heapq.heappush(self._pending, (event.event_time + self._window, p.seq, p))
+        p = _Pending(event, features, recent, next(self._seq))
+        heapq.heappush(self._pending, (event.event_time + self.wait_ms, p.seq, p))
         if event.request_id is not None:
             self._by_request[(event.request_id, event.item_id)] = p
         insort(self._by_user_item.setdefault((event.user_id, event.item_id), []), p)
@@ -176,19 +191,11 @@ class LabelJoiner:
         t = event.event_time
         if event.event_type == "click" and event.request_id is not None:
             p = self._by_request.get((event.request_id, event.item_id))
-            return p if p is not None and t - p.time <= self._window else None
+            return p if p is not None and -self._lag <= t - p.time <= self._window else None
         for p in reversed(self._by_user_item.get((event.user_id, event.item_id), ())):
             if p.time <= t:
                 return p if t - p.time <= self._window else None
         return None
-
-    def _was_emitted(self, event: Event) -> bool:
-        t = event.event_time
-        if event.event_type == "click" and event.request_id is not None:
-            shown = self._emitted_request.get((event.request_id, event.item_id))
-            return shown is not None and t - shown <= self._window
-        shown = self._emitted_user_item.get((event.user_id, event.item_id))
-        return shown is not None and 0 <= t - shown <= self._window
 
     def _label(self, event: Event) -> None:
         p = self._match(event)
@@ -200,8 +207,6 @@ class LabelJoiner:
             else:
                 p.purchase = 1
                 self.counters.purchases_joined += 1
-        elif self._was_emitted(event):
-            self.counters.late_labels += 1
         elif click:
             self.counters.unmatched_clicks += 1
         else:
@@ -214,28 +219,19 @@ class LabelJoiner:
         bucket.remove(p)
         if not bucket:
             del self._by_user_item[user_item]
-        request = None
         if e.request_id is not None:
             request = (e.request_id, e.item_id)
             if self._by_request.get(request) is p:
                 del self._by_request[request]
-            self._emitted_request[request] = e.event_time
-        self._emitted_user_item[user_item] = e.event_time
-        self._emitted_order.append((e.event_time, user_item, request))
         self.counters.examples += 1
         return TrainingExample(
             example_id=e.event_id, request_id=e.request_id, user_id=e.user_id,
             item_id=e.item_id, category_id=e.category_id, position=e.position,
-            event_time=e.event_time, click=p.click, purchase=p.purchase, features=p.features)
+            event_time=e.event_time, click=p.click, purchase=p.purchase, features=p.features,
+            price=e.price, recent_items=p.recent[0], recent_categories=p.recent[1])
 
     def _forget(self) -> None:
         horizon = self._horizon()
         while self._seen_order and self._seen_order[0][0] < horizon:
-            _, event_id = self._seen_order.popleft()
-            self._seen.pop(event_id, None)
-        while self._emitted_order and self._emitted_order[0][0] + self._window < horizon:
-            shown, user_item, request = self._emitted_order.popleft()
-            if self._emitted_user_item.get(user_item) == shown:
-                del self._emitted_user_item[user_item]
-            if request is not None and self._emitted_request.get(request) == shown:
-                del self._emitted_request[request]
+            _, seen = self._seen_order.popleft()
+            self._seen.pop(seen, None)

@@ -39,6 +39,7 @@ from features.state import (
     ItemState,
     UserCategoryState,
     UserState,
+    alive,
     apply_item,
     apply_user,
     apply_user_category,
@@ -46,6 +47,7 @@ from features.state import (
     user_category_features,
     user_features,
 )
+from streamrank.config import Settings
 
 USER_VIEW = "user_features"
 ITEM_VIEW = "item_features"
@@ -184,45 +186,61 @@ def feeds_state(event: Event) -> bool:
     return not event.synthetic
 
 
-def update_user(state: UserState | None, event: Event) -> tuple[UserState, FeatureRow]:
-    """Apply one of the user's events; the new state and its row (keyed by user)."""
-    new = apply_user(state or UserState(), event.event_type, event.event_time, event.item_id,
+DEFAULT_TTL_MS: int = Settings.model_fields["feature_state_ttl_ms"].default
+"""``settings.feature_state_ttl_ms`` by default."""
+
+
+def update_user(state: UserState | None, event: Event,
+                ttl_ms: int = DEFAULT_TTL_MS) -> tuple[UserState, FeatureRow]:
+    """Apply one of the user's events (to a fresh state if ``state`` expired, see
+    :func:`features.state.alive`); the new state and its row (keyed by user)."""
+    t = event.event_time
+    new = apply_user(alive(state, t, ttl_ms) or UserState(), event.event_type, t, event.item_id,
                      event.category_id)
-    t = new.last_ms if new.last_ms is not None else event.event_time
-    return new, FeatureRow(USER_VIEW, (event.user_id,), user_row(new, t), t)
+    as_of = new.last_ms if new.last_ms is not None else t
+    return new, FeatureRow(USER_VIEW, (event.user_id,), user_row(new, as_of), as_of)
 
 
-def update_item(state: ItemState | None, event: Event) -> tuple[ItemState, FeatureRow]:
-    """Apply one event about an item; the new state and its row (keyed by item)."""
-    new = apply_item(state or ItemState(), event.event_type, event.event_time)
-    t = new.last_ms if new.last_ms is not None else event.event_time
-    return new, FeatureRow(ITEM_VIEW, (event.item_id,), item_row(new, t), t)
+def update_item(state: ItemState | None, event: Event,
+                ttl_ms: int = DEFAULT_TTL_MS) -> tuple[ItemState, FeatureRow]:
+    """Apply one event about an item (to a fresh state if ``state`` expired); the new state and
+    its row (keyed by item)."""
+    t = event.event_time
+    new = apply_item(alive(state, t, ttl_ms) or ItemState(), event.event_type, t)
+    as_of = new.last_ms if new.last_ms is not None else t
+    return new, FeatureRow(ITEM_VIEW, (event.item_id,), item_row(new, as_of), as_of)
 
 
 def update_user_category(
-    state: UserCategoryState | None, user: UserState, event: Event
+    state: UserCategoryState | None, user: UserState, event: Event,
+    ttl_ms: int = DEFAULT_TTL_MS,
 ) -> tuple[UserCategoryState, FeatureRow]:
-    """Apply a user's event in its category; ``user`` is the user's state after the event.
+    """Apply a user's event in its category (to a fresh state if ``state`` expired); ``user``
+    is the user's state after the event.
 
     The row is as of the user's latest event time, so that its ``uc_affinity`` is that of the
     user row written for the same event. Needs ``event.category_id``.
     """
     assert event.category_id is not None, "a user x category update needs a category"
-    new = apply_user_category(state or UserCategoryState(), event.event_type, event.event_time)
-    t = user.last_ms if user.last_ms is not None else event.event_time
+    t = event.event_time
+    new = apply_user_category(alive(state, t, ttl_ms) or UserCategoryState(), event.event_type, t)
+    as_of = user.last_ms if user.last_ms is not None else t
     row = FeatureRow(USER_CATEGORY_VIEW, (event.user_id, event.category_id),
-                     user_category_row(new, user, t), t)
+                     user_category_row(new, user, as_of), as_of)
     return new, row
 
 
 class FeatureComputer:
-    """Single-process reference: consumes events in order, keeps per-key state, returns rows.
+    """The per-key feature state of the reference, in arrival order: consumes events, keeps
+    per-key state, returns the rows each event changed (what the online store receives).
 
     Calls the same per-key functions (:func:`update_user`, :func:`update_item`,
-    :func:`update_user_category`) that the keyed Flink operators call.
+    :func:`update_user_category`) that the keyed Flink operators call. It does not drop
+    duplicates or late events: :class:`features.examples.ExampleBuilder` does, before.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, ttl_ms: int = DEFAULT_TTL_MS) -> None:
+        self.ttl_ms = ttl_ms
         self.users: dict[str, UserState] = {}
         self.items: dict[str, ItemState] = {}
         self.user_categories: dict[tuple[str, str], UserCategoryState] = {}
@@ -232,15 +250,25 @@ class FeatureComputer:
         none for an event that does not :func:`feeds_state`)."""
         if not feeds_state(event):
             return []
-        user, user_r = update_user(self.users.get(event.user_id), event)
-        item, item_r = update_item(self.items.get(event.item_id), event)
+        user, user_r = update_user(self.users.get(event.user_id), event, self.ttl_ms)
+        item, item_r = update_item(self.items.get(event.item_id), event, self.ttl_ms)
         self.users[event.user_id], self.items[event.item_id] = user, item
         if event.category_id is None:
             return [user_r, item_r]
         key = (event.user_id, event.category_id)
-        uc, uc_r = update_user_category(self.user_categories.get(key), user, event)
+        uc, uc_r = update_user_category(self.user_categories.get(key), user, event, self.ttl_ms)
         self.user_categories[key] = uc
         return [user_r, item_r, uc_r]
+
+    def evict(self, cutoff: int) -> int:
+        """Drop the keys whose latest event is before ``cutoff``; return how many."""
+        n = 0
+        for table in (self.users, self.items, self.user_categories):
+            stale = [k for k, s in table.items() if s.last_ms is not None and s.last_ms < cutoff]
+            for k in stale:
+                del table[k]
+            n += len(stale)
+        return n
 
 
 class Coalescer:

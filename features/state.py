@@ -21,6 +21,11 @@ whose order within one millisecond is not defined, so same-millisecond events ar
 Synthetic impressions (made up by the impression rule) feed no state:
 :func:`features.rows.feeds_state`.
 
+**Expiry** (state TTL in event time): a key's state is gone for an event or a read at ``t``
+more than ``settings.feature_state_ttl_ms`` after the key's latest event (:func:`alive`); the
+event starts a fresh state. Both the pure reference and the Flink job apply this rule, and
+free a key's memory once no event that can still be accepted could see its state.
+
 >>> s = UserState()
 >>> s = apply_user(s, "click", 0, "i1", "c1")
 >>> s = apply_user(s, "click", HOUR_MS, "i2", "c1")
@@ -30,7 +35,8 @@ Synthetic impressions (made up by the impression rule) feed no state:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import TypeVar
 
 HOUR_MS = 3_600_000
 DAY_MS = 24 * HOUR_MS
@@ -61,23 +67,20 @@ class Decayed:
         return Decayed(self.half_life_ms, self.value + late, self.as_of_ms)
 
 
-def _h1() -> Decayed:
-    return Decayed(HOUR_MS)
-
-
-def _h24() -> Decayed:
-    return Decayed(DAY_MS)
+_H1 = Decayed(HOUR_MS)
+_H24 = Decayed(DAY_MS)
+# empty counters are shared: Decayed is immutable, and a fresh state costs no allocations
 
 
 @dataclass(frozen=True, slots=True)
 class UserState:
     """What is kept per user."""
 
-    clicks_1h: Decayed = field(default_factory=_h1)
-    clicks_24h: Decayed = field(default_factory=_h24)
-    carts_24h: Decayed = field(default_factory=_h24)
-    purchases_24h: Decayed = field(default_factory=_h24)
-    impressions_24h: Decayed = field(default_factory=_h24)
+    clicks_1h: Decayed = _H1
+    clicks_24h: Decayed = _H24
+    carts_24h: Decayed = _H24
+    purchases_24h: Decayed = _H24
+    impressions_24h: Decayed = _H24
     last_ms: int | None = None
     last_items: tuple[str, ...] = ()
     last_categories: tuple[str, ...] = ()
@@ -87,10 +90,10 @@ class UserState:
 class ItemState:
     """What is kept per item."""
 
-    impressions_24h: Decayed = field(default_factory=_h24)
-    clicks_1h: Decayed = field(default_factory=_h1)
-    clicks_24h: Decayed = field(default_factory=_h24)
-    purchases_24h: Decayed = field(default_factory=_h24)
+    impressions_24h: Decayed = _H24
+    clicks_1h: Decayed = _H1
+    clicks_24h: Decayed = _H24
+    purchases_24h: Decayed = _H24
     last_ms: int | None = None
 
 
@@ -98,9 +101,25 @@ class ItemState:
 class UserCategoryState:
     """What is kept per (user, category)."""
 
-    clicks_24h: Decayed = field(default_factory=_h24)
-    purchases_24h: Decayed = field(default_factory=_h24)
+    clicks_24h: Decayed = _H24
+    purchases_24h: Decayed = _H24
     last_ms: int | None = None
+
+
+S = TypeVar("S", "UserState", "ItemState", "UserCategoryState")
+
+
+def alive(s: S | None, t: int, ttl_ms: int) -> S | None:
+    """``s`` as seen at ``t``: None (no state) when its latest event is more than ``ttl_ms``
+    before ``t``.
+
+    >>> s = apply_item(ItemState(), "click", 0)
+    >>> alive(s, DAY_MS, 2 * DAY_MS) is s, alive(s, 2 * DAY_MS + 1, 2 * DAY_MS)
+    (True, None)
+    """
+    if s is None or s.last_ms is None or t - s.last_ms <= ttl_ms:
+        return s
+    return None
 
 
 def _push(recent: tuple[str, ...], value: str | None) -> tuple[str, ...]:

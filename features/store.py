@@ -14,8 +14,9 @@ Choices (Feast 0.67):
 * ``skip_dedup: true``: Feast's Redis writer would otherwise read every key's stored timestamp
   before writing (a second round trip) and drop a row whose timestamp equals the stored one,
   which loses same-instant updates (Taobao times have one-second resolution) and late events
-  (rows carry the key's latest event time). Each key has one writer (the keyed feature job),
-  whose rows never go back in time, and :class:`features.writer.FeatureWriter` keeps the
+  (rows carry the key's latest event time). Each key's rows come in order from one partition
+  of ``features.rows`` (its key is the row's key) to one Feast writer (:mod:`jobs.feast_writer`),
+  and never go back in time, and :class:`features.writer.FeatureWriter` keeps the
   newest row of a key within a batch.
 * ``key_ttl_seconds``: a Redis key expires after ``feature_state_ttl_ms`` without a write.
   Feast sends one EXPIRE per written row for it: about a fifth of its own per-row write work

@@ -212,10 +212,11 @@ def rows_frame(spec: ViewSpec, rows: list[FeatureRow]) -> pd.DataFrame:
 class FeatureWriter:
     """Coalesces feature rows and writes them through Feast in micro-batches.
 
-    Cheap to construct (reads the cached registry once) and free of Flink: a PyFlink operator
-    builds one in ``open()``, calls :meth:`add` per row and :meth:`maybe_flush` on a timer,
-    and :meth:`flush` before a checkpoint and on close. ``offline_flush_rows`` and
-    ``offline_flush_ms`` bound how far the offline log may lag the online store.
+    Cheap to construct (reads the cached registry once) and free of Flink and Kafka: the Feast
+    writer process (:mod:`jobs.feast_writer`) calls :meth:`add_rows` per poll, then
+    :meth:`flush_online`, and :meth:`flush` before it commits its offsets.
+    ``offline_flush_rows`` and ``offline_flush_ms`` bound how far the offline log may lag the
+    online store when :meth:`maybe_flush` drives the flushes.
     """
 
     def __init__(
@@ -281,7 +282,7 @@ class FeatureWriter:
         written = 0
         if self._opened_ms is not None and (len(self._pending) >= self._batch_rows
                                             or now - self._opened_ms >= self._flush_ms):
-            written = self._flush_online()
+            written = self.flush_online()
         if self._offline_opened_ms is not None and (self._offline_count >= self._offline_rows
                                                     or now - self._offline_opened_ms
                                                     >= self._offline_ms):
@@ -291,7 +292,7 @@ class FeatureWriter:
     def flush(self) -> int:
         """Write every pending row online, then everything buffered to the offline log; the
         rows written online."""
-        written = self._flush_online()
+        written = self.flush_online()
         self._flush_offline()
         return written
 
@@ -299,7 +300,8 @@ class FeatureWriter:
         """Flush what is pending."""
         self.flush()
 
-    def _flush_online(self) -> int:
+    def flush_online(self) -> int:
+        """Write every pending row online now (the offline buffer keeps them); the rows written."""
         batch = self._pending.rows()
         if not batch:
             self._opened_ms = None

@@ -37,14 +37,20 @@ from jobs.runtime import (
     read_stats,
     stats_dir,
 )
+from streamrank import processes
 from streamrank.config import Settings
 
 JobBuilder = Callable[..., None]
 """``build_job(env, settings, *, bounded)`` adds a job's operators to ``env``."""
 
 JOBS: dict[str, str] = {"ingest": "jobs.ingest", "features": "jobs.features_job",
-                        "features-fast": "jobs.features_fast", "training": "jobs.training_job"}
+                        "features-fast": "jobs.features_fast", "training": "jobs.training_job",
+                        "writer": "jobs.feast_writer"}
 """The jobs by name: the module whose ``build_job`` builds each (imported when run)."""
+PROCESSES = frozenset({"writer"})
+"""Jobs that are plain processes, not Flink jobs: their module's ``run(settings, bounded=)``
+runs them (the Feast writer; ``job run`` and ``--detach`` work alike, ``submit`` does not)."""
+DRAIN_IDLE_S = 10.0
 
 PYFLINK_HOME = Path(pyflink.__file__).parent
 """PyFlink's bundled Flink distribution (``bin/flink``, ``bin/start-cluster.sh``, ``opt/``)."""
@@ -79,11 +85,6 @@ def _input_topic(name: str, settings: Settings) -> str:
     return importlib.import_module(JOBS[name]).input_topic(settings)
 
 
-def pid_file(name: str, settings: Settings) -> Path:
-    """Where a detached run of ``name`` keeps its pid."""
-    return settings.path("pids", f"job-{name}.pid")
-
-
 def log_file(name: str, settings: Settings) -> Path:
     """Where a detached run of ``name`` logs."""
     return settings.path("logs", f"job-{name}.log")
@@ -111,16 +112,9 @@ def settings_env(settings: Settings) -> dict[str, str]:
 
 
 def running_pid(name: str, settings: Settings) -> int | None:
-    """The pid of the detached run of ``name`` if it is alive, else ``None``."""
-    path = pid_file(name, settings)
-    try:
-        pid = int(path.read_text().strip())
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, ValueError):
-        return None
-    ours = b"jobs" in cmdline and name.encode() in cmdline and state != "Z"
-    return pid if ours else None
+    """The pid of the detached run of ``name`` if it is alive, else ``None`` (a stale pid file,
+    whose process is gone, does not count)."""
+    return processes.job_pid(settings, name)
 
 
 def _spawn(name: str, settings: Settings, bounded: bool, restore: bool,
@@ -134,7 +128,7 @@ def _spawn(name: str, settings: Settings, bounded: bool, restore: bool,
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out,
                                 stderr=subprocess.STDOUT, start_new_session=True,
                                 env={**os.environ, **settings_env(settings)})
-    pid_file(name, settings).write_text(f"{proc.pid}\n")
+    processes.pid_file(settings, processes.JOB_PREFIX + name).write_text(f"{proc.pid}\n")
     deadline = time.monotonic() + 10
     while running_pid(name, settings) != proc.pid:  # until its /proc entry shows the command
         if proc.poll() is not None or time.monotonic() > deadline:
@@ -173,6 +167,9 @@ def run_job(
     if detach:
         _check(name)
         return _spawn(name, settings, bounded, restore, mode)
+    if name in PROCESSES:
+        importlib.import_module(JOBS[name]).run(settings, bounded=bounded)
+        return JobRun(name=name, pid=os.getpid(), state="FINISHED")
     builder = _builder(name)
     env = create_env(name, settings, mode=mode, restore=restore)
     shutil.rmtree(stats_dir(name, settings), ignore_errors=True)
@@ -183,8 +180,11 @@ def run_job(
         stop.append(signum)
 
     # a restored bounded KafkaSource never signals its end (FLINK-31006): the run is drained
-    # once its consumer group has committed the end offsets seen now
+    # once its consumer group has committed the end offsets seen now, or once it has read
+    # records and then none for DRAIN_IDLE_S (the offsets of a split that finished just before
+    # the checkpoint it was restored from are not always committed again)
     topic = _input_topic(name, settings)
+    read, read_at = 0, time.monotonic()
     ends = end_offsets(settings, topic) if bounded and restore else None
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
@@ -195,10 +195,15 @@ def run_job(
             if stop and not cancelled:
                 client.cancel().result()
                 cancelled = True
-            if ends is not None and not draining and caught_up(settings, topic, group_id(name),
-                                                               ends):
-                _drain(client, settings.path("savepoints", name).resolve())
-                draining = True
+            if ends is not None and not draining:
+                counts = read_stats(name, settings)["counts"]
+                now_read = counts.get("valid", 0) + counts.get("invalid", 0)
+                if now_read != read:
+                    read, read_at = now_read, time.monotonic()
+                if (caught_up(settings, topic, group_id(name), ends)
+                        or (read and time.monotonic() - read_at > DRAIN_IDLE_S)):
+                    _drain(client, settings.path("savepoints", name).resolve())
+                    draining = True
             time.sleep(0.5)
             _write_stats(name, settings)
         _write_stats(name, settings)
@@ -223,47 +228,19 @@ def stop_job(name: str, settings: Settings, timeout_s: float = 30.0) -> bool:
     """Stop the detached run of ``name``: SIGTERM (the job is cancelled, its checkpoints kept),
     then SIGKILL to its process group after ``timeout_s``. Returns whether one was running."""
     pid = running_pid(name, settings)
-    pid_file(name, settings).unlink(missing_ok=True)
+    processes.pid_file(settings, processes.JOB_PREFIX + name).unlink(missing_ok=True)
     if pid is None:
         return False
-    os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout_s
-    while _alive(pid) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    try:
-        os.killpg(pid, signal.SIGKILL)  # what is left of its session: the gateway JVM
-    except ProcessLookupError:
-        pass
-    while _alive(pid) or _group_exists(pid):
-        time.sleep(0.05)
+    processes.stop(pid, timeout_s)
     return True
-
-
-def _group_exists(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    return True
-
-
-def _alive(pid: int) -> bool:
-    try:
-        if os.waitpid(pid, os.WNOHANG)[0] == pid:
-            return False
-    except ChildProcessError:
-        pass  # not our child: look at /proc
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
 
 
 def execute(name: str, settings: Settings, bounded: bool = False,
             mode: ExecutionMode = DEFAULT_MODE) -> str:
     """Build job ``name`` in the current Flink context and submit it without waiting; returns
     the job id. ``flink run`` calls this (through ``python -m jobs execute``)."""
+    if name in PROCESSES:
+        raise ValueError(f"{name!r} is not a Flink job: run it with `job run {name}`")
     builder = _builder(name)
     env = create_env(name, settings, mode=mode)
     # A cluster started from PyFlink's bin/ has flink-python in opt/, not on its class path.
@@ -301,6 +278,8 @@ def submit_job(
     ``bin/start-cluster.sh``; hosts elsewhere need the same venv at the same path.
     """
     _check(name)
+    if name in PROCESSES:
+        raise ValueError(f"{name!r} is not a Flink job: run it with `job run {name}`")
     cmd = [str(PYFLINK_HOME / "bin" / "flink"), "run", "-m", jobmanager or settings.flink_rest,
            "-d", "-pym", "jobs", "-pyfs", str(source_archive(settings)),
            "-pyclientexec", sys.executable, "-pyexec", sys.executable,

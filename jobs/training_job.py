@@ -2,10 +2,12 @@
 
 Graph::
 
-    KafkaSource(topic_examples) -> key_by(constant) -> TrainerFunction -> (bad records)
-                                                                          KafkaSink(topic_dlq)
+    KafkaSource(topic_examples) -> TrainerFunction -> (bad records) KafkaSink(topic_dlq)
 
-One subtask trains (one model); the constant key gives it processing-time timers. In it:
+One subtask trains (one model), chained to the source: each record crosses from the JVM into
+Python once. (A ``key_by`` for Flink's timers costs PyFlink a Python key-selector operator in
+the source's task, a second crossing per record under the same interpreter lock: the job ran
+at 0.45 of the trainer's rate with it.) In it:
 
 * **Decode**: each raw record is parsed as a :class:`~connectors.examples.TrainingExample`; a
   bad one goes to ``topic_dlq`` with its reason (``not_utf8``, ``bad_json``, ``invalid_field``)
@@ -13,16 +15,20 @@ One subtask trains (one model); the constant key gives it processing-time timers
   Decoding sits in the trainer's task on purpose: handing decoded examples from a separate
   decode task across the key-by costs a pickle round trip per example, slower than the
   decoding itself (``bench/bench_training_job.py`` measures the job against the trainer alone).
-* **Train**: the examples are buffered into mini-batches of ``batch_size``, each batch goes
-  through :meth:`~models.trainer.OnlineTrainer.progressive` (score, online metrics, learn), and
-  every version :class:`~models.publisher.DeltaPublisher` cuts is sent to ``topic_deltas``
-  (:class:`~connectors.model_updates.ModelUpdatePublisher`, flushed per version; snapshots also
-  land in the snapshot store). A tick every ``min(1 s, delta_interval_s)`` learns a partial
-  batch, cuts a version when one is due (so versions keep coming when the input goes idle)
-  and rewrites :func:`status_path` (examples, examples/s, version, watermark,
-  online metrics, drifts); the counters ``examples`` and ``dead_letters`` go to the job's
-  stats (:class:`jobs.runtime.StatsFile`, part ``trainer``) and Flink metrics. When the task
-  closes (end of a bounded input, cancellation) it learns what is buffered and cuts a final
+* **Train**: :class:`~models.loop.TrainingLoop` (the one training loop, in ``models/``) drops
+  duplicate ``example_id``s (bounded: the last ``dedup_window_examples``; the examples sink
+  of the features job is at-least-once, see :mod:`models.loop`), buffers mini-batches of
+  ``batch_size``, runs each through progressive validation (score, online metrics, learn) and
+  cuts versions with :class:`~models.publisher.DeltaPublisher`; each is sent to
+  ``topic_deltas`` (:class:`~connectors.model_updates.ModelUpdatePublisher`, flushed per
+  version; snapshots also land in the snapshot store). A tick every
+  ``min(1 s, delta_interval_s)`` (a daemon thread of the task, under the same lock as the
+  records; it never calls into the JVM) learns a partial batch, cuts a version when one is
+  due (so versions keep coming when the input goes idle) and rewrites :func:`status_path` (examples,
+  examples/s, version, watermark, online metrics, drifts, duplicates); the counters
+  ``examples``, ``duplicates`` and ``dead_letters`` go to the job's stats
+  (:class:`jobs.runtime.StatsFile`, part ``trainer``) and Flink metrics. When the task closes
+  (end of a bounded input, cancellation) the loop learns what is buffered and cuts a final
   version if anything was learned since the last one.
 * **Versions** only go up, also across restarts: the trainer resumes from the store's latest
   snapshot and the first version it cuts is a full snapshot with a new number
@@ -51,7 +57,8 @@ checkpoint's offsets ``C`` and the trainer at the latest snapshot ``S``. So:
   the examples between ``C`` and ``S`` are **learned twice** (at most one checkpoint
   interval's worth).
 
-That is at-most-once with a bounded loss in the usual case; online learning shrugs it off, and
+The de-duplication window (:mod:`models.loop`) lives in the task's memory and starts empty
+after a restart, so what the source reads again is learned as described above. That is at-most-once with a bounded loss in the usual case; online learning shrugs it off, and
 a smaller ``snapshot_every`` shrinks the window. A start without ``--restore`` resumes at the
 consumer group's committed offsets (committed at each completed checkpoint), i.e. the same.
 Versions cut after ``S`` by the crashed run are superseded by the new snapshot, whose number is
@@ -63,16 +70,17 @@ kills a run with SIGKILL and checks the count: restored examples + those after t
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
-from pyflink.common import Types, WatermarkStrategy
+from pyflink.common import WatermarkStrategy
 from pyflink.datastream import (
-    KeyedProcessFunction,
     OutputTag,
+    ProcessFunction,
     RuntimeContext,
     StreamExecutionEnvironment,
 )
@@ -92,6 +100,7 @@ from streamrank.config import Settings
 
 if TYPE_CHECKING:
     from connectors.model_updates import ModelUpdatePublisher
+    from models.loop import TrainingLoop
     from models.publisher import DeltaPublisher
     from models.trainer import OnlineTrainer
 
@@ -127,7 +136,7 @@ def rejection(raw: bytes) -> tuple[TrainingExample | None, str, str]:
             f"{'.'.join(str(p) for p in e['loc']) or 'record'}: {e['msg']}" for e in errors)
 
 
-class TrainerFunction(KeyedProcessFunction):
+class TrainerFunction(ProcessFunction):
     """Decodes, learns and publishes inside the job (see the module docstring)."""
 
     def __init__(self, settings: Settings) -> None:
@@ -142,6 +151,7 @@ class TrainerFunction(KeyedProcessFunction):
 
         from connectors.model_updates import ModelUpdatePublisher
         from connectors.snapshot_store import SnapshotStore
+        from models.loop import TrainingLoop
         from models.publisher import DeltaPublisher
         from models.trainer import OnlineTrainer
 
@@ -152,58 +162,49 @@ class TrainerFunction(KeyedProcessFunction):
         self.publisher: DeltaPublisher = DeltaPublisher(self.trainer, self.settings)
         self.restored_version = self.publisher.resume(SnapshotStore.from_settings(self.settings))
         self.updates: ModelUpdatePublisher = ModelUpdatePublisher(self.settings)
-        self.buffer: list[TrainingExample] = []
-        self.next_tick: int | None = None
-        self.learned_at_cut = self.trainer.examples_seen
+        self.loop: TrainingLoop = TrainingLoop(self.trainer, self.settings, self.publisher)
         self.status_file = status_path(self.settings)
         self.status_file.parent.mkdir(parents=True, exist_ok=True)
         self.rate_at = (time.monotonic(), self.trainer.examples_seen)
         self.write_status()
+        self.lock = threading.Lock()
+        self.stopped = threading.Event()
+        self.ticker = threading.Thread(target=self.tick_until_closed, daemon=True,
+                                       name="trainer-tick")
+        self.ticker.start()
         self.opened = True
 
-    def process_element(self, value: bytes, ctx: KeyedProcessFunction.Context) -> Iterator[Any]:
-        if self.next_tick is None:
-            self.schedule(ctx)
+    def process_element(self, value: bytes, ctx: ProcessFunction.Context) -> Iterator[Any]:
         example, reason, detail = rejection(value)
+        self.stats.tick()
         if example is None:
             self.stats.add("dead_letters")
             yield DEAD_LETTERS, dead_letter(value, reason, detail, self.settings.topic_examples)
             return
         self.stats.add("examples")
-        self.buffer.append(example)
-        if len(self.buffer) >= self.settings.batch_size:
-            self.learn()
-            self.send(self.publisher.maybe_publish())
+        with self.lock:
+            duplicates = self.loop.duplicates
+            self.send(self.loop.add((example,)))
+            dropped = self.loop.duplicates - duplicates
+        if dropped:
+            self.stats.add("duplicates", dropped)
 
-    def on_timer(self, timestamp: int, ctx: KeyedProcessFunction.OnTimerContext) -> None:
-        # A timer restored from a Flink checkpoint may fire beside the chain of this run.
-        if self.next_tick is None or timestamp >= self.next_tick:
-            self.schedule(ctx)
-        self.learn()
-        self.send(self.publisher.maybe_publish())
-        self.write_status()
-        self.stats.tick()
+    def tick_until_closed(self) -> None:
+        """Every tick: learn a partial batch, publish what is due, rewrite the status."""
+        while not self.stopped.wait(self.tick_ms / 1000):
+            with self.lock:
+                self.send(self.loop.tick())
+                self.write_status()
 
     def close(self) -> None:
         if not self.opened:  # open() failed: its error is the one to see
             return
-        self.learn()
-        if self.trainer.examples_seen > self.learned_at_cut:
-            self.send(self.publisher.publish())
+        self.stopped.set()
+        self.ticker.join()
+        self.send(self.loop.close())
         self.updates.flush()
         self.write_status()
         self.stats.close()
-
-    def schedule(self, ctx: KeyedProcessFunction.Context) -> None:
-        """Register the next tick (processing time)."""
-        self.next_tick = ctx.timer_service().current_processing_time() + self.tick_ms
-        ctx.timer_service().register_processing_time_timer(self.next_tick)
-
-    def learn(self) -> None:
-        """Score, measure and learn the buffered examples."""
-        if self.buffer:
-            self.trainer.progressive(self.buffer)
-            self.buffer = []
 
     def send(self, messages: list[bytes]) -> None:
         """Send a version's messages and wait until Kafka has them."""
@@ -212,7 +213,6 @@ class TrainerFunction(KeyedProcessFunction):
         for data in messages:
             self.updates.publish(self.settings.model_id, data)
         self.updates.flush()
-        self.learned_at_cut = self.trainer.examples_seen
 
     def write_status(self) -> None:
         """Rewrite the status file atomically."""
@@ -226,6 +226,7 @@ class TrainerFunction(KeyedProcessFunction):
             "restored_version": self.restored_version,
             "watermark_ms": self.trainer.watermark_ms,
             "drift_detected": self.trainer.drift_detected,
+            "duplicates": self.loop.duplicates,
             "metrics": self.trainer.metrics(),
             "updated_ms": int(time.time() * 1000),
         }
@@ -251,8 +252,7 @@ def build_training(env: StreamExecutionEnvironment, settings: Settings,
         env.from_source(kafka_source(settings, input_topic(settings), group_id(JOB),
                                      bounded=bounded),
                         WatermarkStrategy.no_watermarks(), "training-examples")
-        .uid("training-examples-source")
-        .key_by(lambda _: 0, key_type=Types.INT())
+        .uid("training-examples-source").set_parallelism(1)
         .process(TrainerFunction(settings)).name("trainer").uid("trainer").set_parallelism(1)
     )
     trained.sink_to(discarding_sink()).name("trainer-done").uid("trainer-done").set_parallelism(1)

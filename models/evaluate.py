@@ -13,10 +13,18 @@ of ``settings.batch_size``: every model scores a batch before any model learns f
 * ``ftrl`` — River's FTRL-Proximal logistic regression (:mod:`models.baselines`);
 * ``most_popular`` — recent item popularity (:mod:`models.baselines`).
 
-Metrics per model and head (click; purchase where a model has that head), from the shared
-:class:`models.trainer.HeadMetrics`: cumulative AUC, cumulative log loss and River's exact
-``RollingROCAUC`` over the last ``ROLLING_WINDOW`` examples, recorded along the stream as curves.
-The purchase label is the example's ``purchase`` (bought within the attribution window).
+The online model runs through :class:`models.loop.TrainingLoop`, the loop the training job
+runs. Each batch is scored by every model before any model learns from it: the baselines
+predict, the loop scores and learns, then the baselines learn.
+
+Metrics per model and head (click; purchase where a model has that head): exact AUC and mean
+log loss over the whole stream and over its first 10 % and first 20 % (:data:`SEGMENTS`: how
+fast a model learns, when most users and items are new), and per window of time
+(:data:`WINDOWS` consecutive slices of equal example counts, event-time order); plus the
+curves along the stream: cumulative AUC (binned, :class:`models.trainer.BinnedAUC`), cumulative
+log loss and the exact AUC over the last ``ROLLING_WINDOW`` examples. The purchase label is the
+example's ``purchase`` (bought within the attribution window). :func:`evaluate_logs` runs
+several logs in one go and writes the per-log table.
 """
 
 from __future__ import annotations
@@ -24,15 +32,19 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import os
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
+from multiprocessing import get_context
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import numpy as np
 from rich.console import Console
+from scipy.stats import rankdata
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -43,7 +55,8 @@ from features.examples import ExampleBuilder
 from features.impressions import with_impressions
 from models.base import OnlineRanker
 from models.baselines import FtrlBaseline, MostPopular
-from models.trainer import ROLLING_WINDOW, HeadMetrics, OnlineTrainer
+from models.loop import TrainingLoop
+from models.trainer import ROLLING_WINDOW, BinnedAUC, OnlineTrainer, log_loss
 from streamrank.config import Settings
 
 FREEZE_FRACTION = 0.2
@@ -51,6 +64,32 @@ FREEZE_FRACTION = 0.2
 CURVE_POINTS = 100
 """About this many points per curve."""
 MODELS = ("online", "frozen", "ftrl", "most_popular")
+SEGMENTS = {"all": 1.0, "first_10%": 0.1, "first_20%": 0.2}
+"""Leading shares of the stream every metric is also given over."""
+WINDOWS = 20
+"""Consecutive windows of time (equal example counts) the windowed metrics use."""
+
+
+def exact_auc(y: np.ndarray, p: np.ndarray) -> float | None:
+    """ROC AUC by ranks (ties count half); None without both classes.
+
+    >>> exact_auc(np.array([0, 0, 1, 1]), np.array([0.1, 0.4, 0.35, 0.8]))
+    0.75
+    """
+    pos = y > 0
+    n_pos, n_neg = int(pos.sum()), int((~pos).sum())
+    if n_pos == 0 or n_neg == 0:
+        return None
+    ranks = rankdata(p)
+    return float((ranks[pos].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def head_figures(y: np.ndarray, p: np.ndarray) -> dict[str, float | None]:
+    """``auc`` and ``logloss`` of labels ``y`` and probabilities ``p`` (NaN scores left out)."""
+    ok = np.isfinite(p)
+    if not ok.any():
+        return {"auc": None, "logloss": None}
+    return {"auc": exact_auc(y[ok], p[ok]), "logloss": float(log_loss(y[ok], p[ok]).mean())}
 
 
 @dataclass
@@ -66,6 +105,12 @@ class ModelResult:
     purchases: int
     curves: dict[str, list[float]]
     """``x`` (examples seen), ``auc`` and ``logloss`` (cumulative), ``window_auc``."""
+    segments: dict[str, dict[str, float | None]] = field(default_factory=dict)
+    """Per :data:`SEGMENTS` name: ``click_auc``, ``click_logloss``, ``purchase_auc``,
+    ``purchase_logloss`` (None where a model has no such head)."""
+    windows: dict[str, list[Any]] = field(default_factory=dict)
+    """Per window of time: ``start``, ``end`` (example indices), ``t_start_ms``, ``t_end_ms``,
+    ``auc`` and ``logloss`` (click)."""
 
 
 @dataclass
@@ -85,6 +130,8 @@ class EvaluationResult:
     rules: dict[str, object]
     predictions: dict[str, np.ndarray] = field(repr=False)
     """``N X 2`` (p_click, p_purchase) per model, in example order, each made before learning."""
+    labels: np.ndarray = field(repr=False, default_factory=lambda: np.zeros((0, 2)))
+    """``N X 2`` (click, purchase), in example order."""
 
     def to_json(self) -> dict[str, object]:
         """The ``results.json`` document."""
@@ -132,29 +179,44 @@ def _counted(
     tick(n % every)
 
 
-class ExampleSpool:
-    """Examples written once to an anonymous temporary file, then read back in batches.
+def spooled_batches(path: str, size: int) -> Iterator[list[TrainingExample]]:
+    """The examples of a spool file in order, ``size`` at a time."""
+    with open(path, "rb") as f:
+        while batch := [decode_example(line) for line in itertools.islice(f, size)]:
+            yield batch
 
-    Memory stays bounded by a batch whatever the log's size; the labels are kept (``N X 2``
-    click, purchase) since every metric needs them.
+
+class ExampleSpool:
+    """Examples written once to a temporary file, then read back in batches (by any process:
+    :attr:`path`).
+
+    Memory stays bounded by a batch whatever the log's size; the labels (``N X 2`` click,
+    purchase) and event times are kept since every metric needs them.
     """
 
     def __init__(self, examples: Iterable[TrainingExample]) -> None:
-        self._file = tempfile.TemporaryFile()
+        self._file = tempfile.NamedTemporaryFile(prefix="streamrank-examples-")
+        self.path = self._file.name
         labels: list[tuple[int, int]] = []
+        times: list[int] = []
         for x in examples:
             self._file.write(encode_example(x) + b"\n")
             labels.append((x.click, x.purchase))
+            times.append(x.event_time)
         self.labels = np.array(labels, dtype=np.float64).reshape(len(labels), 2)
+        self.times = np.array(times, dtype=np.int64)
 
     def __len__(self) -> int:
         return len(self.labels)
 
+    def flush(self) -> None:
+        """Make every example readable through :attr:`path`."""
+        self._file.flush()
+
     def batches(self, size: int) -> Iterator[list[TrainingExample]]:
         """The examples in order, ``size`` at a time."""
-        self._file.seek(0)
-        while batch := [decode_example(line) for line in itertools.islice(self._file, size)]:
-            yield batch
+        self.flush()
+        yield from spooled_batches(self.path, size)
 
     def close(self) -> None:
         """Remove the temporary file."""
@@ -190,9 +252,10 @@ def progressive(
     of examples the frozen model learned from."""
     names = _check(models)
     learners: dict[str, OnlineRanker] = {}
-    online = None
+    online = loop = None
     if "online" in names or "frozen" in names:  # the frozen model is the online one, stopped
-        online = learners["online"] = OnlineTrainer(settings)
+        online = OnlineTrainer(settings)
+        loop = TrainingLoop(online, settings)
     if "ftrl" in names:
         learners["ftrl"] = FtrlBaseline(settings)
     if "most_popular" in names:
@@ -200,17 +263,20 @@ def progressive(
     freeze_at = math.ceil(n * FREEZE_FRACTION)
     frozen: OnlineRanker | None = None
     frozen_at = n
-    out = {name: np.full((n, 2), np.nan) for name in learners.keys() | set(names)}
+    out = {name: np.full((n, 2), np.nan) for name in set(names) | {"online"}}
     start = 0
     for batch in batches:
         end = start + len(batch)
-        if online is not None and frozen is None and start >= freeze_at:
+        if "frozen" in names and online is not None and frozen is None and start >= freeze_at:
             frozen, frozen_at = online.frozen_copy(), start
         for name, model in learners.items():
             out[name][start:end] = model.predict_many(batch)
-        if "frozen" in out:
-            out["frozen"][start:end] = out["online"][start:end] if frozen is None \
-                else frozen.predict_many(batch)
+        if frozen is not None:
+            out["frozen"][start:end] = frozen.predict_many(batch)
+        if loop is not None:
+            out["online"][start:end] = loop.progressive(batch)[0]
+            if frozen is None and "frozen" in names:
+                out["frozen"][start:end] = out["online"][start:end]
         for model in learners.values():
             model.learn_many(batch)
         on_batch(len(batch))
@@ -220,34 +286,107 @@ def progressive(
     return {name: out[name] for name in names}, frozen_at
 
 
-def score(y: np.ndarray, p: np.ndarray, step: int, every: int) -> ModelResult:
+BASELINES = ("ftrl", "most_popular")
+"""The models :func:`progressive_in_parallel` runs in a second process."""
+PARALLEL_MIN_EXAMPLES = 50_000
+"""Below this many examples a second process costs more (its start, imports) than it saves."""
+
+
+def _baselines_of_file(path: str, n: int, settings: Settings,
+                       models: Sequence[str]) -> dict[str, np.ndarray]:
+    return progressive(spooled_batches(path, settings.batch_size), n, settings,
+                       models=models)[0]
+
+
+def progressive_in_parallel(
+    spool: ExampleSpool, settings: Settings, on_batch: Callable[[int], None] = lambda n: None,
+    models: Sequence[str] = MODELS, min_examples: int = PARALLEL_MIN_EXAMPLES,
+) -> tuple[dict[str, np.ndarray], int]:
+    """:func:`progressive` over ``spool``, the baselines (:data:`BASELINES`) in a second
+    process where there are two cores or more, both kinds of model are asked for and the
+    spool holds at least ``min_examples``.
+
+    The models never see one another's learning, so each one's predictions are those of the
+    single-process run: every example is still scored by every model before any learns it.
+    """
+    names = _check(models)
+    torch_models = [m for m in names if m not in BASELINES]
+    baselines = [m for m in names if m in BASELINES]
+    if (not torch_models or not baselines or (os.cpu_count() or 1) < 2
+            or len(spool) < min_examples):
+        return progressive(spool.batches(settings.batch_size), len(spool), settings,
+                           on_batch=on_batch, models=names)
+    spool.flush()
+    with ProcessPoolExecutor(1, mp_context=get_context("spawn")) as pool:
+        future = pool.submit(_baselines_of_file, spool.path, len(spool), settings, baselines)
+        predictions, frozen_at = progressive(spool.batches(settings.batch_size), len(spool),
+                                             settings, on_batch=on_batch, models=torch_models)
+        predictions |= future.result()
+    return {name: predictions[name] for name in names}, frozen_at
+
+
+def segments(y: np.ndarray, p: np.ndarray) -> dict[str, dict[str, float | None]]:
+    """Both heads' figures over each of :data:`SEGMENTS` (``N X 2`` labels and scores)."""
+    out: dict[str, dict[str, float | None]] = {}
+    for name, share in SEGMENTS.items():
+        k = max(1, math.ceil(len(y) * share))
+        out[name] = {f"{head}_{key}": value
+                     for col, head in enumerate(("click", "purchase"))
+                     for key, value in head_figures(y[:k, col], p[:k, col]).items()}
+    return out
+
+
+def windows(y: np.ndarray, p: np.ndarray, times: np.ndarray,
+            count: int = WINDOWS) -> dict[str, list[Any]]:
+    """Click AUC and log loss per window of time: ``count`` consecutive slices of equal size."""
+    edges = np.linspace(0, len(y), min(count, len(y)) + 1).astype(int)
+    out: dict[str, list[Any]] = {k: [] for k in (
+        "start", "end", "t_start_ms", "t_end_ms", "auc", "logloss")}
+    for a, b in zip(edges[:-1], edges[1:]):
+        figures = head_figures(y[a:b, 0], p[a:b, 0])
+        for key, value in (("start", a), ("end", b), ("t_start_ms", times[a]),
+                           ("t_end_ms", times[b - 1]), ("auc", figures["auc"]),
+                           ("logloss", figures["logloss"])):
+            out[key].append(None if value is None else (
+                round(float(value), 5) if key in ("auc", "logloss") else int(value)))
+    return out
+
+
+def score(y: np.ndarray, p: np.ndarray, step: int, every: int,
+          times: np.ndarray | None = None) -> ModelResult:
     """Metrics of ``N X 2`` predictions ``p`` against ``N X 2`` labels ``y`` (click, purchase),
-    fed in slices of ``step`` in order; curve points about every ``every`` examples."""
-    heads = {0: HeadMetrics()}
+    fed in slices of ``step`` in order; curve points about every ``every`` examples; windows of
+    time by the examples' event ``times`` (ms; default: their indices)."""
     has_purchase = bool(np.isfinite(p[:, 1]).any())
-    if has_purchase:
-        heads[1] = HeadMetrics()
+    cols = (0, 1) if has_purchase else (0,)
+    aucs = {col: BinnedAUC() for col in cols}
+    loss_sum = dict.fromkeys(cols, 0.0)
+    loss_n = dict.fromkeys(cols, 0)
     curves: dict[str, list[float]] = {"x": [], "auc": [], "logloss": [], "window_auc": []}
     n, next_point = len(y), every
     for start in range(0, n, step):
         end = min(start + step, n)
-        for col, metrics in heads.items():
+        for col in cols:
             ok = np.isfinite(p[start:end, col])
-            metrics.update(y[start:end, col][ok], p[start:end, col][ok])
+            yy, pp = y[start:end, col][ok], p[start:end, col][ok]
+            aucs[col].update(yy, pp)
+            loss_sum[col] += float(log_loss(yy, pp).sum())
+            loss_n[col] += len(yy)
         if end >= next_point or end == n:
-            click = heads[0].as_dict("click")
+            recent = slice(max(0, end - ROLLING_WINDOW), end)
+            window_auc = head_figures(y[recent, 0], p[recent, 0])["auc"]
             curves["x"].append(end)
-            curves["auc"].append(round(click["click_auc"], 5))
-            curves["logloss"].append(round(click["click_logloss"], 5))
-            curves["window_auc"].append(round(click["click_auc_rolling"], 5))
+            curves["auc"].append(round(aucs[0].get(), 5))
+            curves["logloss"].append(round(loss_sum[0] / max(loss_n[0], 1), 5))
+            curves["window_auc"].append(round(window_auc or 0.0, 5))
             next_point = end + every
-    click = heads[0].as_dict("click")
-    purchase = heads[1].as_dict("purchase") if has_purchase else {}
+    mean_loss = {col: loss_sum[col] / max(loss_n[col], 1) for col in cols}
     return ModelResult(
-        auc=click["click_auc"], logloss=click["click_logloss"], examples=n,
-        positives=int(y[:, 0].sum()), purchase_auc=purchase.get("purchase_auc"),
-        purchase_logloss=purchase.get("purchase_logloss"), purchases=int(y[:, 1].sum()),
-        curves=curves)
+        auc=aucs[0].get(), logloss=mean_loss[0], examples=n,
+        positives=int(y[:, 0].sum()), purchase_auc=aucs[1].get() if has_purchase else None,
+        purchase_logloss=mean_loss[1] if has_purchase else None, purchases=int(y[:, 1].sum()),
+        curves=curves, segments=segments(y, p),
+        windows=windows(y, p, np.arange(n) if times is None else times))
 
 
 def evaluate(
@@ -280,19 +419,18 @@ def evaluate(
             if not len(spool):
                 raise ValueError(f"{path}: no training examples ({report.summary()})")
             learn = bar.add_task("progressive validation", total=len(spool))
-            predictions, frozen_at = progressive(
-                spool.batches(settings.batch_size), len(spool), settings,
-                on_batch=lambda k: bar.advance(learn, k), models=names)
+            predictions, frozen_at = progressive_in_parallel(
+                spool, settings, on_batch=lambda k: bar.advance(learn, k), models=names)
         finally:
             spool.close()
     learned = time.perf_counter()
     every = max(settings.batch_size, len(spool) // CURVE_POINTS)
-    scores = {name: score(spool.labels, p, settings.batch_size, every)
+    scores = {name: score(spool.labels, p, settings.batch_size, every, spool.times)
               for name, p in predictions.items()}
     done = time.perf_counter()
     result = EvaluationResult(
         log=report, counters=counters, examples=len(spool), frozen_at=frozen_at,
-        seconds=done - started, models=scores, rules=rules(settings), predictions=predictions,
+        seconds=done - started, models=scores, rules=rules(settings), predictions=predictions, labels=spool.labels,
         stage_seconds={"examples": built - started, "models": learned - built,
                        "metrics": done - learned})
     console.print(table(result))
@@ -305,20 +443,26 @@ def _fmt(value: float | None) -> str:
     return "—" if value is None else f"{value:.4f}"
 
 
-def _rows(result: EvaluationResult) -> list[list[str]]:
-    return [[name, _fmt(m.auc), _fmt(m.logloss), _fmt(m.purchase_auc), _fmt(m.purchase_logloss),
-             f"{m.examples:,}", f"{m.positives:,}", f"{m.purchases:,}"]
-            for name, m in result.models.items()]
-
-
-_HEADER = ["model", "click AUC", "click log loss", "purchase AUC", "purchase log loss",
+_HEADER = ["model", "click AUC", "AUC first 10 %", "AUC first 20 %", "click log loss",
+           "log loss first 10 %", "log loss first 20 %", "purchase AUC", "purchase log loss",
            "examples", "clicks", "purchases"]
+
+
+def _rows(result: EvaluationResult) -> list[list[str]]:
+    rows = []
+    for name, m in result.models.items():
+        seg = m.segments
+        rows.append([name, *(_fmt(seg[k]["click_auc"]) for k in SEGMENTS),
+                     *(_fmt(seg[k]["click_logloss"]) for k in SEGMENTS),
+                     _fmt(seg["all"]["purchase_auc"]), _fmt(seg["all"]["purchase_logloss"]),
+                     f"{m.examples:,}", f"{m.positives:,}", f"{m.purchases:,}"])
+    return rows
 
 
 def table(result: EvaluationResult) -> Table:
     """The results as a rich table."""
     t = Table(title=f"progressive validation: {result.log.path} ({result.examples:,} examples, "
-                    f"frozen after {result.frozen_at:,})")
+                    f"frozen after {result.frozen_at:,}, {result.seconds:.0f} s)")
     for i, name in enumerate(_HEADER):
         t.add_column(name, justify="left" if i == 0 else "right")
     for row in _rows(result):
@@ -326,10 +470,14 @@ def table(result: EvaluationResult) -> Table:
     return t
 
 
-def _plot(result: EvaluationResult, key: str, ylabel: str, path: Path) -> None:
+def _figure():  # type: ignore[no-untyped-def]
     from matplotlib.figure import Figure  # Agg canvas, no pyplot state
 
-    fig = Figure(figsize=(8, 4.5), layout="constrained")
+    return Figure(figsize=(8, 4.5), layout="constrained")
+
+
+def _plot(result: EvaluationResult, key: str, ylabel: str, path: Path) -> None:
+    fig = _figure()
     ax = fig.add_subplot()
     for name, m in result.models.items():
         line, = ax.plot(m.curves["x"], m.curves[key], label=f"{name} (cumulative)")
@@ -344,12 +492,32 @@ def _plot(result: EvaluationResult, key: str, ylabel: str, path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
+def _plot_windows(result: EvaluationResult, key: str, ylabel: str, path: Path) -> None:
+    fig = _figure()
+    ax = fig.add_subplot()
+    t0 = min(m.windows["t_start_ms"][0] for m in result.models.values())
+    for name, m in result.models.items():
+        w = m.windows
+        mid = [((a + b) / 2 - t0) / 3_600_000 for a, b in zip(w["t_start_ms"], w["t_end_ms"])]
+        ax.plot(mid, [np.nan if v is None else v for v in w[key]], marker="o", markersize=3,
+                label=name)
+    ax.set_xlabel(f"event time, hours since the first example (windows of "
+                  f"{result.examples // WINDOWS:,} examples)")
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small")
+    fig.savefig(path, dpi=110)
+
+
 def write_report(result: EvaluationResult, out_dir: Path) -> None:
-    """``results.json``, ``report.md``, ``auc.png`` and ``logloss.png`` in ``out_dir``."""
+    """``results.json``, ``report.md`` and the plots (``auc.png``, ``logloss.png``,
+    ``auc_windows.png``, ``logloss_windows.png``) in ``out_dir``."""
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "results.json").write_text(json.dumps(result.to_json(), indent=2) + "\n")
     _plot(result, "auc", "click AUC", out_dir / "auc.png")
     _plot(result, "logloss", "click log loss", out_dir / "logloss.png")
+    _plot_windows(result, "auc", "click AUC per window", out_dir / "auc_windows.png")
+    _plot_windows(result, "logloss", "click log loss per window", out_dir / "logloss_windows.png")
     r = result.rules
     lines = [
         "# Progressive validation", "",
@@ -361,9 +529,9 @@ def write_report(result: EvaluationResult, out_dir: Path) -> None:
         "| " + " | ".join(_HEADER) + " |",
         "|" + "---|" * len(_HEADER),
         *("| " + " | ".join(row) + " |" for row in _rows(result)), "",
-        "AUC and log loss are cumulative over the stream; the purchase label is a purchase of "
-        "the item by the user within the attribution window (— : the model has no purchase "
-        "head).", "",
+        "AUC (exact) and log loss over the whole stream and over its first 10 % and 20 %; the "
+        "purchase label is a purchase of the item by the user within the attribution window "
+        "(— : the model has no purchase head).", "",
         "## Rules", "",
         f"- Impressions: {r['impressions']}.",
         f"- Labels: a click or purchase counts for an impression within "
@@ -372,10 +540,79 @@ def write_report(result: EvaluationResult, out_dir: Path) -> None:
         f"negative. Watermark: max event time - {r['max_out_of_orderness_ms']} ms; events older "
         f"than the watermark - {r['allowed_lateness_ms']} ms are dropped as late.",
         "- Features: as of the impression (read before it is applied, at its event time).",
+        "- Scores: every model scores at a fixed position (the online model learns at the "
+        "impression's own position).",
         "- Counters: " + ", ".join(f"{k} {v:,}" for k, v in result.counters.items()) + ".", "",
         "## Over the stream", "",
         "![AUC](auc.png)", "",
         f"Dotted: AUC over the last {ROLLING_WINDOW:,} examples. Dashed: the freeze point.", "",
         "![log loss](logloss.png)", "",
+        f"## Per window of time ({WINDOWS} windows of equal example counts)", "",
+        "![AUC per window](auc_windows.png)", "",
+        "![log loss per window](logloss_windows.png)", "",
     ]
     (out_dir / "report.md").write_text("\n".join(lines))
+
+
+@dataclass(frozen=True)
+class LogSpec:
+    """One log of a multi-log evaluation."""
+
+    path: Path
+    fmt: LogFormat
+    mapping: CsvMapping | None = None
+
+    @property
+    def name(self) -> str:
+        """A short name for tables and directories (the file's stem)."""
+        return self.path.stem
+
+
+def suite_rows(results: Sequence[tuple[LogSpec, EvaluationResult]]) -> list[list[str]]:
+    """One row per log and model: AUC and log loss overall / first 10 % / first 20 %."""
+    rows = []
+    for spec, result in results:
+        for name, m in result.models.items():
+            seg = m.segments
+            rows.append([spec.name, name, *(_fmt(seg[k]["click_auc"]) for k in SEGMENTS),
+                         *(_fmt(seg[k]["click_logloss"]) for k in SEGMENTS),
+                         f"{result.examples:,}", f"{result.seconds:.0f}"])
+    return rows
+
+
+SUITE_HEADER = ["log", "model", "AUC", "AUC 10 %", "AUC 20 %", "log loss", "log loss 10 %",
+                "log loss 20 %", "examples", "s"]
+
+
+def evaluate_logs(
+    logs: Sequence[LogSpec], settings: Settings, out_dir: str | Path | None = None,
+    progress: bool = True, models: Sequence[str] = MODELS,
+) -> list[tuple[LogSpec, EvaluationResult]]:
+    """:func:`evaluate` on each log (same settings: nothing is tuned per log), then the per-log
+    table; with ``out_dir``, each log's report in ``out_dir/<name>/`` and the table in
+    ``out_dir/suite.md`` and ``suite.json``."""
+    results = []
+    for spec in logs:
+        sub = None if out_dir is None else Path(out_dir) / spec.name
+        results.append((spec, evaluate(spec.path, spec.fmt, settings, spec.mapping, sub,
+                                       progress, models)))
+    if len(results) > 1:
+        t = Table(title=f"progressive validation over {len(results)} logs")
+        for i, col in enumerate(SUITE_HEADER):
+            t.add_column(col, justify="left" if i < 2 else "right")
+        for row in suite_rows(results):
+            t.add_row(*row)
+        Console().print(t)
+    if out_dir is not None:
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        lines = ["# Progressive validation over several logs", "",
+                 "| " + " | ".join(SUITE_HEADER) + " |", "|" + "---|" * len(SUITE_HEADER),
+                 *("| " + " | ".join(r) + " |" for r in suite_rows(results)), ""]
+        (out / "suite.md").write_text("\n".join(lines))
+        (out / "suite.json").write_text(json.dumps(
+            {spec.name: {"path": str(spec.path), "format": spec.fmt,
+                         "examples": result.examples, "seconds": round(result.seconds, 2),
+                         "models": {n: m.segments for n, m in result.models.items()}}
+             for spec, result in results}, indent=2) + "\n")
+    return results

@@ -1,26 +1,48 @@
-"""The ranking model: hashed ID embeddings, a dense arch, a DLRM-style interaction, two heads.
+"""The ranking model: Wide & Deep over hashed IDs, their crosses, recent clicks and dense inputs.
 
-Shape letters used in the docstrings: ``B`` batch size, ``F`` sparse fields (user, item,
-category: 3), ``D`` embedding dimension, ``N`` dense features (``len(DENSE_FEATURES)``),
-``P`` pairwise interactions (``(F + 1) * F / 2``: the F embeddings plus the dense arch's output).
+One model, two parts whose logits add up (Cheng et al., 2016), trained together on every
+batch (:mod:`models.trainer`): the wide part as a logistic regression of its own, the deep
+part on top of the wide logit (it learns what the linear model misses):
 
-* IDs are hashed with ``zlib.crc32`` (stable across processes, unlike ``hash()``) into
-  ``hash_buckets`` rows, one table per field; a missing ID is the empty string, which crc32
-  maps to row 0.
-* Dense features are read in :data:`features.schema.DENSE_FEATURES` order (missing -> 0),
-  clamped at 0 and ``log1p``-squashed inside the model (counts and seconds arrive raw).
-* Heads (ESMM): ``p_click = sigmoid(ctr_logit)`` and
-  ``p_purchase = p_click * sigmoid(cvr_logit)``, so the purchase head is learned over all
-  impressions as click-and-purchase.
+* **Wide** (:class:`WideArch`): a logistic regression over one-hot hashed IDs — user, item,
+  category, user x item, user x category — the impression's position and the ``log1p`` of the
+  dense inputs; trained with FTRL-Proximal and L1. Its weights per ID are rows of ``D = 1``
+  tables, so deltas carry the rows touched like embedding rows (:meth:`Ranker.embedding_names`).
+* **Deep** (DLRM/DeepFM style): hashed ID embeddings for user, item and category, mean-pooled
+  embeddings of the user's recent clicked items and categories (sharing the item and category
+  tables), a dense arch, the pairwise dot interaction and an MLP with two outputs (ctr, cvr);
+  trained with Adagrad. Its last layer starts at zero, so a fresh model *is* its wide part.
 
->>> import torch
+**Fusion** (:class:`FusionArch`): ``p_click = pi * sigmoid(wide) + (1 - pi) * sigmoid(wide +
+deep_ctr)``, ``pi`` following whichever branch predicted better lately; a fresh model is its
+wide part. Heads (ESMM): ``p_purchase = p_click * sigmoid(deep_cvr)``, so the purchase head is
+learned over all impressions.
+
+**Position** enters the wide part only, as one additive weight per position (clamped at
+``POSITIONS - 1``; a training example without a position uses :data:`UNKNOWN_POSITION`).
+Scoring uses a fixed position, :data:`SERVING_POSITION`, whose weight the trainer keeps at the
+mean position weight of the training impressions: the score ranks as at a position-free slot
+and stays calibrated on average. :func:`encode_batch` scores every object at that position;
+the trainer encodes with ``training=True`` to learn at each impression's own position.
+
+Shape letters: ``B`` batch size, ``F`` deep ID fields (:data:`SPARSE_FIELDS`: 3), ``W`` hashed
+wide fields (:data:`WIDE_FIELDS`: 5), ``L`` recent clicks kept (:data:`RECENT`), ``D``
+embedding dimension, ``N`` dense inputs (:data:`DENSE_INPUTS`), ``V`` vectors interacted
+(``F + 2 + 1``: IDs, the two pooled histories, the dense arch's output).
+
+* IDs are hashed with ``zlib.crc32`` (stable across processes) into ``hash_buckets`` rows per
+  table; a missing ID is the empty string (row 0); a cross with a missing side is row 0.
+* Dense inputs: :data:`features.schema.DENSE_FEATURES` (missing -> 0), then ``log1p(price)``,
+  whether a price is known, and whether the item is among the user's recent clicked items;
+  clamped at 0 and ``log1p``-squashed inside the model.
+
 >>> model = Ranker(hash_buckets=101, embedding_dim=4)
 >>> x = TrainingExample(example_id="e", user_id="u", item_id="i", event_time=0, click=0,
-...                     purchase=0, features={"i_ctr": 0.1})
->>> sparse, dense = encode_batch([x, x], 101)
->>> sparse.shape, dense.shape, model(sparse, dense).shape
-(torch.Size([2, 3]), torch.Size([2, 17]), torch.Size([2, 2]))
->>> p = model.probabilities(model(sparse, dense))
+...                     purchase=0, features={"i_ctr": 0.1}, recent_items=("j", "i"))
+>>> batch = encode_batch([x, x], 101)
+>>> batch.sparse.shape, batch.dense.shape, model(*batch).shape
+(torch.Size([2, 3]), torch.Size([2, 20]), torch.Size([2, 2]))
+>>> p = model.probabilities(model(*batch))
 >>> bool(((p[:, 1] <= p[:, 0]) & (p > 0) & (p < 1)).all())
 True
 """
@@ -29,17 +51,36 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple, cast
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from connectors.examples import TrainingExample
 from features.schema import DENSE_FEATURES
+from features.state import LAST_N
 from streamrank.config import Settings
 
 SPARSE_FIELDS: tuple[str, ...] = ("user_id", "item_id", "category_id")
-"""The hashed ID fields, in the order of the sparse index columns."""
+"""The deep part's hashed ID fields, in the order of the sparse index columns."""
+WIDE_FIELDS: tuple[str, ...] = ("user_id", "item_id", "category_id", "user_item",
+                                "user_category")
+"""The wide part's hashed fields (IDs and crosses), in the order of the wide index columns."""
+POSITIONS = 32
+"""Position rows: ``0 .. POSITIONS - 1`` (later positions share the last)."""
+UNKNOWN_POSITION = POSITIONS
+"""The position row of a training example that has no position."""
+SERVING_POSITION = POSITIONS + 1
+"""The fixed position every score uses (see the module docstring)."""
+RECENT = LAST_N
+"""Recent clicked items (and categories) pooled."""
+DENSE_INPUTS: tuple[str, ...] = (*DENSE_FEATURES, "price", "has_price", "item_in_recent")
+"""The dense inputs, in column order."""
+FUSION_DECAY = 1e-4
+"""The fusion forgets a branch's past log loss at this rate per example (about the last 10k)."""
+LINEAR_PRIOR = 8.0
+"""The fusion starts this many nats of log loss in favour of the linear branch."""
 HIDDEN = 64
 """Width of the dense arch and of the over arch's first layer."""
 INIT_STD = 0.01
@@ -55,21 +96,144 @@ def hash_id(value: str | None, buckets: int) -> int:
     return zlib.crc32((value or "").encode()) % buckets
 
 
-def encode_batch(examples: Sequence[TrainingExample], hash_buckets: int) -> tuple[Tensor, Tensor]:
-    """Sparse indices ``B X F`` (int64) and raw dense features ``B X N`` (float32).
+def hash_cross(a: str | None, b: str | None, buckets: int) -> int:
+    """Stable row of the pair ``(a, b)``; row 0 when either is missing.
 
-    Only ``user_id``, ``item_id``, ``category_id`` and ``features`` are read, so any object
-    with those attributes (e.g. a scoring candidate) works as well.
+    >>> hash_cross("u", "i", 1000) == hash_cross("i", "u", 1000), hash_cross("u", None, 1000)
+    (False, 0)
     """
-    sparse = torch.tensor(
-        [[hash_id(getattr(x, f), hash_buckets) for f in SPARSE_FIELDS] for x in examples],
-        dtype=torch.int64,
-    ).reshape(len(examples), len(SPARSE_FIELDS))
-    dense = torch.tensor(
-        [[x.features.get(name, 0.0) for name in DENSE_FEATURES] for x in examples],
-        dtype=torch.float32,
-    ).reshape(len(examples), len(DENSE_FEATURES))
-    return sparse, dense
+    if not a or not b:
+        return 0
+    return zlib.crc32(f"{a}\x1f{b}".encode()) % buckets
+
+
+def position_row(position: int | None) -> int:
+    """The position table's row of a training impression's position.
+
+    >>> position_row(0), position_row(500), position_row(None) == UNKNOWN_POSITION
+    (0, 31, True)
+    """
+    return UNKNOWN_POSITION if position is None else min(max(position, 0), POSITIONS - 1)
+
+
+class Batch(NamedTuple):
+    """Encoded objects; ``model(*batch)`` scores them."""
+
+    sparse: Tensor
+    """``B X F`` int64 rows of the deep ID tables."""
+    dense: Tensor
+    """``B X N`` float32 raw dense inputs (:data:`DENSE_INPUTS`)."""
+    wide: Tensor
+    """``B X W`` int64 rows of the wide tables (:data:`WIDE_FIELDS`)."""
+    position: Tensor
+    """``B`` int64 row of the position table."""
+    recent_items: Tensor
+    """``B X L`` int64 rows of the item table, ``-1`` where there is none."""
+    recent_categories: Tensor
+    """``B X L`` int64 rows of the category table, ``-1`` where there is none."""
+
+
+def _recent(ids: Sequence[str], buckets: int) -> list[int]:
+    rows = [hash_id(v, buckets) for v in ids[:RECENT]]
+    return rows + [-1] * (RECENT - len(rows))
+
+
+def encode_batch(objects: Sequence[Any], hash_buckets: int, training: bool = False) -> Batch:
+    """The one encoder of training and serving: objects -> :class:`Batch`.
+
+    Reads ``user_id``, ``item_id``, ``category_id``, ``position`` and ``features`` (a dict of
+    :data:`features.schema.DENSE_FEATURES`), and, where present, ``price``, ``recent_items``
+    and ``recent_categories`` (the user's ``last_items``/``last_categories``, newest first):
+    a :class:`~connectors.examples.TrainingExample` or any scoring candidate with those
+    attributes. Every object is scored at :data:`SERVING_POSITION`, except with ``training``:
+    then at its own position (:func:`position_row`).
+    """
+    sparse, wide, position, dense, items, categories = [], [], [], [], [], []
+    for x in objects:
+        user, item, category = x.user_id, x.item_id, x.category_id
+        u, i, c = hash_id(user, hash_buckets), hash_id(item, hash_buckets), \
+            hash_id(category, hash_buckets)
+        sparse.append((u, i, c))
+        wide.append((u, i, c, hash_cross(user, item, hash_buckets),
+                     hash_cross(user, category, hash_buckets)))
+        position.append(position_row(getattr(x, "position", None)) if training
+                        else SERVING_POSITION)
+        price = getattr(x, "price", None)
+        recent = getattr(x, "recent_items", ()) or ()
+        features = x.features
+        dense.append([*(features.get(name, 0.0) for name in DENSE_FEATURES),
+                      0.0 if price is None else price, float(price is not None),
+                      float(item in recent)])
+        items.append(_recent(recent, hash_buckets))
+        categories.append(_recent(getattr(x, "recent_categories", ()) or (), hash_buckets))
+    n = len(objects)
+    return Batch(
+        torch.tensor(sparse, dtype=torch.int64).reshape(n, len(SPARSE_FIELDS)),
+        torch.tensor(dense, dtype=torch.float32).reshape(n, len(DENSE_INPUTS)),
+        torch.tensor(wide, dtype=torch.int64).reshape(n, len(WIDE_FIELDS)),
+        torch.tensor(position, dtype=torch.int64).reshape(n),
+        torch.tensor(items, dtype=torch.int64).reshape(n, RECENT),
+        torch.tensor(categories, dtype=torch.int64).reshape(n, RECENT),
+    )
+
+
+def wide_inputs(dense: Tensor) -> Tensor:
+    """The wide part's dense inputs: ``log1p`` of the clamped raw inputs, ``B X N``."""
+    return torch.log1p(dense.clamp_min(0.0))
+
+
+class WideArch(nn.Module):
+    """Logistic-regression logit over one-hot hashed rows, position and dense inputs.
+
+    ``B X W`` rows, ``B`` position rows, ``B X N`` raw dense -> ``B`` logits. Its tensors are
+    set by FTRL-Proximal in the trainer, not by autograd (``requires_grad=False``).
+    """
+
+    def __init__(self, hash_buckets: int, num_dense: int) -> None:
+        super().__init__()
+        self.tables = nn.ParameterDict({
+            field: nn.Parameter(torch.zeros(hash_buckets, 1), requires_grad=False)
+            for field in WIDE_FIELDS})
+        self.position = nn.Parameter(torch.zeros(SERVING_POSITION + 1, 1), requires_grad=False)
+        self.dense = nn.Parameter(torch.zeros(num_dense), requires_grad=False)
+        self.bias = nn.Parameter(torch.zeros(1), requires_grad=False)
+
+    def forward(self, wide: Tensor, position: Tensor, dense: Tensor) -> Tensor:
+        """``B X W``, ``B``, ``B X N`` -> ``B``."""
+        ids = sum((self.tables[field][wide[:, k], 0] for k, field in enumerate(WIDE_FIELDS)),
+                  torch.zeros(len(wide)))
+        return ids + self.position[position, 0] + wide_inputs(dense) @ self.dense + self.bias
+
+
+class FusionArch(nn.Module):
+    """Online mixture of the wide part alone and wide + deep: ``B X 2`` click logits -> ``B``.
+
+    ``p = pi * sigmoid(wide) + (1 - pi) * sigmoid(wide + deep)`` with ``pi = softmax(log_weights)
+    [0]``; the trainer moves ``log_weights`` by each branch's log loss (exponential weights
+    with forgetting, :meth:`update`), so the model follows whichever predicts better lately:
+    the linear model while the deep part has seen little, wide + deep once it helps.
+    """
+
+    def __init__(self, decay: float = FUSION_DECAY, prior: float = LINEAR_PRIOR) -> None:
+        super().__init__()
+        self.decay = decay
+        self.log_weights = nn.Parameter(torch.tensor([0.0, -prior]), requires_grad=False)
+
+    def mix(self, branches: Tensor) -> Tensor:
+        """``B X 2`` logits (wide, wide + deep) -> ``B`` logits of the mixture."""
+        log_pi = torch.log_softmax(self.log_weights, 0)
+        log_p = torch.logsumexp(F.logsigmoid(branches) + log_pi, dim=1)
+        log_q = torch.logsumexp(F.logsigmoid(-branches) + log_pi, dim=1)
+        return log_p - log_q
+
+    def update(self, branches: Tensor, click: Tensor) -> None:
+        """Exponential weights on the branches' per-example log losses, forgetting at
+        ``decay`` per example (``B X 2`` logits, ``B`` labels)."""
+        losses = F.binary_cross_entropy_with_logits(
+            branches, click.unsqueeze(1).expand_as(branches), reduction="none").sum(0)
+        keep = (1.0 - self.decay) ** len(branches)
+        w = self.log_weights.data.double() * keep - losses
+        self.log_weights.data.copy_((w - w.max()).float())
 
 
 class SparseArch(nn.Module):
@@ -86,11 +250,19 @@ class SparseArch(nn.Module):
     def forward(self, sparse: Tensor) -> Tensor:
         """``B X F`` int64 -> ``B X F X D``."""
         return torch.stack(
-            [table(sparse[:, i]) for i, table in enumerate(self.tables.values())], dim=1)
+            [self.tables[field](sparse[:, i]) for i, field in enumerate(SPARSE_FIELDS)], dim=1)
+
+    def pooled(self, field: str, rows: Tensor) -> Tensor:
+        """Mean of ``field``'s rows ``B X L`` (``-1``: none) -> ``B X D`` (zeros when none)."""
+        table = cast(nn.Embedding, self.tables[field])
+        mask = rows >= 0
+        emb = F.embedding(rows.clamp_min(0), table.weight, sparse=table.sparse)
+        emb = emb * mask.unsqueeze(-1)
+        return emb.sum(1) / mask.sum(1, keepdim=True).clamp_min(1)
 
 
 class DenseArch(nn.Module):
-    """``log1p`` of the raw dense features through an MLP: ``B X N`` -> ``B X D``."""
+    """``log1p`` of the raw dense inputs through an MLP: ``B X N`` -> ``B X D``."""
 
     def __init__(self, num_dense: int, embedding_dim: int) -> None:
         super().__init__()
@@ -99,11 +271,11 @@ class DenseArch(nn.Module):
 
     def forward(self, dense: Tensor) -> Tensor:
         """``B X N`` raw non-negative values -> ``B X D``."""
-        return self.mlp(torch.log1p(dense.clamp_min(0.0)))
+        return self.mlp(wide_inputs(dense))
 
 
 class InteractionArch(nn.Module):
-    """DLRM dot interaction: ``B X (F+1) X D`` -> ``B X ((F+1)*D + P)``.
+    """DLRM dot interaction: ``B X V X D`` -> ``B X (V*D + V*(V-1)/2)``.
 
     The flattened vectors (first-order, as in DeepFM's deep part) followed by the dot products
     of every distinct pair (the FM second-order terms).
@@ -121,7 +293,10 @@ class InteractionArch(nn.Module):
 
 
 class OverArch(nn.Module):
-    """MLP from the interaction to the two logits: ``B X I`` -> ``B X 2`` (ctr, cvr)."""
+    """MLP from the interaction to the two logits: ``B X I`` -> ``B X 2`` (ctr, cvr).
+
+    The last layer starts at zero: a fresh deep part adds nothing to the wide part's logit.
+    """
 
     def __init__(self, in_features: int) -> None:
         super().__init__()
@@ -129,6 +304,9 @@ class OverArch(nn.Module):
             nn.Linear(in_features, HIDDEN), nn.ReLU(),
             nn.Linear(HIDDEN, HIDDEN // 2), nn.ReLU(),
             nn.Linear(HIDDEN // 2, 2))
+        last = cast(nn.Linear, self.mlp[-1])
+        nn.init.zeros_(last.weight)
+        nn.init.zeros_(last.bias)
 
     def forward(self, x: Tensor) -> Tensor:
         """``B X I`` -> ``B X 2``."""
@@ -136,22 +314,26 @@ class OverArch(nn.Module):
 
 
 class Ranker(nn.Module):
-    """DeepFM/DLRM-style click and purchase ranker over hashed IDs and dense features.
+    """Wide & Deep click and purchase ranker (see the module docstring).
 
-    ``forward`` returns the logits ``B X 2`` (ctr, cvr); :meth:`probabilities` turns them into
-    ``B X 2`` (p_click, p_purchase). Embedding tables are the parameters named
-    ``sparse.tables.<field>.weight`` (see :meth:`embedding_names`); everything else is dense.
+    ``forward(*batch)`` returns the logits ``B X 2`` (ctr, cvr); :meth:`probabilities` turns
+    them into ``B X 2`` (p_click, p_purchase). Sparse tables — the deep embeddings and the wide
+    rows — are listed by :meth:`embedding_names`; everything else is dense. ``deep=False``
+    leaves the deep part out (the model is then its wide part alone).
     """
 
-    def __init__(self, hash_buckets: int, embedding_dim: int, num_dense: int = len(DENSE_FEATURES),
-                 sparse_grad: bool = True) -> None:
+    def __init__(self, hash_buckets: int, embedding_dim: int,
+                 num_dense: int = len(DENSE_INPUTS), sparse_grad: bool = True,
+                 deep: bool = True) -> None:
         super().__init__()
         assert hash_buckets > 0, f"hash_buckets must be positive, got {hash_buckets}"
         assert embedding_dim > 0, f"embedding_dim must be positive, got {embedding_dim}"
         self.hparams: dict[str, Any] = {
             "hash_buckets": hash_buckets, "embedding_dim": embedding_dim, "num_dense": num_dense,
-            "sparse_grad": sparse_grad}
-        num_vectors = len(SPARSE_FIELDS) + 1
+            "sparse_grad": sparse_grad, "deep": deep}
+        num_vectors = len(SPARSE_FIELDS) + 3
+        self.wide = WideArch(hash_buckets, num_dense)
+        self.fusion = FusionArch()
         self.sparse = SparseArch(hash_buckets, embedding_dim, sparse_grad)
         self.dense = DenseArch(num_dense, embedding_dim)
         self.interaction = InteractionArch(num_vectors)
@@ -159,18 +341,37 @@ class Ranker(nn.Module):
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Ranker:
-        """The default model of ``settings`` (hash_buckets, embedding_dim)."""
-        return cls(settings.hash_buckets, settings.embedding_dim)
+        """The default model of ``settings`` (hash_buckets, embedding_dim, deep)."""
+        return cls(settings.hash_buckets, settings.embedding_dim, deep=settings.deep)
 
     @staticmethod
     def embedding_names() -> tuple[str, ...]:
-        """State-dict names of the embedding tables, in SPARSE_FIELDS order."""
-        return tuple(f"sparse.tables.{field}.weight" for field in SPARSE_FIELDS)
+        """State-dict names of the sparse tables: deep embeddings (SPARSE_FIELDS order), then
+        the wide rows (WIDE_FIELDS order), then the position weights."""
+        return (*(f"sparse.tables.{field}.weight" for field in SPARSE_FIELDS),
+                *(f"wide.tables.{field}" for field in WIDE_FIELDS), "wide.position")
 
-    def forward(self, sparse: Tensor, dense: Tensor) -> Tensor:
-        """``B X F`` int64 and ``B X N`` float32 -> logits ``B X 2`` (ctr, cvr)."""
-        vectors = torch.cat([self.sparse(sparse), self.dense(dense).unsqueeze(1)], dim=1)
+    def deep_logits(self, sparse: Tensor, dense: Tensor, recent_items: Tensor,
+                    recent_categories: Tensor) -> Tensor:
+        """The deep part's ``B X 2`` logits (zeros with ``deep=False``)."""
+        if not self.hparams["deep"]:
+            return torch.zeros(len(sparse), 2)
+        vectors = torch.cat([
+            self.sparse(sparse),
+            self.sparse.pooled("item_id", recent_items).unsqueeze(1),
+            self.sparse.pooled("category_id", recent_categories).unsqueeze(1),
+            self.dense(dense).unsqueeze(1)], dim=1)
         return self.over(self.interaction(vectors))
+
+    def forward(self, sparse: Tensor, dense: Tensor, wide: Tensor, position: Tensor,
+                recent_items: Tensor, recent_categories: Tensor) -> Tensor:
+        """A :class:`Batch`'s tensors -> logits ``B X 2`` (ctr, cvr)."""
+        logits = self.deep_logits(sparse, dense, recent_items, recent_categories)
+        linear = self.wide(wide, position, dense)
+        if not self.hparams["deep"]:
+            return torch.stack([linear, logits[:, 1]], dim=1)
+        ctr = self.fusion.mix(torch.stack([linear, linear + logits[:, 0]], dim=1))
+        return torch.stack([ctr, logits[:, 1]], dim=1)
 
     @staticmethod
     def probabilities(logits: Tensor) -> Tensor:

@@ -1,16 +1,25 @@
 """The online trainer: learns the :class:`~models.ranker.Ranker` from examples as they arrive.
 
-* Optimiser: one ``torch.optim.Adagrad`` (lr ``settings.learning_rate``) over sparse-gradient
-  embedding tables (only the rows in a batch are read and updated) and the dense MLPs. Measured
-  on the real Taobao examples against SparseAdam/Adam: as fast, and the best progressive AUC.
+* Optimisers (Wide & Deep): the wide part by FTRL-Proximal with L1 on its own logit
+  (:class:`WideFtrl`: River's ``FTRLProximal`` step for step, example by example; the
+  intercept by River's plain SGD; ``settings.wide_*``), the deep part by one
+  ``torch.optim.Adagrad`` (lr ``settings.learning_rate``) on ``wide + deep`` with the wide
+  logit held fixed, over sparse-gradient embedding tables (only the rows in a batch are read
+  and updated) and the dense MLPs; the fusion's weights by each branch's log loss
+  (:class:`~models.ranker.FusionArch`).
 * Threads: run it with ``torch.set_num_threads(1)``. The model is small; on the 2-core
   machine two intra-op threads made ``learn_many`` about 10x slower than one
   (``bench/bench_trainer.py --threads 2``).
-* Loss (ESMM, over all impressions): ``BCE(p_click, click) + BCE(p_purchase, click*purchase)``.
+* Deep loss (ESMM, over all impressions): ``BCE(p_click, click) + BCE(p_purchase,
+  click*purchase)`` with the wide + deep branch's ``p_click``;
+  the click logit is trained at the impression's own position, every score is made at
+  :data:`~models.ranker.SERVING_POSITION`, whose weight is the impression-weighted mean of the
+  position weights.
 * Deterministic: weights are initialised from ``settings.seed``; two trainers fed the same
   batches hold the same weights and give the same predictions.
-* Change tracking for deltas: the embedding rows touched since the last ``take_touched_rows``
-  (per table) and whether the dense tensors changed since they were last published.
+* Change tracking for deltas: the sparse rows (embeddings and wide weights) touched since the
+  last ``take_touched_rows`` (per table) and whether the dense tensors changed since they were
+  last published.
 * Progressive validation (:meth:`OnlineTrainer.progressive`): each batch is scored, the online
   metrics are updated, then the trainer learns from it. Metrics per head (click, purchase):
   River's exact ``RollingROCAUC`` over the last :data:`ROLLING_WINDOW` examples; a cumulative
@@ -25,6 +34,7 @@ from __future__ import annotations
 
 import copy
 import io
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -34,12 +44,23 @@ from river import drift, metrics
 from torch import Tensor
 
 from connectors.examples import TrainingExample
-from models.ranker import Ranker, encode_batch
+from models.ranker import (
+    SERVING_POSITION,
+    WIDE_FIELDS,
+    Batch,
+    Ranker,
+    WideArch,
+    encode_batch,
+    wide_inputs,
+)
 from streamrank.config import Settings
 
 ROLLING_WINDOW = 10_000
 """Examples in the rolling metrics' window."""
 HEADS = ("click", "purchase")
+SPARSE_TABLES = Ranker.embedding_names()[:3]
+WIDE_TABLES = Ranker.embedding_names()[3:-1]
+POSITION_TABLE = Ranker.embedding_names()[-1]
 
 
 class BinnedAUC:
@@ -160,7 +181,128 @@ def _predict(model: Ranker, examples: Sequence[TrainingExample], buckets: int) -
     if not examples:
         return np.zeros((0, 2), dtype=np.float64)
     with torch.no_grad():
-        return Ranker.probabilities(model(*encode_batch(examples, buckets))).double().numpy()
+        batch = encode_batch(examples, buckets)
+        return Ranker.probabilities(model(*batch)).double().numpy()
+
+
+class WideFtrl:
+    """FTRL-Proximal for the wide part (McMahan et al., 2013), River's ``FTRLProximal`` rule,
+    one example at a time.
+
+    For each example of a batch, in order: its logit (the wide part's, plus the deep part's
+    fixed ``offset`` where given) at the weights the examples before it left, the log loss
+    gradient ``g = p - y``, the intercept by SGD (``b -= intercept_lr * g``), then per
+    coordinate ``i`` of the example (its hashed rows, its position, every dense input ``x_i``):
+    ``w_i = -(z_i - sign(z_i) l1) / ((beta + sqrt(n_i)) / alpha + l2)`` where ``|z_i| > l1``
+    (elsewhere ``w_i`` keeps its value, as in River: a coordinate whose ``|z|`` never passes
+    ``l1`` stays at 0), then ``z_i += g_i - (sqrt(n_i + g_i^2) - sqrt(n_i)) / alpha * w_i`` and
+    ``n_i += g_i^2`` with ``g_i = g * x_i``. This is River's
+    ``LogisticRegression(optimizer=FTRLProximal(...))`` step for step, whatever the batch size
+    (one FTRL step per batch, on the summed gradient, learned far slower). The batch's rows
+    are gathered once into Python floats and written back once; state is float64.
+    """
+
+    def __init__(self, wide: WideArch, settings: Settings) -> None:
+        self.alpha, self.beta = settings.wide_alpha, settings.wide_beta
+        self.l1, self.l2 = settings.wide_l1, settings.wide_l2
+        self.intercept_lr = settings.wide_intercept_lr
+        self.state = {name: (torch.zeros(p.shape, dtype=torch.float64),
+                             torch.zeros(p.shape, dtype=torch.float64))
+                      for name, p in wide.named_parameters() if name != "bias"}
+        self.position_counts = torch.zeros(SERVING_POSITION, dtype=torch.float64)
+        self.dense_pending: list[int] = []
+        """Dense inputs updated at the last example that had them (their w is set again at
+        the next example, as River does)."""
+
+    def step(self, wide: WideArch, batch: Batch, click: Tensor,
+             offset: Tensor | None = None) -> None:
+        """Learn ``batch`` (``B`` labels ``click``; ``offset``: ``B`` logits added to the wide
+        part's, e.g. the deep part's) in order, updating ``wide`` in place."""
+        alpha, beta, l1, l2, lr = self.alpha, self.beta, self.l1, self.l2, self.intercept_lr
+        tables = [(f"tables.{f}", wide.tables[f], batch.wide[:, k])
+                  for k, f in enumerate(WIDE_FIELDS)]
+        tables.append(("position", wide.position, batch.position))
+        cells: list[dict[int, list[float]]] = []  # per table: row -> [w, z, n]
+        gathered = []
+        for name, table, rows in tables:
+            unique = rows.unique()
+            z, n = self.state[name]
+            cells.append(dict(zip(unique.tolist(), map(list, zip(
+                table.data[unique, 0].tolist(), z[unique, 0].tolist(), n[unique, 0].tolist())))))
+            gathered.append(unique)
+        per_example = [[cells[t][r] for t, r in enumerate(rows)]
+                       for rows in zip(*(rows.tolist() for _, _, rows in tables))]
+        dz, dn = self.state["dense"]
+        dense = [[w, z, n] for w, z, n in zip(wide.dense.data.tolist(), dz.tolist(), dn.tolist())]
+        bias = float(wide.bias)
+        xs = wide_inputs(batch.dense).double().tolist()
+        ys = click.tolist()
+        offsets = offset.tolist() if offset is not None else [0.0] * len(ys)
+        sqrt, copysign, exp = math.sqrt, math.copysign, math.exp
+        pending = self.dense_pending  # dense inputs whose w_i River would catch up next
+        for coords, x, y, off in zip(per_example, xs, ys, offsets):
+            nonzero = [(j, xi) for j, xi in enumerate(x) if xi]
+            logit = bias + off + sum(c[0] for c in coords) + sum(
+                dense[j][0] * xi for j, xi in nonzero)
+            sign = 1.0 if y > 0 else -1.0
+            g = -sign / (exp(logit * sign) + 1.0)
+            bias -= lr * g
+            # River sets every w_i of the example (a dense input of value 0 too) from its z_i
+            # and n_i, then updates z_i and n_i of the non-zero ones; a w_i whose z_i and n_i
+            # did not change since it was last set stays what it is, so only the inputs
+            # updated at their last example need it again.
+            for j in pending:
+                c = dense[j]
+                if abs(c[1]) > l1:
+                    c[0] = -(c[1] - copysign(l1, c[1])) / ((beta + sqrt(c[2])) / alpha + l2)
+            pending = []
+            for c in coords:
+                if abs(c[1]) > l1:
+                    c[0] = -(c[1] - copysign(l1, c[1])) / ((beta + sqrt(c[2])) / alpha + l2)
+                s = (sqrt(c[2] + g * g) - sqrt(c[2])) / alpha
+                c[1] += g - s * c[0]
+                c[2] += g * g
+            for j, xi in nonzero:
+                c = dense[j]
+                if abs(c[1]) > l1:
+                    c[0] = -(c[1] - copysign(l1, c[1])) / ((beta + sqrt(c[2])) / alpha + l2)
+                gi = g * xi
+                s = (sqrt(c[2] + gi * gi) - sqrt(c[2])) / alpha
+                c[1] += gi - s * c[0]
+                c[2] += gi * gi
+                pending.append(j)
+        self.dense_pending = pending
+        for (name, table, _), unique, cell in zip(tables, gathered, cells):
+            values = torch.tensor([cell[r] for r in unique.tolist()], dtype=torch.float64)
+            z, n = self.state[name]
+            table.data[unique, 0] = values[:, 0].float()
+            z[unique, 0], n[unique, 0] = values[:, 1], values[:, 2]
+        values = torch.tensor(dense, dtype=torch.float64)
+        wide.dense.data.copy_(values[:, 0])
+        dz.copy_(values[:, 1])
+        dn.copy_(values[:, 2])
+        wide.bias.data.fill_(bias)
+        self.position_counts += torch.bincount(batch.position, minlength=SERVING_POSITION)[
+            :SERVING_POSITION].double()
+        weights = wide.position.data[:SERVING_POSITION, 0].double()
+        wide.position.data[SERVING_POSITION, 0] = (
+            (self.position_counts * weights).sum() / self.position_counts.sum())
+
+    def state_dict(self) -> dict[str, Tensor]:
+        """The FTRL state by name (for checkpoints)."""
+        out = {f"{name}.z": z for name, (z, _) in self.state.items()}
+        out |= {f"{name}.n": n for name, (_, n) in self.state.items()}
+        pending = torch.zeros(len(self.state["dense"][0]), dtype=torch.bool)
+        pending[self.dense_pending] = True
+        return out | {"position_counts": self.position_counts, "dense_pending": pending}
+
+    def load_state_dict(self, state: dict[str, Tensor]) -> None:
+        """Restore :meth:`state_dict`."""
+        for name, (z, n) in self.state.items():
+            z.copy_(state[f"{name}.z"])
+            n.copy_(state[f"{name}.n"])
+        self.position_counts.copy_(state["position_counts"])
+        self.dense_pending = state["dense_pending"].nonzero().flatten().tolist()
 
 
 class FrozenRanker:
@@ -194,11 +336,13 @@ class OnlineTrainer:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(settings.seed)
             self.model = Ranker.from_settings(settings)
-        self.optimizer = torch.optim.Adagrad(self.model.parameters(), lr=settings.learning_rate)
+        self.optimizer = torch.optim.Adagrad(
+            [p for p in self.model.parameters() if p.requires_grad], lr=settings.learning_rate)
+        self.ftrl = WideFtrl(self.model.wide, settings)
         self._buckets = settings.hash_buckets
-        self._tables = Ranker.embedding_names()
-        self._touched = {name: torch.zeros(self._buckets, dtype=torch.bool)
-                         for name in self._tables}
+        state = self.model.state_dict()
+        self._touched = {name: torch.zeros(len(state[name]), dtype=torch.bool)
+                         for name in Ranker.embedding_names()}
         self.dense_changed = False
         self.examples_seen = 0
         self.watermark_ms = 0
@@ -261,8 +405,8 @@ class OnlineTrainer:
     def checkpoint(self) -> bytes:
         """Optimiser state and counters (``torch.save``; local trusted storage, never the wire)."""
         buf = io.BytesIO()
-        torch.save({"optimizer": self.optimizer.state_dict(), "examples_seen": self.examples_seen,
-                    "watermark_ms": self.watermark_ms}, buf)
+        torch.save({"optimizer": self.optimizer.state_dict(), "ftrl": self.ftrl.state_dict(),
+                    "examples_seen": self.examples_seen, "watermark_ms": self.watermark_ms}, buf)
         return buf.getvalue()
 
     def restore(self, weights: dict[str, Tensor], checkpoint: bytes | None = None) -> None:
@@ -274,6 +418,7 @@ class OnlineTrainer:
         if checkpoint is not None:
             saved = torch.load(io.BytesIO(checkpoint), weights_only=True)
             self.optimizer.load_state_dict(saved["optimizer"])
+            self.ftrl.load_state_dict(saved["ftrl"])
             self.examples_seen = int(saved["examples_seen"])
             self.watermark_ms = int(saved["watermark_ms"])
         self.take_touched_rows()
@@ -281,22 +426,50 @@ class OnlineTrainer:
 
     # --- internals -----------------------------------------------------------------------------
     def _step(self, batch: Sequence[TrainingExample]) -> np.ndarray:
-        """One Adagrad step on ``batch``; returns its ``B X 2`` scores from before the step."""
-        sparse, dense = encode_batch(batch, self._buckets)
+        """One step on ``batch``: Adagrad for the deep part (on top of the wide logit), the
+        fusion's weights, FTRL for the wide part (example by example); returns the batch's
+        ``B X 2`` scores, made at the serving position, from before the step."""
+        encoded = encode_batch(batch, self._buckets, training=True)
         y = labels(batch)
-        logits = self.model(sparse, dense)
-        p = Ranker.probabilities(logits)
-        loss = (F.binary_cross_entropy_with_logits(logits[:, 0], y[:, 0])
-                + F.binary_cross_entropy(p[:, 1], y[:, 1]))
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
-        for i, name in enumerate(self._tables):
-            self._touched[name][sparse[:, i]] = True
+        deep = self.model.deep_logits(encoded.sparse, encoded.dense, encoded.recent_items,
+                                      encoded.recent_categories)
+        wide = self.model.wide(encoded.wide, encoded.position, encoded.dense).detach()
+        fusion = self.model.fusion
+        branches = torch.stack([wide, wide + deep[:, 0]], dim=1)  # B X 2 click logits
+        position = self.model.wide.position.detach()[:, 0]
+        shift = position[SERVING_POSITION] - position[encoded.position]
+        served = branches.detach() + shift.unsqueeze(1)
+        click_score = fusion.mix(served) if self.settings.deep else served[:, 0]
+        scores = torch.stack([click_score, deep[:, 1].detach()], dim=1)
+        if self.settings.deep:
+            p_click = torch.sigmoid(branches[:, 1])
+            p_purchase = p_click * torch.sigmoid(deep[:, 1])
+            loss = (F.binary_cross_entropy_with_logits(branches[:, 1], y[:, 0])
+                    + F.binary_cross_entropy(p_purchase, y[:, 1]))
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            fusion.update(branches.detach().double(), y[:, 0].double())
+        # The wide part is FTRL on its own logit (the deep part learns on top of it), one
+        # example at a time as River's.
+        self.ftrl.step(self.model.wide, encoded, y[:, 0].double())
+        self._track(encoded)
         self.dense_changed = True
         self.examples_seen += len(batch)
         self.watermark_ms = max(self.watermark_ms, max(x.event_time for x in batch))
-        return p.detach().double().numpy()
+        return Ranker.probabilities(scores.detach()).double().numpy()
+
+    def _track(self, encoded: Batch) -> None:
+        touched = self._touched
+        for i, field in enumerate(SPARSE_TABLES):
+            touched[field][encoded.sparse[:, i]] = True
+        for rows, field in ((encoded.recent_items, SPARSE_TABLES[1]),
+                            (encoded.recent_categories, SPARSE_TABLES[2])):
+            touched[field][rows[rows >= 0]] = True
+        for i, field in enumerate(WIDE_TABLES):
+            touched[field][encoded.wide[:, i]] = True
+        touched[POSITION_TABLE][encoded.position] = True
+        touched[POSITION_TABLE][SERVING_POSITION] = True
 
     def _observe(self, batch: Sequence[TrainingExample], p: np.ndarray) -> None:
         y = labels(batch).numpy().astype(np.float64)

@@ -7,6 +7,25 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3.11}
 
+# Prerequisites: say which one is missing and what to install, before doing anything.
+missing=()
+if ! "$PY" -c 'import sys, venv; assert sys.version_info[:2] == (3, 11)' >/dev/null 2>&1; then
+  missing+=("Python 3.11 with venv as '$PY' (Debian: python3.11 python3.11-venv; or set PYTHON=/path/to/python3.11)")
+fi
+if ! java -version 2>&1 | grep -Eq 'version "(1[7-9]|2[0-9])'; then
+  missing+=("Java 17 or newer (Debian: openjdk-17-jdk-headless)")
+fi
+command -v mvn >/dev/null 2>&1 || missing+=("Maven (Debian: maven)")
+command -v git >/dev/null 2>&1 || missing+=("git (Debian: git)")
+if ! command -v redis-server >/dev/null 2>&1 && ! command -v apt-get >/dev/null 2>&1; then
+  missing+=("redis-server (Debian: redis-server; this script installs it with apt-get where it can)")
+fi
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "setup: missing prerequisites:" >&2
+  printf '  - %s\n' "${missing[@]}" >&2
+  exit 1
+fi
+
 if ! command -v redis-server >/dev/null 2>&1; then
   echo "setup: installing redis-server (Debian package)"
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"

@@ -50,25 +50,30 @@ def _fail(message: str, code: int = 2) -> typer.Exit:
 
 @stack_app.command("up")
 def stack_up() -> None:
-    """Start Kafka and Redis (if not running), wait until both answer, create the topics and
-    register the Feast feature repo."""
+    """Start Kafka and Redis (if not running), wait until both answer, create the topics,
+    register the Feast feature repo and start the Feast writer in the background."""
     from streamrank import stack
 
     from features.store import apply_repo
+    from jobs.launch import run_job, running_pid
 
     settings = _settings()
     with console.status("starting the local stack"):
         state = stack.up(settings)
         apply_repo(settings)
+        writer = running_pid("writer", settings)
+        if writer is None:
+            writer = run_job("writer", settings, detach=True).pid
     for name, what in state.items():
         console.print(f"{name}: {what}")
     console.print("feast: feature repo applied")
+    console.print(f"feast writer: running (pid {writer}; `streamrank job stop writer`)")
     console.print(f"stack up (run dir {settings.run_dir.resolve()}); stop it with `streamrank stack down`")
 
 
 @stack_app.command("down")
 def stack_down() -> None:
-    """Stop exactly the processes `stack up` started (by pid)."""
+    """Stop this run directory's detached jobs, then the services `stack up` started (by pid)."""
     from streamrank import stack
 
     for name, what in stack.down(_settings()).items():
@@ -77,7 +82,7 @@ def stack_down() -> None:
 
 @stack_app.command("status")
 def stack_status() -> None:
-    """Show what runs where."""
+    """Show what runs where: the services and the detached jobs of this run directory."""
     from streamrank import stack
 
     table = Table("service", "address", "pid", "answers")
@@ -199,7 +204,7 @@ def _print_report(report) -> None:  # noqa: ANN001 - connectors.logs.ParseReport
 
 @app.command()
 def replay(
-    file: Annotated[Optional[Path], typer.Argument(help="the log (default: the shared Taobao sample)")] = None,
+    file: Annotated[Optional[Path], typer.Argument(help="the log (default: the Taobao sample in data/)")] = None,
     fmt: LogFormatOpt = "taobao",
     mapping: MappingOpt = None,
     columns: ColumnsOpt = None,
@@ -237,8 +242,10 @@ def replay(
 
 @app.command()
 def evaluate(
-    file: Annotated[Optional[Path], typer.Argument(help="the log (default: the shared Taobao sample)")] = None,
-    fmt: LogFormatOpt = "taobao",
+    files: Annotated[Optional[list[Path]], typer.Argument(
+        help="one or more logs (default: the Taobao sample in data/)")] = None,
+    fmt: Annotated[str, typer.Option("--format", help=(
+        "taobao | csv | jsonl, one for every log or one per log, comma-separated"))] = "taobao",
     mapping: MappingOpt = None,
     columns: ColumnsOpt = None,
     event_names: EventNamesOpt = None,
@@ -246,21 +253,32 @@ def evaluate(
     models: Annotated[Optional[str], typer.Option(
         "--models", help="comma-separated, some of online, frozen, ftrl, most_popular (default: all)")] = None,
 ) -> None:
-    """Progressive validation on a log: the online torch model vs River FTRL, a frozen copy
-    and a most-popular baseline. No Kafka, Redis or Flink needed."""
-    from models.evaluate import MODELS
+    """Progressive validation on one or more logs: the online torch model vs River FTRL, a
+    frozen copy and a most-popular baseline; with several logs, a per-log table too. No Kafka,
+    Redis or Flink needed."""
+    from models.evaluate import MODELS, LogSpec, evaluate_logs
     from models.evaluate import evaluate as run_evaluate
 
     settings = _settings()
-    file = file or settings.sample_log
-    if not file.is_file():
-        raise _fail(f"no such file: {file}")
-    csv_mapping = _csv_mapping(fmt, mapping, columns, event_names)
+    paths = files or [settings.sample_log]
+    formats = [f.strip() for f in fmt.split(",")]
+    if len(formats) == 1:
+        formats *= len(paths)
+    if len(formats) != len(paths):
+        raise _fail(f"--format: give one format or one per log ({len(paths)}), got {fmt!r}")
+    for path in paths:
+        if not path.is_file():
+            raise _fail(f"no such file: {path}")
+    specs = [LogSpec(path, f, _csv_mapping(f, mapping, columns, event_names))  # type: ignore[arg-type]
+             for path, f in zip(paths, formats)]
     out_dir = out or settings.run_dir / "reports" / "evaluate"
     names = MODELS if models is None else [m.strip() for m in models.split(",") if m.strip()]
     try:
-        run_evaluate(file, fmt, settings, mapping=csv_mapping, out_dir=out_dir,  # type: ignore[arg-type]
-                     models=names)
+        if len(specs) == 1:
+            run_evaluate(specs[0].path, specs[0].fmt, settings, mapping=specs[0].mapping,
+                         out_dir=out_dir, models=names)
+        else:
+            evaluate_logs(specs, settings, out_dir=out_dir, models=names)
     except ValueError as err:
         raise _fail(str(err)) from None
     console.print(f"report written to {out_dir}")
@@ -279,7 +297,7 @@ def topics() -> None:
 
 # --- jobs -------------------------------------------------------------------------------------
 
-JobName = Annotated[str, typer.Argument(help="ingest | features | training")]
+JobName = Annotated[str, typer.Argument(help="ingest | features | training | writer")]
 
 
 @job_app.command("run")
@@ -329,13 +347,111 @@ def job_stop(name: JobName) -> None:
     console.print(f"job {name} stopped")
 
 
+# --- scorer and model controls -----------------------------------------------------------------
+
+model_app = typer.Typer(help="Served model versions: status, pin, unpin, rollback.",
+                        no_args_is_help=True)
+app.add_typer(model_app, name="model")
+ScorerOpt = Annotated[Optional[list[str]], typer.Option(
+    "--scorer", help="scorer URL (repeatable; default: every scorer registered in the run dir)")]
+
+
+@app.command()
+def serve(
+    port: Annotated[Optional[int], typer.Option(help="port (default STREAMRANK_SCORER_PORT)")] = None,
+    device: Annotated[Optional[str], typer.Option(help="auto | cpu | cuda (default STREAMRANK_DEVICE)")] = None,
+) -> None:
+    """Run a scorer: POST /rank, /healthz, /metrics, /admin/...; follows model.deltas."""
+    from models.scorer.app import resolve_device, serve as run_scorer
+
+    settings = _settings()
+    try:
+        resolve_device(device or settings.device)
+    except ValueError as err:
+        raise _fail(str(err)) from None
+    port = settings.scorer_port if port is None else port
+    console.print(f"scorer on http://127.0.0.1:{port} (device {device or settings.device})")
+    run_scorer(settings, port=port, device=device or settings.device)
+
+
+def _scorers(settings: Settings, urls: list[str] | None) -> list[str]:
+    from models.scorer.registry import registered
+
+    found = urls or registered(settings)
+    if not found:
+        raise _fail(f"no scorer registered under {settings.run_dir / 'scorers'}; give --scorer URL")
+    return found
+
+
+def _admin(action: str, urls: list[str] | None, body: dict | None = None) -> None:
+    import httpx
+
+    from models.scorer.registry import admin_call
+
+    settings = _settings()
+    token = settings.admin_token.get_secret_value() if settings.admin_token else None
+    failed = 0
+    for url in _scorers(settings, urls):
+        try:
+            code, answer = admin_call(url, action, token, body)
+        except httpx.HTTPError as err:
+            code, answer = 0, {"detail": str(err)}
+        if code == 200:
+            console.print(f"{url}: serves version {answer['version']} "
+                          f"(pinned: {answer['pinned']}, followed: {answer['followed_version']})")
+        else:
+            failed += 1
+            console.print(f"[red]{url}: {code or 'unreachable'}[/red] {answer.get('detail')}")
+    if failed:
+        raise typer.Exit(1)
+
+
+@model_app.command("pin")
+def model_pin(version: Annotated[int, typer.Argument(help="the version to serve")],
+              scorer: ScorerOpt = None) -> None:
+    """Serve VERSION on the scorers (they keep following; `model unpin` resumes)."""
+    _admin("pin", scorer, {"version": version})
+
+
+@model_app.command("unpin")
+def model_unpin(scorer: ScorerOpt = None) -> None:
+    """Serve the newest followed version again."""
+    _admin("unpin", scorer)
+
+
+@model_app.command("rollback")
+def model_rollback(scorer: ScorerOpt = None) -> None:
+    """Pin the version each scorer served before its current one."""
+    _admin("rollback", scorer)
+
+
+@model_app.command("status")
+def model_status(scorer: ScorerOpt = None) -> None:
+    """Each scorer with the version it serves, the one it follows, pin and guard."""
+    import httpx
+
+    from models.scorer.registry import scorer_status
+
+    table = Table("scorer", "serves", "follows", "newest seen", "pinned", "guard", "device")
+    for url in _scorers(_settings(), scorer):
+        try:
+            st = scorer_status(url)
+        except httpx.HTTPError as err:
+            table.add_row(url, "unreachable", "", "", "", "", str(err)[:40])
+            continue
+        table.add_row(url, str(st["version"]), str(st["followed_version"]),
+                      str(st["latest_seen_version"]), str(st["pinned"] or "-"),
+                      st["guard_reason"] or "ok", st["device"])
+    Console().print(table)
+
+
 # --- demo -------------------------------------------------------------------------------------
 
 
 @app.command()
 def demo(
     out: Annotated[Optional[Path], typer.Option(help="where the report goes")] = None,
-    rows: Annotated[int, typer.Option(help="rows of the shared sample to run through")] = 10_000,
+    rows: Annotated[int, typer.Option(help="rows of the Taobao sample to run through")] = 10_000,
 ) -> None:
     """Everything end to end on local defaults: stack, replay, features and training jobs, a
     follower ranking with the published model, evaluation; stops what it started."""

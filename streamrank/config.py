@@ -31,8 +31,9 @@ class Settings(BaseSettings):
     redis_url: str = "redis://127.0.0.1:6379/0"
     flink_rest: str = "127.0.0.1:8081"
     scorer_port: int = 8000
-    sample_log: Path = REPO_ROOT.parent / "shared" / "data" / "taobao_user_behavior_sample.csv"
-    """The real Taobao sample that replay, evaluate, the demo and benchmarks default to."""
+    sample_log: Path = REPO_ROOT / "data" / "taobao_user_behavior_sample.csv"
+    """The real Taobao sample (in the repository, ``data/``) that replay, evaluate, the demo and
+    benchmarks default to."""
 
     # --- topics ----------------------------------------------------------------------------
     topic_events: str = "events"
@@ -40,8 +41,10 @@ class Settings(BaseSettings):
     topic_examples: str = "training.examples"
     topic_feature_rows: str = "features.rows"
     topic_deltas: str = "model.deltas"
+    topic_feature_rows: str = "features.rows"
+    """Feature rows from the features job to the Feast writer (compacted; keyed by view + key)."""
     events_partitions: int = 4
-    """Partitions of ``events`` (and ``training.examples``); keyed by user_id."""
+    """Partitions of ``events`` (and ``training.examples``, ``features.rows``); keyed by user_id."""
     topic_retention_bytes: int = 1 << 30
     """Retention per partition (by size: records carry event times, often old ones)."""
 
@@ -69,6 +72,9 @@ class Settings(BaseSettings):
     """Keyed feature state idle this long (event time) is dropped."""
     feast_batch_rows: int = 1_000
     feast_flush_ms: int = 200
+    """The Feast writer waits at most this long for more rows before it writes."""
+    feast_commit_ms: int = 5_000
+    """The Feast writer writes the offline log and commits its offsets this often."""
     job_parallelism: int = 1
     checkpoint_interval_ms: int = 2_000
 
@@ -78,6 +84,21 @@ class Settings(BaseSettings):
     hash_buckets: int = 200_003
     """Rows per hashed ID embedding table (bounds memory)."""
     learning_rate: float = 0.05
+    """Adagrad's learning rate for the deep part."""
+    deep: bool = True
+    """Train the deep part; off, the ranker is its wide part alone (FTRL logistic regression)."""
+    wide_alpha: float = 0.1
+    """FTRL-Proximal's alpha for the wide part (River's default is 0.05; the wide part's rows
+    see few examples each, so it learns them faster)."""
+    wide_beta: float = 1.0
+    wide_l1: float = 1.0
+    """FTRL-Proximal's L1 for the wide part: a row (e.g. a cross seen once) stays at 0 until
+    its |z| passes it."""
+    wide_l2: float = 1.0
+    wide_intercept_lr: float = 0.01
+    """The wide intercept's SGD learning rate (River's LogisticRegression default)."""
+    dedup_window_examples: int = 200_000
+    """The training job drops an example whose example_id was among the last this many."""
     batch_size: int = 256
     seed: int = 0
     delta_interval_s: float = 1.0
@@ -94,8 +115,32 @@ class Settings(BaseSettings):
 
     # --- scorer --------------------------------------------------------------------------------
     admin_token: SecretStr | None = None
+    """When set, ``/admin/...`` requests need ``Authorization: Bearer <token>``."""
     device: str = "auto"
+    """``auto`` (CUDA when present), ``cpu`` or ``cuda``."""
     max_batch_wait_ms: float = 2.0
+    """A scorer waits at most this long to gather concurrent requests into one forward pass."""
+    max_batch_candidates: int = 16_384
+    """Candidates of one forward pass at most (requests beyond wait for the next)."""
+    max_candidates: int = 2_000
+    """Candidates of one ``/rank`` request at most (more: 422)."""
+    max_request_bytes: int = 1 << 20
+    """Body of one ``/rank`` request at most (more: 413)."""
+    feature_reader: str = "redis"
+    """How a scorer reads Feast: ``redis`` (one pipelined read through Feast's Redis online
+    store, item cache) or ``sdk`` (``get_online_features``, any online store, no cache)."""
+    item_cache_ttl_ms: float = 1_000.0
+    """A scorer reuses an item's Feast row for this long (item features lag by at most it)."""
+    guard_min_auc: float | None = None
+    """Quality guard: hold the last good version when an update reports a rolling click AUC
+    below this (off when unset)."""
+    guard_max_logloss: float | None = None
+    """Quality guard: hold the last good version when an update reports a rolling click log
+    loss above this (off when unset)."""
+    purchase_weight: float = 1.0
+    """A scorer ranks by ``score = p_click + purchase_weight * p_purchase``."""
+    scorer_history: int = 200
+    """Versions of deltas a scorer keeps to rebuild a version for pin/rollback."""
 
     @property
     def snapshot_url(self) -> str:

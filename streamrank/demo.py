@@ -2,10 +2,12 @@
 
 1. start the local stack (Kafka, Redis) and register the Feast repo;
 2. replay the head of the shared Taobao sample into ``events`` (impressions added by the rule);
-3. run the ``features`` job bounded: validation, Feast features, training examples;
+3. run the ``features`` job bounded (validation, feature rows, training examples), then the
+   Feast writer bounded (the rows into Feast's online store and offline log);
 4. run the ``training`` job bounded: online trainer, deltas and snapshots on ``model.deltas``;
-5. follow ``model.deltas`` like a scorer would, and rank candidates for one shopper with the
-   followed model and the features read back through Feast;
+5. start a scorer (``streamrank serve``), which bootstraps from the snapshot store and follows
+   ``model.deltas``, and rank one shopper's candidates through ``POST /rank`` (features read
+   from Feast by the scorer);
 6. evaluate the models on the same slice of the log (progressive validation), report to ``out``;
 7. stop whatever this run started.
 """
@@ -26,59 +28,44 @@ def _step(console: Console, n: int, text: str) -> float:
     return time.perf_counter()
 
 
-def follow_and_rank(settings: Settings, console: Console) -> int:
-    """Catch up with ``model.deltas`` as a new scorer would; rank one request; return the version."""
+def serve_and_rank(settings: Settings, console: Console, out: Path) -> int:
+    """Start a scorer (``streamrank serve``), let it catch up with the published model, rank
+    one shopper's candidates through ``POST /rank``; return the version that ranked them."""
+    import httpx
+
     from connectors.events import Event
-    from connectors.examples import TrainingExample
-    from connectors.model_updates import ModelUpdateSubscriber
-    from connectors.snapshot_store import SnapshotStore
-    from features.online import read_features
-    from features.store import open_store
-    from models.delta import hmac_key
-    from models.follower import ModelFollower
-    from models.ranker import Ranker
-
-    store = SnapshotStore.from_settings(settings)
-    latest = store.latest()
-    if latest is None:
-        raise RuntimeError("the training job published no snapshot")
-    follower = ModelFollower(Ranker.from_settings(settings), hmac_key(settings))
-    follower.bootstrap(latest[1])
-    subscriber = ModelUpdateSubscriber(settings, group_id=f"demo-{time.time_ns()}")
-    idle = 0
-    while idle < 3:
-        messages = subscriber.poll(1.0)
-        idle = 0 if messages else idle + 1
-        for message in messages:
-            follower.apply(message)
-    console.print(f"follower serves version {follower.version} "
-                  f"(bootstrapped from snapshot {latest[0]})")
-
     from connectors.logs import read_log
+    from connectors.snapshot_store import SnapshotStore
+    from streamrank.scorer_process import port_free, start_scorer
 
     events, _ = read_log(settings.sample_log, "taobao", settings=settings)
     clicks: list[Event] = [e for _, e in zip(range(2_000), events) if e.event_type == "click"]
     user = clicks[-1].user_id
-    candidates = list(dict.fromkeys(e.item_id for e in clicks[-20:]))
     categories = {e.item_id: e.category_id for e in clicks}
-    t = clicks[-1].event_time
-    dense = read_features(open_store(settings), user, candidates,
-                          [categories[i] for i in candidates], t_ms=t)
-    examples = [TrainingExample(example_id=f"demo-{i}", user_id=user, item_id=item,
-                                category_id=categories[item], event_time=t, click=0, purchase=0,
-                                features=f) for i, (item, f) in enumerate(zip(candidates, dense))]
-    version, model = follower.served()
-    import torch
-
-    from models.ranker import encode_batch
-
-    with torch.no_grad():
-        sparse, dense_t = encode_batch(examples, settings.hash_buckets)
-        probs = Ranker.probabilities(model(sparse, dense_t)).numpy()
-    table = Table("rank", "item_id", "p_click", "p_purchase", title=f"user {user}, model v{version}")
-    order = probs[:, 0].argsort()[::-1]
-    for rank, i in enumerate(order[:10], 1):
-        table.add_row(str(rank), candidates[i], f"{probs[i, 0]:.4f}", f"{probs[i, 1]:.5f}")
+    candidates = list(dict.fromkeys(e.item_id for e in clicks[-20:]))
+    published = SnapshotStore.from_settings(settings).published_version()
+    if published == 0:
+        raise RuntimeError("the training job published no model version")
+    port = settings.scorer_port if port_free(settings.scorer_port) else None  # else a free one
+    scorer = start_scorer(settings, out / "scorer.log", port=port)
+    try:
+        deadline = time.monotonic() + 120
+        while scorer.version() < published and time.monotonic() < deadline:
+            time.sleep(0.2)
+        status = scorer.status()
+        console.print(f"scorer {scorer.url} serves version {status['version']} "
+                      f"(published: {published})")
+        answer = httpx.post(f"{scorer.url}/rank", timeout=30, json={
+            "user_id": user, "as_of_ms": clicks[-1].event_time,
+            "items": [{"item_id": i, "category_id": categories[i]} for i in candidates]}).json()
+    finally:
+        scorer.stop()
+    version = answer["model_version"]
+    table = Table("rank", "item_id", "p_click", "p_purchase", "score",
+                  title=f"POST /rank: user {user}, model v{version}")
+    for rank, item in enumerate(answer["items"][:10], 1):
+        table.add_row(str(rank), item["item_id"], f"{item['p_click']:.4f}",
+                      f"{item['p_purchase']:.5f}", f"{item['score']:.4f}")
     console.print(table)
     return version
 
@@ -114,6 +101,7 @@ def run_demo(settings: Settings, out: Path, rows: int, console: Console) -> None
 
         t = _step(console, 3, "features job (bounded): Feast features + training examples")
         run_job("features", settings, bounded=True)
+        run_job("writer", settings, bounded=True)  # its rows into Feast
         console.print(read_stats("features", settings))
         console.print(f"{time.perf_counter() - t:.0f}s")
 
@@ -122,12 +110,13 @@ def run_demo(settings: Settings, out: Path, rows: int, console: Console) -> None
         console.print(read_stats("training", settings))
         console.print(f"{time.perf_counter() - t:.0f}s")
 
-        _step(console, 5, "follow model.deltas and rank")
-        follow_and_rank(settings, console)
+        _step(console, 5, "a scorer follows model.deltas; rank through POST /rank")
+        serve_and_rank(settings, console, out)
+
+        _step(console, 6, "evaluate (progressive validation) on the same rows")
+        evaluate(head, "taobao", settings, out_dir=out)
     finally:
         if any(v == "started" for v in state.values()):
             _step(console, 7, "stop the stack this run started")
             console.print(stack.down(settings))
-    _step(console, 6, "evaluate (progressive validation) on the same rows")
-    evaluate(head, "taobao", settings, out_dir=out)
     console.print(f"report in {out}; demo took {time.perf_counter() - started:.0f}s")

@@ -6,9 +6,7 @@ stops exactly those pids (never by name). Broker and Redis data live under the r
 
 from __future__ import annotations
 
-import os
 import shutil
-import signal
 import socket
 import subprocess
 import time
@@ -17,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
+from streamrank import processes
 from streamrank.config import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -57,39 +56,6 @@ def services(settings: Settings) -> list[Service]:
         Service("kafka", *_host_port(settings.kafka_bootstrap)),
         Service("redis", redis.hostname or "127.0.0.1", redis.port or 6379),
     ]
-
-
-def _pid_file(settings: Settings, name: str) -> Path:
-    return settings.path("pids", f"{name}.pid")
-
-
-def _read_pid(settings: Settings, name: str) -> int | None:
-    f = _pid_file(settings, name)
-    if not f.exists():
-        return None
-    pid = int(f.read_text().split()[0])
-    return pid if _alive(pid) else None
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie child of ours counts as gone
-        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
-    except OSError:
-        return False
-
-
-def _reap(pid: int) -> None:
-    """Collect the exit status when the stopped process is our own child (no zombie left)."""
-    try:
-        os.waitpid(pid, 0)
-    except ChildProcessError:
-        pass
 
 
 def listening(host: str, port: int, timeout: float = 0.5) -> bool:
@@ -167,7 +133,7 @@ def _spawn(settings: Settings, name: str, cmd: list[str]) -> int:
     log = open(settings.path("logs", f"{name}.out"), "ab")
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                             start_new_session=True)
-    _pid_file(settings, name).write_text(f"{proc.pid}\n")
+    processes.pid_file(settings, name).write_text(f"{proc.pid}\n")
     return proc.pid
 
 
@@ -190,7 +156,7 @@ def up(settings: Settings, timeout_s: float = 90.0) -> dict[str, str]:
 
     state: dict[str, str] = {}
     for svc in services(settings):
-        if _read_pid(settings, svc.name) or listening(svc.host, svc.port):
+        if processes.read_pid(settings, svc.name) or listening(svc.host, svc.port):
             state[svc.name] = "running"
             continue
         if svc.name == "kafka":
@@ -201,7 +167,7 @@ def up(settings: Settings, timeout_s: float = 90.0) -> dict[str, str]:
     deadline = time.monotonic() + timeout_s
     for svc in services(settings):
         while not listening(svc.host, svc.port):
-            pid = _read_pid(settings, svc.name)
+            pid = processes.read_pid(settings, svc.name)
             if state[svc.name] == "started" and pid is None:
                 raise RuntimeError(f"{svc.name} exited; see {settings.path('logs', svc.name + '.out')}")
             if time.monotonic() > deadline:
@@ -216,30 +182,33 @@ def up(settings: Settings, timeout_s: float = 90.0) -> dict[str, str]:
 
 
 def down(settings: Settings, timeout_s: float = 30.0) -> dict[str, str]:
-    """Stop the processes this run directory started (by recorded pid) and wait for them."""
+    """Stop what this run directory started, by recorded pid: its detached jobs first (they
+    need the broker to stop cleanly), then the services. Returns what happened to each."""
     result: dict[str, str] = {}
+    for name, pid in processes.detached_jobs(settings).items():
+        processes.pid_file(settings, processes.JOB_PREFIX + name).unlink(missing_ok=True)
+        if pid is not None:
+            processes.stop(pid, timeout_s)
+            result[f"job {name}"] = f"stopped (pid {pid})"
     for svc in reversed(services(settings)):
-        pid = _read_pid(settings, svc.name)
+        pid = processes.read_pid(settings, svc.name)
+        processes.pid_file(settings, svc.name).unlink(missing_ok=True)
         if pid is None:
             result[svc.name] = "not running"
-            _pid_file(settings, svc.name).unlink(missing_ok=True)
             continue
-        os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + timeout_s
-        while _alive(pid) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        if _alive(pid):
-            os.kill(pid, signal.SIGKILL)
-        _reap(pid)
-        _pid_file(settings, svc.name).unlink(missing_ok=True)
+        processes.stop(pid, timeout_s, group=False)
         result[svc.name] = f"stopped (pid {pid})"
     return result
 
 
 def status(settings: Settings) -> list[dict[str, object]]:
-    """One row per service: name, address, pid (when ours) and whether it answers."""
-    return [
+    """One row per service (name, address, pid when ours, whether it answers), then one per
+    detached job of this run directory (its pid, or none when it has exited)."""
+    rows: list[dict[str, object]] = [
         {"service": s.name, "address": f"{s.host}:{s.port}",
-         "pid": _read_pid(settings, s.name), "answers": listening(s.host, s.port)}
+         "pid": processes.read_pid(settings, s.name), "answers": listening(s.host, s.port)}
         for s in services(settings)
     ]
+    rows += [{"service": f"job {name}", "address": "", "pid": pid, "answers": pid is not None}
+             for name, pid in processes.detached_jobs(settings).items()]
+    return rows

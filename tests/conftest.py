@@ -27,13 +27,14 @@ def live_stack() -> Iterator[Settings]:
 
 @pytest.fixture
 def topics(live_stack: Settings) -> Iterator[Settings]:
-    """Settings whose four topics are fresh, uniquely named ones (deleted afterwards)."""
+    """Settings whose topics are fresh, uniquely named ones (deleted afterwards)."""
     from connectors.admin import delete_topics, ensure_topics, topic_specs
 
     tag = uuid.uuid4().hex[:8]
     settings = live_stack.model_copy(update={
         "topic_events": f"events-{tag}", "topic_dlq": f"events.dlq-{tag}",
         "topic_examples": f"training.examples-{tag}", "topic_deltas": f"model.deltas-{tag}",
+        "topic_feature_rows": f"features.rows-{tag}",
     })
     ensure_topics(settings)
     yield settings

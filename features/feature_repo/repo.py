@@ -1,6 +1,7 @@
 """Feast declarations: entities, feature views over push sources, and the ranker's service.
 
-Rows reach the online store from the feature job through ``write_to_online_store`` (see
+Rows reach the online store from the features job through the ``features.rows`` topic and the
+Feast writer (``jobs/feast_writer.py``, writing through Feast's provider, see
 ``features/writer.py``), and the same rows are appended to each view's parquet log, the batch
 source behind its push source (offline backfill and point-in-time training sets read it).
 

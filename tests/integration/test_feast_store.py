@@ -150,7 +150,7 @@ def test_offline_log_holds_the_written_rows_for_point_in_time_reads(run, tag):
 def test_read_features_equals_the_job_state_read_at_request_time(run, tag):
     """Rows of a Taobao replay, written and read back, give the in-memory state's features."""
     settings, store = run
-    sample = pd.read_csv("/work/shared/data/taobao_user_behavior_sample.csv", header=None,
+    sample = pd.read_csv(settings.sample_log, header=None,
                          nrows=3_000, dtype=str, names=["u", "i", "c", "b", "ts"])
     kinds = {"pv": "click", "cart": "add_to_cart", "fav": "favourite", "buy": "purchase"}
     computer, writer = FeatureComputer(), FeatureWriter(store, settings)

@@ -71,9 +71,19 @@ def test_idle_state_is_dropped_after_the_ttl():
     builder.add(ev("c2", "click", 90 * 60_000, user="v", item="new"))  # sweeps: nothing idle 2 h
     assert builder.counters()["evicted_keys"] == 0
     builder.add(ev("c3", "click", 150 * 60_000, user="v", item="new"))  # sweeps again
-    assert builder.counters()["evicted_keys"] == 3  # user, item and user x category of "gone"
-    assert builder.features("gone", "old", "c", T0)["u_secs_since_last"] == NO_HISTORY_S
-    assert builder.features("v", "new", "c", T0 + 150 * 60_000)["u_clicks_24h"] > 1.9
+    # user, item (arrival-order state and timeline) and user x category of "gone"
+    assert builder.counters()["evicted_keys"] == 4
+    assert builder.user_side("gone", "c", T0)["u_secs_since_last"] == NO_HISTORY_S
+    assert builder.user_side("v", "c", T0 + 150 * 60_000)["u_clicks_24h"] > 1.9
+
+
+def test_an_event_after_the_ttl_sees_a_fresh_state_before_any_sweep():
+    builder = ExampleBuilder(Settings(feature_state_ttl_ms=2 * HOUR_MS))
+    builder.add(ev("c1", "click", 0))
+    rows, _ = builder.step(ev("c2", "click", 2 * HOUR_MS + 1))
+    by_view = {r.view: r.values for r in rows}
+    assert by_view["user_features"]["u_clicks_24h"] == 1.0  # the first click expired with it
+    assert by_view["item_features"]["i_clicks_24h"] == 1.0
 
 
 def test_same_stream_same_examples():
@@ -110,7 +120,7 @@ def test_item_features_leave_out_the_items_events_of_the_same_millisecond():
 
 
 def test_item_timeline_keeps_a_bounded_window_and_a_base():
-    timeline = ItemTimeline(keep_ms=1_000)
+    timeline = ItemTimeline(keep_ms=1_000, ttl_ms=HOUR_MS)
     for t in range(0, 10_000, 100):
         timeline.apply("a", "click", t)
     assert timeline.before("a", 9_950).clicks_24h.read(9_950) == pytest.approx(100, rel=1e-3)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import itertools
 import math
 import random
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -38,8 +37,9 @@ from features.state import (
     user_features,
 )
 from features.writer import rows_frame, view_spec
+from streamrank.config import Settings
 
-SAMPLE = Path("/work/shared/data/taobao_user_behavior_sample.csv")
+SAMPLE = Settings().sample_log
 ROWS = 20_000
 KINDS = {"pv": "click", "cart": "add_to_cart", "fav": "favourite", "buy": "purchase"}
 

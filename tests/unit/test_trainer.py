@@ -84,7 +84,9 @@ def test_metrics_follow_the_stream() -> None:
     assert m["examples"] == m["scored"] == 3_000
     for key in ("click_auc", "click_auc_rolling", "purchase_auc", "purchase_auc_rolling"):
         assert 0.5 < m[key] <= 1.0, key
-    assert 0.0 < m["click_logloss_rolling"] < m["click_logloss"] < 0.7
+    # fewer examples than the rolling window: the rolling loss is the cumulative one
+    assert m["click_logloss_rolling"] == pytest.approx(m["click_logloss"], rel=1e-9)
+    assert 0.0 < m["click_logloss"] < 0.7
 
 
 def test_adwin_flags_a_label_flip() -> None:
@@ -114,8 +116,12 @@ def test_touched_rows_and_dense_changes_are_tracked() -> None:
 
 def test_only_touched_rows_change() -> None:
     trainer = OnlineTrainer(SETTINGS)
+    # A fresh model's deep output layer is zero and FTRL sets a weight from the state before
+    # the step, so the first step moves neither embeddings nor wide rows: warm up first.
+    trainer.learn_many(separable(64, seed=1) * 2)
+    trainer.take_touched_rows()
     before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
-    trainer.learn_many(separable(64))
+    trainer.learn_many(separable(64, seed=1))
     rows = trainer.take_touched_rows()
     for name, idx in rows.items():
         after = trainer.model.state_dict()[name]

@@ -1,0 +1,276 @@
+"""The scorer's HTTP app (FastAPI on uvicorn) and :func:`serve`.
+
+Endpoints: ``POST /rank``, ``GET /healthz`` (200 once a model is loaded), ``GET /status``
+(versions as JSON), ``GET /metrics`` (Prometheus text), and, with the bearer token
+``STREAMRANK_ADMIN_TOKEN`` when one is set, ``POST /admin/pin`` (``{"version": V}``),
+``POST /admin/unpin`` and ``POST /admin/rollback``.
+
+A ``/rank`` request is checked (size, fields, candidates), its features read in one online
+read (:class:`features.online.OnlineFeatureReader`) and encoded in a worker thread, then
+scored in the next forward pass of the :class:`~models.scorer.batcher.Batcher`. Bad input is
+answered 4xx with a message, never 5xx. When the online store cannot be read the candidates are
+scored on fresh (empty) features and the answer says ``"degraded": true``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+import hmac
+import logging
+import time
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import orjson
+import torch
+from fastapi import FastAPI, Request
+from fastapi.responses import Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import ValidationError
+from starlette.concurrency import run_in_threadpool
+
+from connectors.snapshot_store import SnapshotStore
+from features.online import OnlineFeatureReader, SdkFeatureReader, features_from_rows
+from features.store import open_store
+from models.scorer.api import PinRequest, RankRequest
+from models.scorer.batcher import Batcher
+from models.scorer.candidates import encode_candidates
+from models.scorer.metrics import ScorerMetrics
+from models.scorer.registry import register, unregister
+from models.scorer.reloader import Reloader
+from models.scorer.service import ModelService, VersionUnavailable
+from streamrank.config import Settings
+
+log = logging.getLogger(__name__)
+PREPARE_THREADS = 4
+"""Threads that read features and encode requests: enough to overlap the Redis round trips;
+more would only contend for the interpreter with the reloader and the forward pass."""
+DEGRADED_ERRORS: tuple[type[BaseException], ...] = (OSError,)
+try:  # redis-py's errors do not all derive from OSError
+    from redis.exceptions import RedisError
+
+    DEGRADED_ERRORS += (RedisError,)
+except ImportError:  # pragma: no cover - redis comes with feast[redis]
+    pass
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> CUDA when present, else CPU; ``cpu``; ``cuda`` (an error without one)."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name not in ("cpu", "cuda") and not name.startswith("cuda:"):
+        raise ValueError(f"device must be auto, cpu or cuda, not {name!r}")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError("--device cuda, but torch sees no CUDA device")
+    return torch.device(name)
+
+
+def _json(body: Any, status: int = 200) -> Response:
+    return Response(orjson.dumps(body), status_code=status, media_type="application/json")
+
+
+def _problem(status: int, message: str, errors: list[dict[str, Any]] | None = None) -> Response:
+    body: dict[str, Any] = {"detail": message}
+    if errors:
+        body["errors"] = errors
+    return _json(body, status)
+
+
+def _validation_errors(err: ValidationError) -> list[dict[str, Any]]:
+    return [{"loc": [str(p) for p in e["loc"]], "msg": e["msg"], "type": e["type"]}
+            for e in err.errors(include_url=False, include_input=False)]
+
+
+class Scorer:
+    """One scorer: served model, reloader, feature reader, batcher, metrics."""
+
+    def __init__(self, settings: Settings, device: str = "auto", url: str = "",
+                 follow: bool = True) -> None:
+        self.settings = settings
+        self.device = resolve_device(device)
+        self.url = url
+        self.service = ModelService(settings, self.device, SnapshotStore.from_settings(settings))
+        self.metrics = ScorerMetrics(self.service)
+        self.reloader = Reloader(settings, self.service, self.metrics.outcome) if follow else None
+        if settings.feature_reader not in ("redis", "sdk"):
+            raise ValueError(f"feature_reader must be redis or sdk, not {settings.feature_reader!r}")
+        store = open_store(settings)
+        self.reader: OnlineFeatureReader | SdkFeatureReader = (
+            OnlineFeatureReader(store, settings.item_cache_ttl_ms)
+            if settings.feature_reader == "redis" else SdkFeatureReader(store))
+        self.batcher = Batcher(self.service.current, settings.max_batch_wait_ms / 1000.0,
+                               settings.max_batch_candidates, self._observe)
+        self.prepare_pool = ThreadPoolExecutor(PREPARE_THREADS, thread_name_prefix="prepare")
+
+    def _observe(self, candidates: int, requests: int) -> None:
+        self.metrics.batch_candidates.observe(candidates)
+        self.metrics.batch_requests.observe(requests)
+
+    def prepare(self, request: RankRequest) -> tuple[list[str], torch.Tensor, torch.Tensor, bool]:
+        """Item IDs, encoded model input and whether it is degraded (features unreadable)."""
+        refs = request.refs()
+        items = [r.item_id for r in refs]
+        categories = [r.category_id for r in refs]
+        t = request.as_of_ms if request.as_of_ms is not None else time.time_ns() // 1_000_000
+        degraded = False
+        hits, misses = self.reader.cache_hits, self.reader.cache_misses
+        try:
+            features = self.reader.read(request.user_id, items, categories, t)
+        except DEGRADED_ERRORS as err:
+            log.warning("online features unreadable, scoring degraded: %s", err)
+            self.metrics.feature_errors.inc()
+            features = features_from_rows(None, [None] * len(items), [None] * len(items),
+                                          categories, t)
+            degraded = True
+        self.metrics.cache_hits.inc(max(0, self.reader.cache_hits - hits))
+        self.metrics.cache_misses.inc(max(0, self.reader.cache_misses - misses))
+        sparse, dense = encode_candidates(request.user_id, items, categories, features,
+                                          self.settings.hash_buckets)
+        return items, sparse, dense, degraded
+
+    def authorized(self, request: Request) -> bool:
+        """Whether an admin request carries the configured bearer token (or none is set)."""
+        token = self.settings.admin_token
+        if token is None:
+            return True
+        expected = f"Bearer {token.get_secret_value() if hasattr(token, 'get_secret_value') else token}"
+        return hmac.compare_digest(request.headers.get("authorization", ""), expected)
+
+    def status(self) -> dict[str, Any]:
+        """``GET /status``: versions, guard, device, the reloader's state."""
+        return self.service.status().as_dict() | {
+            "url": self.url, "device": str(self.device),
+            "reloader": "off" if self.reloader is None else
+            f"stopped: {self.reloader.error!r}" if self.reloader.error else "running"}
+
+
+def create_app(scorer: Scorer) -> FastAPI:
+    """The FastAPI app of ``scorer`` (starts and stops its reloader with the app)."""
+    settings, metrics = scorer.settings, scorer.metrics
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        # Everything imported and built so far (torch, Feast, the model: ~350k objects) lives
+        # as long as the process: out of the collector's sight, a full collection takes tens
+        # of milliseconds instead of about a second (measured on the shared 2-core machine).
+        gc.freeze()
+        scorer.batcher.start()
+        if scorer.reloader is not None:
+            scorer.reloader.start()
+        if scorer.url:
+            register(settings, scorer.url)
+        try:
+            yield
+        finally:
+            if scorer.url:
+                unregister(settings, scorer.url)
+            if scorer.reloader is not None:
+                scorer.reloader.stop()
+            await scorer.batcher.close()
+            scorer.prepare_pool.shutdown(wait=False)
+
+    app = FastAPI(title="streamrank scorer", lifespan=lifespan, docs_url=None, redoc_url=None)
+
+    def answer(endpoint: str, response: Response) -> Response:
+        metrics.answered(endpoint, response.status_code)
+        return response
+
+    @app.post("/rank")
+    async def rank(request: Request) -> Response:
+        started = time.perf_counter()
+        length = request.headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > settings.max_request_bytes:
+            return answer("rank", _problem(413, f"body over {settings.max_request_bytes} bytes"))
+        body = await request.body()
+        if len(body) > settings.max_request_bytes:
+            return answer("rank", _problem(413, f"body over {settings.max_request_bytes} bytes"))
+        try:
+            req = RankRequest.model_validate_json(body)
+        except ValidationError as err:
+            return answer("rank", _problem(422, "invalid request", _validation_errors(err)))
+        if len(req.items) > settings.max_candidates:
+            return answer("rank", _problem(
+                422, f"{len(req.items)} items, at most {settings.max_candidates} per request"))
+        if scorer.service.version == 0:
+            return answer("rank", _problem(503, "no model loaded yet"))
+        scorer.batcher.preparing += 1
+        try:
+            items, sparse, dense, degraded = await asyncio.get_running_loop().run_in_executor(
+                scorer.prepare_pool, scorer.prepare, req)
+        finally:
+            scorer.batcher.preparing -= 1
+        version, probs = await scorer.batcher.score(sparse, dense)
+        weight = settings.purchase_weight
+        scores = probs[:, 0] + weight * probs[:, 1]
+        order = (-scores).argsort(kind="stable")
+        p = probs.tolist()
+        s = scores.tolist()
+        ranked = [{"item_id": items[i], "p_click": p[i][0], "p_purchase": p[i][1],
+                   "score": s[i]} for i in order.tolist()]
+        response = _json({"model_version": version, "items": ranked, "degraded": degraded})
+        metrics.latency.observe(time.perf_counter() - started)
+        return answer("rank", response)
+
+    @app.get("/healthz")
+    async def healthz() -> Response:
+        version = scorer.service.version
+        if scorer.reloader is not None and scorer.reloader.error is not None:
+            return answer("healthz", _problem(503, f"reloader stopped: {scorer.reloader.error}"))
+        if version == 0:
+            return answer("healthz", _problem(503, "no model loaded yet"))
+        return answer("healthz", _json({"status": "ok", "model_version": version}))
+
+    @app.get("/status")
+    async def status() -> Response:
+        return answer("status", _json(scorer.status()))
+
+    @app.get("/metrics")
+    async def prometheus() -> Response:
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    async def admin(request: Request, endpoint: str, action: Any) -> Response:
+        if not scorer.authorized(request):
+            return answer(endpoint, _problem(401, "admin endpoints need the bearer token "
+                                                  "STREAMRANK_ADMIN_TOKEN"))
+        try:
+            await run_in_threadpool(action)
+        except VersionUnavailable as err:
+            return answer(endpoint, _problem(409, str(err)))
+        return answer(endpoint, _json(scorer.status()))
+
+    @app.post("/admin/pin")
+    async def pin(request: Request) -> Response:
+        body = await request.body()
+        if not scorer.authorized(request):
+            return answer("admin", _problem(401, "admin endpoints need the bearer token "
+                                                 "STREAMRANK_ADMIN_TOKEN"))
+        try:
+            version = PinRequest.model_validate_json(body).version
+        except ValidationError as err:
+            return answer("admin", _problem(422, "invalid request", _validation_errors(err)))
+        return await admin(request, "admin", lambda: scorer.service.pin(version))
+
+    @app.post("/admin/unpin")
+    async def unpin(request: Request) -> Response:
+        return await admin(request, "admin", scorer.service.unpin)
+
+    @app.post("/admin/rollback")
+    async def rollback(request: Request) -> Response:
+        return await admin(request, "admin", scorer.service.rollback)
+
+    return app
+
+
+def serve(settings: Settings, port: int | None = None, device: str = "auto",
+          host: str = "127.0.0.1") -> None:
+    """Run a scorer until interrupted (registers itself under ``<run_dir>/scorers/``)."""
+    import uvicorn
+
+    torch.set_num_threads(1)
+    port = settings.scorer_port if port is None else port
+    scorer = Scorer(settings, device, url=f"http://{host}:{port}")
+    uvicorn.run(create_app(scorer), host=host, port=port, log_level="warning",
+                access_log=False)

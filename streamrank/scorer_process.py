@@ -1,0 +1,91 @@
+"""Scorers as ``streamrank serve`` child processes (the demo, tests and benchmarks start them)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from jobs.launch import settings_env
+from streamrank.config import Settings
+
+START_S = 90.0
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def port_free(port: int) -> bool:
+    """Whether nothing listens on 127.0.0.1:``port``."""
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+@dataclass
+class ScorerProcess:
+    """One ``streamrank serve`` child process."""
+
+    url: str
+    proc: subprocess.Popen[bytes]
+    log: Path
+
+    def status(self) -> dict[str, Any]:
+        """``GET /status``."""
+        return httpx.get(f"{self.url}/status", timeout=10).json()
+
+    def version(self) -> int:
+        """The served version."""
+        return int(self.status()["version"])
+
+    def tail(self, n: int = 40) -> str:
+        """The last lines of its log."""
+        return "\n".join(self.log.read_text(errors="replace").splitlines()[-n:])
+
+    def stop(self) -> None:
+        """Terminate it (SIGTERM: it unregisters itself), kill after 15 s."""
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def start_scorer(settings: Settings, log: Path, *args: str,
+                 port: int | None = None) -> ScorerProcess:
+    """Start ``streamrank serve --port PORT`` (default: a free one) with ``settings``; returns
+    once it answers ``/status`` (not necessarily with a model loaded)."""
+    port = free_port() if port is None else port
+    cli = Path(sys.executable).with_name("streamrank")
+    env = os.environ | settings_env(settings)
+    out = log.open("wb")
+    proc = subprocess.Popen([str(cli), "serve", "--port", str(port), "--device", "cpu", *args],
+                            stdout=out, stderr=subprocess.STDOUT, env=env)
+    scorer = ScorerProcess(f"http://127.0.0.1:{port}", proc, log)
+    deadline = time.monotonic() + START_S
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"scorer exited ({proc.returncode}):\n{scorer.tail()}")
+        try:
+            scorer.status()
+            return scorer
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    scorer.stop()
+    raise TimeoutError(f"scorer did not answer within {START_S}s:\n{scorer.tail()}")

@@ -1,0 +1,192 @@
+"""The scorer's pure parts: served-version rules (guard, pin, rollback), batching, request
+validation."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+from pydantic import SecretStr, ValidationError
+
+from connectors.examples import TrainingExample
+from connectors.snapshot_store import SnapshotStore
+from models.delta import decode_message, encode_delta
+from models.follower import Status
+from models.publisher import DeltaPublisher
+from models.ranker import Ranker, encode_batch
+from models.scorer.api import RankRequest
+from models.scorer.batcher import Batcher, forward
+from models.scorer.service import ModelService, VersionUnavailable
+from models.trainer import OnlineTrainer
+from streamrank.config import Settings
+
+torch.set_num_threads(1)
+KEY = b"k3y"
+SETTINGS = Settings(hash_buckets=1009, embedding_dim=8, batch_size=64, snapshot_every=4,
+                    dense_every=1, delta_hmac_key=SecretStr("k3y"), model_id="ranker-s")
+
+
+def examples(n: int, start: int = 0) -> list[TrainingExample]:
+    return [TrainingExample(example_id=str(k), user_id=f"u{k % 41}", item_id=f"i{(k * 7) % 61}",
+                            category_id=f"c{k % 5}", event_time=1_000 * k, click=int(k % 4 == 0),
+                            purchase=int(k % 12 == 0), features={"u_clicks_1h": float(k % 3)})
+            for k in range(start, start + n)]
+
+
+def stream(versions: int, store: SnapshotStore) -> tuple[list[bytes], list[dict[str, torch.Tensor]]]:
+    trainer = OnlineTrainer(SETTINGS)
+    publisher = DeltaPublisher(trainer, SETTINGS, store)
+    messages, states = [], []
+    for v in range(versions):
+        trainer.learn_many(examples(128, 128 * v))
+        messages += publisher.publish()
+        states.append({k: t.clone() for k, t in trainer.model.state_dict().items()})
+    return messages, states
+
+
+def same(model: Ranker, state: dict[str, torch.Tensor]) -> bool:
+    ours = model.state_dict()
+    return ours.keys() == state.keys() and all(torch.equal(ours[k], state[k]) for k in ours)
+
+
+@pytest.fixture
+def store() -> SnapshotStore:
+    return SnapshotStore(f"memory://scorer-{uuid.uuid4().hex}", keep=10)
+
+
+def test_pin_rebuilds_an_older_version_from_the_store_and_the_deltas(store):
+    messages, states = stream(7, store)  # snapshots 1 and 4
+    service = ModelService(SETTINGS, store=store)
+    assert [service.apply(m).status for m in messages] == [Status.APPLIED] * 7
+    version, model = service.pin(3)  # snapshot 1 + deltas 2, 3
+    assert version == 3 and same(model, states[2]) and service.current()[0] == 3
+    assert service.status().pinned == 3 and service.status().followed_version == 7
+    version, model = service.pin(6)  # snapshot 4 + deltas 5, 6
+    assert version == 6 and same(model, states[5])
+    assert service.unpin()[0] == 7 and same(service.current()[1], states[6])
+    with pytest.raises(VersionUnavailable, match="no snapshot"):
+        ModelService(SETTINGS, store=SnapshotStore(f"memory://empty-{uuid.uuid4().hex}")).pin(2)
+
+
+def test_pin_needs_the_deltas_and_a_late_scorer_keeps_those_it_ignored(store):
+    messages, states = stream(6, store)
+    late = ModelService(SETTINGS, store=store)
+    assert late.bootstrap_from_store().status == Status.APPLIED and late.version == 4
+    outcomes = [late.apply(m).status for m in messages]  # the topic from the start
+    assert outcomes == [Status.IGNORED] * 4 + [Status.APPLIED] * 2
+    assert same(late.pin(3)[1], states[2])  # deltas 2, 3 were seen (ignored) and kept
+    fresh = ModelService(SETTINGS, store=store)
+    fresh.bootstrap_from_store()
+    with pytest.raises(VersionUnavailable, match="deltas 2..3"):
+        fresh.pin(3)
+
+
+def test_rollback_pins_the_previously_served_version(store):
+    messages, _ = stream(3, store)
+    service = ModelService(SETTINGS, store=store)
+    with pytest.raises(VersionUnavailable):
+        service.rollback()
+    for m in messages:
+        service.apply(m)
+    assert service.rollback()[0] == 2 and service.status().pinned == 2
+    assert service.unpin()[0] == 3
+
+
+def _with_metrics(message: bytes, **metrics: float) -> bytes:
+    update = decode_message(message, KEY)
+    return encode_delta(replace(update, metrics=update.metrics | metrics), KEY)
+
+
+def test_quality_guard_holds_the_last_good_version_and_releases(store):
+    settings = SETTINGS.model_copy(update={"guard_min_auc": 0.6, "guard_max_logloss": 0.5})
+    messages, states = stream(5, store)
+    service = ModelService(settings, store=store)
+    good = dict(click_auc_rolling=0.7, click_logloss_rolling=0.3)
+    service.apply(_with_metrics(messages[0], **good))
+    service.apply(_with_metrics(messages[1], **good))
+    assert service.version == 2 and not service.guard_holding
+    service.apply(_with_metrics(messages[2], click_auc_rolling=0.55, click_logloss_rolling=0.3))
+    assert (service.version, service.follower.version, service.guard_holding) == (2, 3, True)
+    assert "click_auc_rolling 0.5500 < 0.6" in service.status().guard_reason
+    service.apply(_with_metrics(messages[3], click_auc_rolling=0.7, click_logloss_rolling=0.9))
+    assert service.version == 2 and "logloss" in service.guard_reason
+    assert same(service.current()[1], states[1])
+    service.apply(_with_metrics(messages[4], **good))
+    assert (service.version, service.guard_holding) == (5, False)
+    assert same(service.current()[1], states[4])
+
+
+def test_quality_guard_without_a_good_version_serves_and_says_why(store):
+    settings = SETTINGS.model_copy(update={"guard_min_auc": 0.99})
+    messages, _ = stream(1, store)
+    service = ModelService(settings, store=store)
+    service.apply(messages[0])
+    assert service.version == 1 and not service.guard_holding and service.guard_reason
+
+
+def test_concurrent_requests_share_one_forward_pass_with_one_version(store):
+    messages, _ = stream(2, store)
+    service = ModelService(SETTINGS, store=store)
+    for m in messages:
+        service.apply(m)
+    passes: list[tuple[int, int]] = []
+    requests = [encode_batch(examples(n, 10 * n), SETTINGS.hash_buckets) for n in (3, 5, 7)]
+
+    async def run() -> list[tuple[int, np.ndarray]]:
+        batcher = Batcher(service.current, max_wait_s=0.5, max_candidates=1_000,
+                          observe=lambda c, r: passes.append((c, r)))
+        batcher.start()
+        batcher.preparing = len(requests)  # all three are being prepared
+
+        async def one(sparse: torch.Tensor, dense: torch.Tensor) -> tuple[int, np.ndarray]:
+            batcher.preparing -= 1
+            return await batcher.score(sparse, dense)
+
+        try:
+            return await asyncio.gather(*(one(*r) for r in requests))
+        finally:
+            await batcher.close()
+
+    results = asyncio.run(run())
+    assert passes == [(15, 3)]
+    for (version, probs), (sparse, dense) in zip(results, requests):
+        assert version == 2
+        np.testing.assert_allclose(probs, forward(service.current(), sparse, dense), atol=1e-6)
+
+
+def test_a_lone_request_does_not_wait(store):
+    messages, _ = stream(1, store)
+    service = ModelService(SETTINGS, store=store)
+    service.apply(messages[0])
+
+    async def run() -> float:
+        batcher = Batcher(service.current, max_wait_s=5.0, max_candidates=1_000)
+        batcher.start()
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        await batcher.score(*encode_batch(examples(4), SETTINGS.hash_buckets))
+        elapsed = loop.time() - t0
+        await batcher.close()
+        return elapsed
+
+    assert asyncio.run(run()) < 2.0
+
+
+@pytest.mark.parametrize("body, message", [
+    ({"user_id": "u", "items": []}, "at least 1"),
+    ({"user_id": "u", "items": ["a", {"item_id": "a"}]}, "duplicate item 'a'"),
+    ({"user_id": "u", "items": ["a"], "colour": "red"}, "Extra inputs"),
+    ({"user_id": "u", "items": [{"item_id": "a", "price": 3}]}, "Extra inputs"),
+    ({"user_id": "u", "items": [""]}, "1 to 256"),
+    ({"user_id": "u", "items": ["a"], "as_of_ms": -1}, "greater than or equal"),
+])
+def test_bad_requests_are_refused_with_a_reason(body, message):
+    with pytest.raises(ValidationError, match=message):
+        RankRequest.model_validate(body)
+    refs = RankRequest.model_validate({"user_id": "u", "items": ["a", {"item_id": "b",
+                                                                       "category_id": "c"}]}).refs()
+    assert [(r.item_id, r.category_id) for r in refs] == [("a", None), ("b", "c")]
