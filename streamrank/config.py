@@ -39,7 +39,6 @@ class Settings(BaseSettings):
     topic_events: str = "events"
     topic_dlq: str = "events.dlq"
     topic_examples: str = "training.examples"
-    topic_feature_rows: str = "features.rows"
     topic_deltas: str = "model.deltas"
     topic_feature_rows: str = "features.rows"
     """Feature rows from the features job to the Feast writer (compacted; keyed by view + key)."""
