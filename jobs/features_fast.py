@@ -5,33 +5,45 @@ Graph (every operator is Java, from ``ops/flink-udfs``; this module only wires t
 PyFlink's JVM gateway)::
 
     KafkaSource(events) -> Validate --dead letters--> KafkaSink(events.dlq)
-        -> key_by(user_id) -> UserStage --rows--> KafkaSink(features.rows)
         -> key_by(item_id) -> ItemStage --rows--> KafkaSink(features.rows)
+        -> key_by(user_id) -> UserStage --rows--> KafkaSink(features.rows)
         -> key_by(user_id) -> LabelJoin -> KafkaSink(training.examples)
+
+It follows the pure reference, :class:`features.examples.ExampleBuilder`, as the Python
+``features`` job (:mod:`jobs.features_job`) does, stage for stage:
 
 * **Validate** (chained to the source): :func:`connectors.events.decode_event`'s checks and
   reason codes in one pass over the bytes, and ``late`` against the watermark; the dead letter
   is :func:`connectors.events.dead_letter`'s JSON (the detail words differ from pydantic's).
-* **UserStage** (keyed by user): drops a repeated ``event_id``; reads an impression's user and
-  user x category features as of the impression; applies the event; sends the user and user x
-  category rows at once (arrival order).
-* **ItemStage** (keyed by item): reads an impression's item features as of the item's events
-  of earlier milliseconds (:class:`features.examples.ItemTimeline`); applies the event; sends
-  the item row at once.
+* **ItemStage** (keyed by item): drops a repeated ``(item_id, event_id)`` before it touches any
+  state; applies each event on arrival to the item's online state and sends the item row at
+  once; forwards the event. A settled copy of the item's state takes the item's events in
+  event-time order once the watermark passes their millisecond plus the allowed lateness; then
+  each impression of that millisecond gets the item's features as of its earlier milliseconds,
+  sent on to the label join.
+* **UserStage** (keyed by user): reads an impression's user and user x category features and
+  the user's last clicked items and categories as of the impression; applies the event; sends
+  the user and user x category rows at once (arrival order).
 * **LabelJoin** (keyed by user): :class:`features.labels.LabelJoiner`'s rules per user, on
-  event-time timers; emits each example when the watermark passes its impression plus the
-  attribution window.
+  event-time timers: a label is matched once the watermark passes its time plus the lateness
+  and the out-of-orderness, an impression finished once it passes its time plus ``wait_ms``
+  (window + lateness + out-of-orderness), with its price and recent clicks.
+
+**State TTL** in event time, as in the reference (:func:`features.state.alive`): an event more
+than ``feature_state_ttl_ms`` after its key's latest one sees a fresh state; an event-time
+timer (rounded to the hour) frees a key's state once the watermark has passed its latest event
+by the TTL plus the allowed lateness.
 
 Watermarks are made per Kafka partition by ``EagerWatermarks``: bounded out-of-orderness,
-emitted with each event that raises the maximum (not every 200 ms), so lateness and the
-label join follow every event as :class:`~features.labels.LabelJoiner` does.
+emitted with each event that raises the maximum (not every 200 ms), so lateness follows every
+event as :class:`~features.labels.LabelJoiner` does.
 
 Semantics equal the Python reference (``features/``) when the job sees the events in the
-order of the log: one ``events`` partition, or a log whose events of one item arrive in
-time order (see the README, "features-fast"). Rows go to ``settings.topic_feature_rows``
-(key ``[view, *key]``, value ``{"view", "key", "event_time_ms", "values"}``), examples to
-``settings.topic_examples`` (at least once: the trainer de-duplicates by ``example_id``).
-Keyed state is not expired yet (the reference's TTL sweep is not ported).
+order of the log: one ``events`` partition, or a log whose late events are late in any
+interleaving (see the README, "features-fast"). Rows go to ``settings.topic_feature_rows`` in
+the encoding of :func:`connectors.feature_rows.encode_row` (the Feast writer,
+:mod:`jobs.feast_writer`, consumes them), examples to ``settings.topic_examples`` (at least
+once: the trainer de-duplicates by ``example_id``).
 """
 
 from __future__ import annotations
@@ -105,18 +117,20 @@ def build_features(env: StreamExecutionEnvironment, settings: Settings, *, job: 
     ensure_topics(settings, {settings.topic_feature_rows: settings.events_partitions})
     fn = _functions()
     valid = build_validated(env, settings, job=job, bounded=bounded)
-    users = valid.keyBy(fn.Keys.user()).process(
-        fn.UserStage(settings.allowed_lateness_ms)).name("user features")
-    items = users.keyBy(fn.Keys.item()).process(
-        fn.ItemStage(settings.max_out_of_orderness_ms)).name("item features")
+    items = valid.keyBy(fn.Keys.item()).process(
+        fn.ItemStage(settings.allowed_lateness_ms, settings.feature_state_ttl_ms)) \
+        .name("item features")
+    users = items.keyBy(fn.Keys.user()).process(
+        fn.UserStage(settings.allowed_lateness_ms, settings.feature_state_ttl_ms)) \
+        .name("user features")
     gateway = get_gateway()
     more = gateway.new_array(gateway.jvm.org.apache.flink.streaming.api.datastream.DataStream, 1)
-    more[0] = items.getSideOutput(fn.Rows.tag())
-    rows = users.getSideOutput(fn.Rows.tag()).union(more)
+    more[0] = users.getSideOutput(fn.Rows.tag())
+    rows = items.getSideOutput(fn.Rows.tag()).union(more)
     rows.sinkTo(rows_sink(settings)).name("feature rows")
-    examples = items.keyBy(fn.Keys.user()).process(
-        fn.LabelJoin(settings.attribution_window_ms, settings.allowed_lateness_ms)) \
-        .name("label join")
+    examples = users.keyBy(fn.Keys.user()).process(
+        fn.LabelJoin(settings.attribution_window_ms, settings.allowed_lateness_ms,
+                     settings.max_out_of_orderness_ms)).name("label join")
     DataStream(examples).sink_to(kafka_sink(settings, settings.topic_examples)) \
         .name("training examples")
 

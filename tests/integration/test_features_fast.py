@@ -3,12 +3,11 @@ real Kafka, a real Flink MiniCluster, the job run as ``python -m jobs run featur
 
 For each log, one pass over the records in the order they were produced gives what the job
 must write: the dead letters (:func:`connectors.events.decode_event`'s reason, or ``late`` /
-duplicate as :class:`features.labels.LabelJoiner` decides), the feature rows of
-:class:`features.rows.FeatureComputer` over the accepted events (coalesced per key as the
-Feast writer does: newest event time wins), and the examples of
-:class:`features.examples.ExampleBuilder`. The job's outputs must equal them: DLQ reasons and
+duplicate as :class:`features.labels.LabelJoiner` decides), and the feature rows (coalesced
+per key as the Feast writer does: newest event time wins) and examples of
+:meth:`features.examples.ExampleBuilder.step`. The job's outputs must equal them: DLQ reasons and
 originals in order, every row (counts exactly, floats to 1e-9, lists exactly), every example
-as a set by ``example_id``.
+(with its price and recent clicked items and categories) as a set by ``example_id``.
 
 Logs: a generated one with duplicated event ids, events out of order within the lateness,
 events past it, bad records of many kinds, and users whose events span many attribution
@@ -41,7 +40,7 @@ from connectors.logs import read_log
 from connectors.producer import EventProducer
 from features.examples import ExampleBuilder
 from features.impressions import with_impressions
-from features.rows import Coalescer, FeatureComputer
+from features.rows import Coalescer
 from jobs.features_fast import JOB
 from streamrank.config import Settings
 from tests.integration.child_jobs import ChildJob
@@ -111,7 +110,8 @@ def generated_log(seed: int = 3) -> Log:
             shown = rng.sample(items, 3)
             for position, item in enumerate(shown):
                 events.append(ev("impression", user, item, t, request_id=request,
-                                 position=position, synthetic=rng.random() < 0.3))
+                                 position=position, synthetic=rng.random() < 0.3,
+                                 price=rng.choice([None, 9.99, 12.0, 0.1 + 0.2])))
             if rng.random() < 0.5:  # a click on one of them, within the window or past it
                 delay = rng.choice([rng.randrange(1, 30_000), rng.randrange(500_000, 700_000)])
                 events.append(ev("click", user, rng.choice(shown), t + delay,
@@ -183,7 +183,7 @@ def reference(log: Log, settings: Settings) -> Expected:
 
 def _reference(log: Log, settings: Settings) -> Expected:
     decode = decoder(settings)
-    builder, computer, rows = ExampleBuilder(settings), FeatureComputer(), Coalescer()
+    builder, rows = ExampleBuilder(settings), Coalescer()
     dead: list[tuple[str, str]] = []
     examples: list[TrainingExample] = []
     for value, _, _ in log.records:
@@ -192,13 +192,12 @@ def _reference(log: Log, settings: Settings) -> Expected:
         except DecodeError as err:
             dead.append((err.reason, value.decode("utf-8", "replace")))
             continue
-        rejected = builder.joiner.rejects(event)
-        if rejected == "late":
+        if builder.joiner.rejects(event) == "late":
             dead.append(("late", value.decode()))
-        if rejected is None:
-            for row in computer.apply(event):
-                rows.add(row)
-        examples += builder.add(event)
+        changed, finished = builder.step(event)
+        for row in changed:
+            rows.add(row)
+        examples += finished
     examples += builder.flush()
     coalesced = {(r.view, r.key): (r.event_time_ms, r.values)
                  for by_view in rows.rows().values() for r in by_view}

@@ -75,7 +75,7 @@ public final class EventParser {
         e.requestId = str(slots, Field.request_id, false, 0, 128, errors);
         e.position = position(slots[Field.position.ordinal()], errors);
         e.categoryId = str(slots, Field.category_id, false, 0, 128, errors);
-        price(slots[Field.price.ordinal()], errors);
+        e.price = price(slots[Field.price.ordinal()], errors);
         str(slots, Field.query, false, 0, 1024, errors);
         e.synthetic = synthetic(slots[Field.synthetic.ordinal()], errors);
         if (!errors.isEmpty()) {
@@ -192,8 +192,8 @@ public final class EventParser {
         return p.longValue();
     }
 
-    private static void price(Object v, List<String> errors) {
-        if (v == MISSING || v == NULL) return;
+    private static Double price(Object v, List<String> errors) {
+        if (v == MISSING || v == NULL) return null;
         double d;
         if (v instanceof Boolean b) {
             d = b ? 1.0 : 0.0;
@@ -209,15 +209,17 @@ public final class EventParser {
             } else {
                 errors.add("price: Input should be a valid number, unable to parse string as a "
                         + "number");
-                return;
+                return null;
             }
         } else {
             errors.add("price: Input should be a valid number");
-            return;
+            return null;
         }
         if (!(d >= 0.0)) {
             errors.add("price: Input should be greater than or equal to 0");
+            return null;
         }
+        return d;
     }
 
     private static boolean synthetic(Object v, List<String> errors) {

@@ -16,9 +16,20 @@ public class EventRecord {
     public Long position;
     public String categoryId;
     public boolean synthetic;
+    public Double price;
     public double[] features;
+    /** An impression's user's last clicked items and categories before it, newest first. */
+    public String[] recentItems;
+    public String[] recentCategories;
 
     public EventRecord() {}
+
+    /** The {@code eventType} of a record that carries an impression's item features as of the
+     *  impression (the item stage's, once settled) to the label join: {@code eventId},
+     *  {@code itemId} and {@code userId} name the impression, {@code features} the item's. */
+    public static final String ITEM_FEATURES = "item_features";
+
+    public boolean isItemFeatures() { return ITEM_FEATURES.equals(eventType); }
 
     public boolean isImpression() { return "impression".equals(eventType); }
 

@@ -68,6 +68,41 @@ public final class FeatureState {
         public UserCategory() {}
     }
 
+    /** Whether a state whose latest event is at {@code lastMs} is seen at {@code t}
+     *  ({@code features.state.alive}: not when its latest event is more than {@code ttlMs}
+     *  before {@code t}). */
+    public static boolean alive(long lastMs, long t, long ttlMs) {
+        return lastMs == NONE || t - lastMs <= ttlMs;
+    }
+
+    /** {@code alive(s, t, ttl) or UserState()}. */
+    public static User alive(User s, long t, long ttlMs) {
+        return s != null && alive(s.lastMs, t, ttlMs) ? s : new User();
+    }
+
+    /** {@code alive(s, t, ttl) or ItemState()}. */
+    public static Item alive(Item s, long t, long ttlMs) {
+        return s != null && alive(s.lastMs, t, ttlMs) ? s : new Item();
+    }
+
+    /** {@code alive(s, t, ttl) or UserCategoryState()}. */
+    public static UserCategory alive(UserCategory s, long t, long ttlMs) {
+        return s != null && alive(s.lastMs, t, ttlMs) ? s : new UserCategory();
+    }
+
+    /** When a key whose latest event is at {@code lastMs} can be freed: the first hour
+     *  boundary after the watermark can pass {@code lastMs + ttl + lateness}. */
+    public static long expiryTimer(long lastMs, long ttlMs, long latenessMs) {
+        long due = lastMs + ttlMs + latenessMs + 1;
+        return Math.floorDiv(due + HOUR_MS - 1, HOUR_MS) * HOUR_MS;
+    }
+
+    /** Whether no event that can still be accepted sees a state whose latest event is at
+     *  {@code lastMs} once the watermark has passed {@code passed}. */
+    public static boolean expired(long lastMs, long passed, long ttlMs, long latenessMs) {
+        return lastMs != NONE && lastMs + ttlMs + latenessMs < passed;
+    }
+
     static String[] push(String[] recent, String value) {
         if (value == null) return recent;
         String[] out = new String[Math.min(LAST_N, recent.length + 1)];

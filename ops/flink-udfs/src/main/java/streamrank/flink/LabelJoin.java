@@ -19,19 +19,24 @@ import org.apache.flink.util.Collector;
 /**
  * Keyed by user: the label join of {@code features.labels.LabelJoiner} for the user's
  * impressions, emitting each finished training example as {@code connectors.examples}
- * JSON. A click or purchase is matched once the watermark passes its time; an impression is
- * finished once the watermark passes its time plus the attribution window (event-time timers
- * at those times: Flink's watermark is the reference's minus 1 ms, see {@link EagerWatermarks},
+ * JSON. Settling: a click or purchase at {@code t} is matched once the watermark passes
+ * {@code t + lateness + out-of-orderness}; an impression is finished once it passes
+ * {@code t + window + lateness + out-of-orderness} ({@code wait_ms}), event-time timers at
+ * those times (Flink's watermark is the reference's minus 1 ms, see {@link EagerWatermarks},
  * so a timer at {@code t} fires exactly when the reference's {@code t < watermark} holds).
  * Within one firing, labels are matched before impressions are finished, each in (time,
- * arrival) order, as in the reference.
+ * arrival) order, as in the reference. An impression's item features arrive as an
+ * {@link EventRecord#ITEM_FEATURES} record once the item stage has settled them (at
+ * {@code t + lateness}, before the impression is finished).
  */
 public class LabelJoin extends KeyedProcessFunction<String, EventRecord, byte[]>
         implements ResultTypeQueryable<byte[]> {
     private final long windowMs;
-    private final long allowedLatenessMs;
+    private final long lagMs;
+    private final long labelWaitMs;
+    private final long waitMs;
     private transient ValueState<JoinState> state;
-    private transient Counter examples, clicksJoined, purchasesJoined, lateLabels,
+    private transient Counter examples, clicksJoined, purchasesJoined,
             unmatchedClicks, unmatchedPurchases;
 
     /** An impression waiting for its labels. */
@@ -52,15 +57,6 @@ public class LabelJoin extends KeyedProcessFunction<String, EventRecord, byte[]>
         public Label() {}
     }
 
-    /** An emitted impression: its time, item and request key (or null). */
-    public static class Emitted {
-        public long time;
-        public String item;
-        public String request;
-
-        public Emitted() {}
-    }
-
     /** One user's join state (lists and maps as interfaces: Flink serializes them itself). */
     public static class JoinState {
         public long seq;
@@ -71,19 +67,17 @@ public class LabelJoin extends KeyedProcessFunction<String, EventRecord, byte[]>
         /** The seq of the latest pending impression of each (request, item). Keyed state
          *  holds no object twice: a copy of the state (checkpoints) would split it. */
         public Map<String, Long> byRequest = new HashMap<>();
-        public Map<String, Long> emittedRequest = new HashMap<>();
-        public Map<String, Long> emittedItem = new HashMap<>();
-        /** Emitted impressions in emission order, for {@code late_labels}. */
-        public List<Emitted> emittedOrder = new ArrayList<>();
 
         public JoinState() {}
 
-        boolean empty() { return pending.isEmpty() && labels.isEmpty() && emittedOrder.isEmpty(); }
+        boolean empty() { return pending.isEmpty() && labels.isEmpty(); }
     }
 
-    public LabelJoin(long windowMs, long allowedLatenessMs) {
+    public LabelJoin(long windowMs, long allowedLatenessMs, long outOfOrdernessMs) {
         this.windowMs = windowMs;
-        this.allowedLatenessMs = allowedLatenessMs;
+        this.lagMs = outOfOrdernessMs;
+        this.labelWaitMs = allowedLatenessMs + outOfOrdernessMs;
+        this.waitMs = windowMs + labelWaitMs;
     }
 
     @Override
@@ -94,7 +88,6 @@ public class LabelJoin extends KeyedProcessFunction<String, EventRecord, byte[]>
         examples = m.counter("examples");
         clicksJoined = m.counter("clicks_joined");
         purchasesJoined = m.counter("purchases_joined");
-        lateLabels = m.counter("late_labels");
         unmatchedClicks = m.counter("unmatched_clicks");
         unmatchedPurchases = m.counter("unmatched_purchases");
     }
@@ -108,6 +101,17 @@ public class LabelJoin extends KeyedProcessFunction<String, EventRecord, byte[]>
             throws Exception {
         JoinState s = state.value();
         if (s == null) s = new JoinState();
+        if (e.isItemFeatures()) {
+            for (int k = s.pending.size() - 1; k >= 0; k--) {
+                EventRecord p = s.pending.get(k).event;
+                if (p.eventId.equals(e.eventId) && p.itemId.equals(e.itemId)) {
+                    System.arraycopy(e.features, 0, p.features, FeatureState.ITEM_AT, 7);
+                    state.update(s);
+                    break;
+                }
+            }
+            return;
+        }
         long seq = s.seq++;
         if (e.isImpression()) {
             Pending p = new Pending();
@@ -117,7 +121,7 @@ public class LabelJoin extends KeyedProcessFunction<String, EventRecord, byte[]>
             while (i > 0 && s.pending.get(i - 1).event.eventTime > e.eventTime) i--;
             s.pending.add(i, p);
             if (e.requestId != null) s.byRequest.put(requestKey(e.requestId, e.itemId), seq);
-            ctx.timerService().registerEventTimeTimer(e.eventTime + windowMs);
+            ctx.timerService().registerEventTimeTimer(e.eventTime + waitMs);
         } else {
             Label l = new Label();
             l.event = e;
@@ -125,7 +129,7 @@ public class LabelJoin extends KeyedProcessFunction<String, EventRecord, byte[]>
             int i = s.labels.size();
             while (i > 0 && s.labels.get(i - 1).event.eventTime > e.eventTime) i--;
             s.labels.add(i, l);
-            ctx.timerService().registerEventTimeTimer(e.eventTime);
+            ctx.timerService().registerEventTimeTimer(e.eventTime + labelWaitMs);
         }
         state.update(s);
     }
@@ -136,19 +140,18 @@ public class LabelJoin extends KeyedProcessFunction<String, EventRecord, byte[]>
         if (s == null) return;
         long w = ctx.timerService().currentWatermark();
         int n = 0;
-        while (n < s.labels.size() && s.labels.get(n).event.eventTime <= w) n++;
+        while (n < s.labels.size() && s.labels.get(n).event.eventTime + labelWaitMs <= w) n++;
         for (int k = 0; k < n; k++) label(s, s.labels.get(k).event);
         s.labels.subList(0, n).clear();
         n = 0;
-        while (n < s.pending.size() && s.pending.get(n).event.eventTime + windowMs <= w) n++;
+        while (n < s.pending.size() && s.pending.get(n).event.eventTime + waitMs <= w) n++;
         for (int k = 0; k < n; k++) {
             Pending p = s.pending.get(k);
-            finish(s, p, ctx);
+            finish(s, p);
             out.collect(example(p));
             examples.inc();
         }
         s.pending.subList(0, n).clear();
-        forget(s, w);
         if (s.empty()) state.clear();
         else state.update(s);
     }
@@ -157,7 +160,8 @@ public class LabelJoin extends KeyedProcessFunction<String, EventRecord, byte[]>
         long t = e.eventTime;
         if ("click".equals(e.eventType) && e.requestId != null) {
             Pending p = pendingOf(s, s.byRequest.get(requestKey(e.requestId, e.itemId)));
-            return p != null && t - p.event.eventTime <= windowMs ? p : null;
+            return p != null && -lagMs <= t - p.event.eventTime && t - p.event.eventTime <= windowMs
+                    ? p : null;
         }
         for (int k = s.pending.size() - 1; k >= 0; k--) {
             Pending p = s.pending.get(k);
@@ -176,16 +180,6 @@ public class LabelJoin extends KeyedProcessFunction<String, EventRecord, byte[]>
         return null;
     }
 
-    private boolean wasEmitted(JoinState s, EventRecord e) {
-        long t = e.eventTime;
-        if ("click".equals(e.eventType) && e.requestId != null) {
-            Long shown = s.emittedRequest.get(requestKey(e.requestId, e.itemId));
-            return shown != null && t - shown <= windowMs;
-        }
-        Long shown = s.emittedItem.get(e.itemId);
-        return shown != null && 0 <= t - shown && t - shown <= windowMs;
-    }
-
     private void label(JoinState s, EventRecord e) {
         Pending p = match(s, e);
         boolean click = "click".equals(e.eventType);
@@ -197,8 +191,6 @@ public class LabelJoin extends KeyedProcessFunction<String, EventRecord, byte[]>
                 p.purchase = 1;
                 purchasesJoined.inc();
             }
-        } else if (wasEmitted(s, e)) {
-            lateLabels.inc();
         } else if (click) {
             unmatchedClicks.inc();
         } else {
@@ -206,38 +198,13 @@ public class LabelJoin extends KeyedProcessFunction<String, EventRecord, byte[]>
         }
     }
 
-    private void finish(JoinState s, Pending p, OnTimerContext ctx) {
+    private void finish(JoinState s, Pending p) {
         EventRecord e = p.event;
-        String request = null;
         if (e.requestId != null) {
-            request = requestKey(e.requestId, e.itemId);
+            String request = requestKey(e.requestId, e.itemId);
             Long latest = s.byRequest.get(request);
             if (latest != null && latest == p.seq) s.byRequest.remove(request);
-            s.emittedRequest.put(request, e.eventTime);
         }
-        s.emittedItem.put(e.itemId, e.eventTime);
-        Emitted x = new Emitted();
-        x.time = e.eventTime;
-        x.item = e.itemId;
-        x.request = request;
-        s.emittedOrder.add(x);
-        ctx.timerService().registerEventTimeTimer(
-                e.eventTime + windowMs + allowedLatenessMs);
-    }
-
-    /** Drops what {@code late_labels} no longer needs (the reference's {@code _forget}). */
-    private void forget(JoinState s, long w) {
-        long horizon = w + 1 - allowedLatenessMs;
-        int n = 0;
-        while (n < s.emittedOrder.size() && s.emittedOrder.get(n).time + windowMs < horizon) {
-            Emitted x = s.emittedOrder.get(n++);
-            Long shown = x.time;
-            if (shown.equals(s.emittedItem.get(x.item))) s.emittedItem.remove(x.item);
-            if (x.request != null && shown.equals(s.emittedRequest.get(x.request))) {
-                s.emittedRequest.remove(x.request);
-            }
-        }
-        s.emittedOrder.subList(0, n).clear();
     }
 
     private static final String[] DENSE = dense();
@@ -270,7 +237,23 @@ public class LabelJoin extends KeyedProcessFunction<String, EventRecord, byte[]>
             Json.string(s, DENSE[k]).append(':');
             Json.number(s, e.features[k]);
         }
-        return Json.bytes(s.append("}}"));
+        s.append("},\"price\":");
+        if (e.price == null || e.price.isNaN() || e.price.isInfinite()) s.append("null");
+        else Json.number(s, e.price);
+        list(s.append(",\"recent_items\":"), e.recentItems);
+        list(s.append(",\"recent_categories\":"), e.recentCategories);
+        return Json.bytes(s.append('}'));
+    }
+
+    private static void list(StringBuilder s, String[] values) {
+        s.append('[');
+        if (values != null) {
+            for (int k = 0; k < values.length; k++) {
+                if (k > 0) s.append(',');
+                Json.string(s, values[k]);
+            }
+        }
+        s.append(']');
     }
 
     @Override

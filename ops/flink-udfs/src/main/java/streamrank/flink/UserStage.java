@@ -2,6 +2,7 @@ package streamrank.flink;
 
 import java.util.ArrayList;
 import java.util.List;
+import java.util.Map;
 
 import org.apache.flink.api.common.functions.OpenContext;
 import org.apache.flink.api.common.state.MapState;
@@ -16,13 +17,16 @@ import org.apache.flink.streaming.api.functions.KeyedProcessFunction;
 import org.apache.flink.util.Collector;
 
 /**
- * Keyed by user: drops a repeated {@code event_id} (remembered until its event is older than
- * the lateness horizon, as in {@code features.labels.LabelJoiner}); for an impression, reads
- * the user and user x category features as of the impression (before it is applied); applies
- * every event that feeds state ({@code features.state.apply_user}, {@code apply_user_category})
- * and sends the user row and the user x category row ({@code features.rows.update_user},
- * {@code update_user_category}) to {@link Rows#TAG} at once, in arrival order; forwards the
- * event (with its partial features) to the item stage.
+ * Keyed by user, after the item stage (which dropped the duplicates): for an impression, reads
+ * the user and user x category features as of the impression (before it is applied) and the
+ * user's last clicked items and categories ({@code features.examples.ExampleBuilder}'s
+ * {@code user_side} and {@code recent}); applies every event that feeds state
+ * ({@code features.rows.update_user}, {@code update_user_category}, each to a fresh state when
+ * the key's expired, {@code features.state.alive}) and sends the user row and the user x
+ * category row to {@link Rows#TAG} at once, in arrival order; forwards impressions, clicks,
+ * purchases and the item stage's {@link EventRecord#ITEM_FEATURES} records to the label join.
+ * An hour-rounded event-time timer frees the user's state and its expired categories once no
+ * acceptable event can see them.
  */
 public class UserStage extends KeyedProcessFunction<String, EventRecord, EventRecord>
         implements ResultTypeQueryable<EventRecord> {
@@ -30,14 +34,16 @@ public class UserStage extends KeyedProcessFunction<String, EventRecord, EventRe
     private static final String[] USER_CATEGORY_STORED =
             {"uc_clicks_24h", "uc_purchases_24h", "uc_affinity"};
 
-    private final long allowedLatenessMs;
+    private final long latenessMs;
+    private final long ttlMs;
     private transient ValueState<FeatureState.User> user;
     private transient MapState<String, FeatureState.UserCategory> categories;
-    private transient MapState<String, Long> seen;
-    private transient MapState<Long, List<String>> expiring;
-    private transient Counter duplicates;
+    private transient Counter expiredKeys;
 
-    public UserStage(long allowedLatenessMs) { this.allowedLatenessMs = allowedLatenessMs; }
+    public UserStage(long latenessMs, long ttlMs) {
+        this.latenessMs = latenessMs;
+        this.ttlMs = ttlMs;
+    }
 
     @Override
     public void open(OpenContext ctx) {
@@ -45,69 +51,75 @@ public class UserStage extends KeyedProcessFunction<String, EventRecord, EventRe
                 new ValueStateDescriptor<>("user", FeatureState.User.class));
         categories = getRuntimeContext().getMapState(new MapStateDescriptor<>(
                 "user-categories", Types.STRING, TypeInformation.of(FeatureState.UserCategory.class)));
-        seen = getRuntimeContext().getMapState(
-                new MapStateDescriptor<>("seen-ids", Types.STRING, Types.LONG));
-        expiring = getRuntimeContext().getMapState(new MapStateDescriptor<>("seen-expiry",
-                Types.LONG, Types.LIST(Types.STRING)));
-        duplicates = getRuntimeContext().getMetricGroup().counter("duplicates");
+        expiredKeys = getRuntimeContext().getMetricGroup().counter("expired_keys");
     }
 
     @Override
     public void processElement(EventRecord e, Context ctx, Collector<EventRecord> out)
             throws Exception {
-        if (seen.contains(e.eventId)) {
-            duplicates.inc();
+        if (e.isItemFeatures()) {
+            out.collect(e);
             return;
         }
-        seen.put(e.eventId, e.eventTime);
-        long expiry = e.eventTime + allowedLatenessMs;
-        List<String> ids = expiring.get(expiry);
-        if (ids == null) {
-            ids = new ArrayList<>(2);
-            ctx.timerService().registerEventTimeTimer(expiry);
-        }
-        ids.add(e.eventId);
-        expiring.put(expiry, ids);
-
-        FeatureState.User u = user.value();
-        if (u == null) u = new FeatureState.User();
-        FeatureState.UserCategory uc = e.categoryId == null ? null : categories.get(e.categoryId);
+        long t = e.eventTime;
+        FeatureState.User stored = user.value();
+        long before = stored == null ? FeatureState.NONE : stored.lastMs;
+        FeatureState.User u = FeatureState.alive(stored, t, ttlMs);
+        FeatureState.UserCategory uc = e.categoryId == null ? null
+                : FeatureState.alive(categories.get(e.categoryId), t, ttlMs);
         if (e.isImpression()) {
             e.features = new double[FeatureState.DENSE];
-            FeatureState.userFeatures(u, e.eventTime, e.features, FeatureState.USER_AT);
+            FeatureState.userFeatures(u, t, e.features, FeatureState.USER_AT);
             FeatureState.userCategoryFeatures(uc == null ? new FeatureState.UserCategory() : uc,
-                    u, e.categoryId, e.eventTime, e.features, FeatureState.USER_CATEGORY_AT);
+                    u, e.categoryId, t, e.features, FeatureState.USER_CATEGORY_AT);
+            e.recentItems = u.lastItems;
+            e.recentCategories = u.lastCategories;
         }
         if (e.feedsState()) {
-            FeatureState.applyUser(u, e.eventType, e.eventTime, e.itemId, e.categoryId);
+            FeatureState.applyUser(u, e.eventType, t, e.itemId, e.categoryId);
             user.update(u);
-            long t = u.lastMs;
+            long due = FeatureState.expiryTimer(u.lastMs, ttlMs, latenessMs);
+            if (before == FeatureState.NONE
+                    || FeatureState.expiryTimer(before, ttlMs, latenessMs) != due) {
+                ctx.timerService().registerEventTimeTimer(due);
+            }
+            long asOf = u.lastMs;
             double[] values = new double[6];
-            FeatureState.userFeatures(u, t, values, 0);
-            ctx.output(Rows.TAG, Rows.row(Rows.USER_VIEW, new String[] {e.userId}, t,
+            FeatureState.userFeatures(u, asOf, values, 0);
+            ctx.output(Rows.TAG, Rows.row(Rows.USER_VIEW, new String[] {e.userId}, asOf,
                     FeatureState.USER_FEATURES, values,
                     new String[][] {u.lastItems, u.lastCategories}, USER_LISTS));
             if (e.categoryId != null) {
-                if (uc == null) uc = new FeatureState.UserCategory();
-                FeatureState.applyUserCategory(uc, e.eventType, e.eventTime);
+                FeatureState.applyUserCategory(uc, e.eventType, t);
                 categories.put(e.categoryId, uc);
                 double[] ucValues = new double[4];
-                FeatureState.userCategoryFeatures(uc, u, null, t, ucValues, 0);
+                FeatureState.userCategoryFeatures(uc, u, null, asOf, ucValues, 0);
                 ctx.output(Rows.TAG, Rows.row(Rows.USER_CATEGORY_VIEW,
-                        new String[] {e.userId, e.categoryId}, t, USER_CATEGORY_STORED,
+                        new String[] {e.userId, e.categoryId}, asOf, USER_CATEGORY_STORED,
                         java.util.Arrays.copyOf(ucValues, 3), null, null));
             }
         }
-        out.collect(e);
+        if (e.isImpression() || e.isLabel()) out.collect(e);
     }
 
+    /** Frees what expired before {@code ts}, a time the watermark has passed (a timer's: the
+     *  watermark itself jumps to the end of time at the end of a bounded input, while the
+     *  timers it passed still fire one by one). */
     @Override
     public void onTimer(long ts, OnTimerContext ctx, Collector<EventRecord> out)
             throws Exception {
-        List<String> ids = expiring.get(ts);
-        if (ids == null) return;
-        for (String id : ids) seen.remove(id);
-        expiring.remove(ts);
+        FeatureState.User u = user.value();
+        if (u != null && FeatureState.expired(u.lastMs, ts, ttlMs, latenessMs)) {
+            user.clear();
+            expiredKeys.inc();
+        }
+        List<String> stale = new ArrayList<>();
+        for (Map.Entry<String, FeatureState.UserCategory> c : categories.entries()) {
+            if (FeatureState.expired(c.getValue().lastMs, ts, ttlMs, latenessMs)) {
+                stale.add(c.getKey());
+            }
+        }
+        for (String c : stale) categories.remove(c);
     }
 
     @Override

@@ -31,7 +31,7 @@ class StateTypesTest {
     @Test
     void stateAndRecordsArePojos() {
         for (Class<?> c : new Class<?>[] {EventRecord.class, FeatureState.User.class,
-                FeatureState.UserCategory.class, ItemTimeline.class, LabelJoin.JoinState.class}) {
+                FeatureState.UserCategory.class, FeatureState.Item.class, LabelJoin.JoinState.class}) {
             TypeInformation<?> type = TypeInformation.of(c);
             assertTrue(type instanceof PojoTypeInfo, c + " is not a POJO: " + type);
             assertNoGeneric(type, c.getSimpleName());
@@ -62,5 +62,42 @@ class StateTypesTest {
         assertEquals(2L, e.position);
         assertTrue(e.synthetic);
         assertEquals("f", e.eventId);
+        assertEquals(null, e.price);
+        EventRecord priced = PARSER.parse((BASE + ",\"price\":\"1.5\"}")
+                .getBytes(StandardCharsets.UTF_8), 1511658000000L);
+        assertEquals(1.5, priced.price);
+    }
+
+    @Test
+    void stateExpiresInEventTime() {
+        long ttl = 2 * FeatureState.DAY_MS;
+        FeatureState.Item s = new FeatureState.Item();
+        FeatureState.applyItem(s, "click", 0);
+        assertTrue(FeatureState.alive(s, FeatureState.DAY_MS, ttl) == s);
+        assertTrue(FeatureState.alive(s, ttl + 1, ttl) != s);
+        assertEquals(3 * FeatureState.HOUR_MS,
+                FeatureState.expiryTimer(10, 2 * FeatureState.HOUR_MS, 60_000));
+        assertFalse(FeatureState.expired(0, ttl + 60_000, ttl, 60_000));
+        assertTrue(FeatureState.expired(0, ttl + 60_001, ttl, 60_000));
+    }
+
+    @Test
+    void exampleJsonCarriesPriceAndRecentClicks() {
+        EventRecord e = new EventRecord();
+        e.eventId = "x";
+        e.userId = "u";
+        e.itemId = "i";
+        e.eventType = "impression";
+        e.eventTime = 5;
+        e.price = 12.0;
+        e.features = new double[FeatureState.DENSE];
+        e.recentItems = new String[] {"b", "a"};
+        e.recentCategories = new String[0];
+        LabelJoin.Pending p = new LabelJoin.Pending();
+        p.event = e;
+        String json = new String(LabelJoin.example(p), StandardCharsets.US_ASCII);
+        assertTrue(json.endsWith(
+                "},\"price\":12.0,\"recent_items\":[\"b\",\"a\"],\"recent_categories\":[]}"),
+                json);
     }
 }
