@@ -45,7 +45,7 @@ from connectors.admin import delete_topics, ensure_topics, end_offsets
 from connectors.events import encode_event
 from connectors.kafka_config import consumer_config
 from connectors.logs import read_log
-from connectors.producer import EventProducer
+from connectors.producer import EventProducer, UnknownTopic
 from features.impressions import with_impressions
 from features.state import HOUR_MS
 from features.store import apply_repo
@@ -66,6 +66,16 @@ def sample_records(settings: Settings, n: int) -> list[Record]:
         if len(out) == n:
             break
     return out
+
+
+def _producer(settings: Settings) -> EventProducer:
+    """A producer of a topic just created (its metadata can take a moment to show it)."""
+    for _ in range(20):
+        try:
+            return EventProducer(settings)
+        except UnknownTopic:
+            time.sleep(0.5)
+    return EventProducer(settings)
 
 
 def fresh(base: Settings, tag: str) -> Settings:
@@ -164,7 +174,7 @@ def offered(records: list[Record], rates: list[int], seconds: float,
     consumer = Consumer(consumer_config(settings, group_id(JOB)))
     try:
         run = run_job(JOB, settings, detach=True)
-        with EventProducer(settings) as producer:
+        with _producer(settings) as producer:
             producer.send_raw(*records[0])
             producer.flush()
             deadline = time.monotonic() + 120
