@@ -44,7 +44,8 @@ JobBuilder = Callable[..., None]
 """``build_job(env, settings, *, bounded)`` adds a job's operators to ``env``."""
 
 JOBS: dict[str, str] = {"ingest": "jobs.ingest", "features": "jobs.features_job",
-                        "training": "jobs.training_job", "writer": "jobs.feast_writer"}
+                        "features-fast": "jobs.features_fast", "training": "jobs.training_job",
+                        "writer": "jobs.feast_writer"}
 """The jobs by name: the module whose ``build_job`` builds each (imported when run)."""
 PROCESSES = frozenset({"writer"})
 """Jobs that are plain processes, not Flink jobs: their module's ``run(settings, bounded=)``

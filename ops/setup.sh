@@ -55,3 +55,16 @@ fetch_jars() {  # pom, target dir, extra maven flags
 fetch_jars ops/pom-kafka.xml ops/jars/kafka -DincludeScope=runtime
 fetch_jars ops/pom-flink.xml ops/jars/flink -DexcludeTransitive=true
 echo "setup: ready"
+
+# streamrank's Flink functions (ops/flink-udfs, Java 17) -> ops/jars/udfs/, rebuilt when their
+# sources change
+udfs_want=$(find ops/flink-udfs/pom.xml ops/flink-udfs/src -type f -print0 | sort -z \
+  | xargs -0 sha256sum | sha256sum | cut -c1-64)
+if [ "$(cat ops/jars/udfs/.built 2>/dev/null)" != "$udfs_want" ] \
+    || [ ! -f ops/jars/udfs/streamrank-flink-udfs.jar ]; then
+  echo "setup: building ops/flink-udfs"
+  mvn -q -B -f ops/flink-udfs/pom.xml package
+  mkdir -p ops/jars/udfs
+  cp ops/flink-udfs/target/streamrank-flink-udfs.jar ops/jars/udfs/
+  echo "$udfs_want" > ops/jars/udfs/.built
+fi

@@ -1,0 +1,149 @@
+"""The ``features-fast`` job: events -> validation/DLQ -> feature rows and training examples,
+with no Python on the per-event path.
+
+Graph (every operator is Java, from ``ops/flink-udfs``; this module only wires them through
+PyFlink's JVM gateway)::
+
+    KafkaSource(events) -> Validate --dead letters--> KafkaSink(events.dlq)
+        -> key_by(item_id) -> ItemStage --rows--> KafkaSink(features.rows)
+        -> key_by(user_id) -> UserStage --rows--> KafkaSink(features.rows)
+        -> key_by(user_id) -> LabelJoin -> KafkaSink(training.examples)
+
+It follows the pure reference, :class:`features.examples.ExampleBuilder`, as the Python
+``features`` job (:mod:`jobs.features_job`) does, stage for stage:
+
+* **Validate** (chained to the source): :func:`connectors.events.decode_event`'s checks and
+  reason codes in one pass over the bytes, and ``late`` against the watermark; the dead letter
+  is :func:`connectors.events.dead_letter`'s JSON (the detail words differ from pydantic's).
+* **ItemStage** (keyed by item): drops a repeated ``(item_id, event_id)`` before it touches any
+  state; applies each event on arrival to the item's online state and sends the item row at
+  once; forwards the event. A settled copy of the item's state takes the item's events in
+  event-time order once the watermark passes their millisecond plus the allowed lateness; then
+  each impression of that millisecond gets the item's features as of its earlier milliseconds,
+  sent on to the label join.
+* **UserStage** (keyed by user): reads an impression's user and user x category features and
+  the user's last clicked items and categories as of the impression; applies the event; sends
+  the user and user x category rows at once (arrival order).
+* **LabelJoin** (keyed by user): :class:`features.labels.LabelJoiner`'s rules per user, on
+  event-time timers: a label is matched once the watermark passes its time plus the lateness
+  and the out-of-orderness, an impression finished once it passes its time plus ``wait_ms``
+  (window + lateness + out-of-orderness), with its price and recent clicks.
+
+**State TTL** in event time, as in the reference (:func:`features.state.alive`): an event more
+than ``feature_state_ttl_ms`` after its key's latest one sees a fresh state; an event-time
+timer (rounded to the hour) frees a key's state once the watermark has passed its latest event
+by the TTL plus the allowed lateness.
+
+Watermarks are made per Kafka partition by ``EagerWatermarks``: bounded out-of-orderness,
+emitted with each event that raises the maximum (not every 200 ms), so lateness follows every
+event as :class:`~features.labels.LabelJoiner` does.
+
+Semantics equal the Python reference (``features/``) when the job sees the events in the
+order of the log: one ``events`` partition, or a log whose late events are late in any
+interleaving (see the README, "features-fast"). Rows go to ``settings.topic_feature_rows`` in
+the encoding of :func:`connectors.feature_rows.encode_row` (the Feast writer,
+:mod:`jobs.feast_writer`, consumes them), examples to ``settings.topic_examples`` (at least
+once: the trainer de-duplicates by ``example_id``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pyflink.common import WatermarkStrategy
+from pyflink.datastream import DataStream, StreamExecutionEnvironment
+from pyflink.datastream.connectors import DeliveryGuarantee
+from pyflink.java_gateway import get_gateway
+
+from connectors.admin import ensure_topics
+from jobs.ingest import IDLE_TIMEOUT_MS
+from jobs.runtime import PROJECT_ROOT, discarding_sink, group_id, kafka_sink, kafka_source
+from streamrank.config import Settings
+
+JOB = "features-fast"
+UDF_JAR = PROJECT_ROOT / "ops" / "jars" / "udfs" / "streamrank-flink-udfs.jar"
+"""The Java functions, built by ``ops/setup.sh`` from ``ops/flink-udfs``."""
+
+
+def udf_jar() -> Path:
+    """The built jar of ``ops/flink-udfs`` (``FileNotFoundError`` if ``ops/setup.sh`` has not
+    built it)."""
+    if not UDF_JAR.is_file():
+        raise FileNotFoundError(f"{UDF_JAR} is missing: run `bash ops/setup.sh`")
+    return UDF_JAR
+
+
+def input_topic(settings: Settings) -> str:
+    """The topic the job reads."""
+    return settings.topic_events
+
+
+def _functions() -> Any:
+    return get_gateway().jvm.streamrank.flink
+
+
+def build_validated(env: StreamExecutionEnvironment, settings: Settings, *, job: str,
+                    bounded: bool = False) -> Any:
+    """Valid, on-time events (a Java ``DataStream<EventRecord>``) of ``settings.topic_events``;
+    every other record goes to ``settings.topic_dlq``."""
+    env.add_jars(udf_jar().as_uri())
+    fn = _functions()
+    source = kafka_source(settings, input_topic(settings), group_id(job), bounded=bounded)
+    strategy = WatermarkStrategy(fn.EagerWatermarks.strategy(
+        settings.max_out_of_orderness_ms, IDLE_TIMEOUT_MS))
+    raw = env.from_source(source, strategy, "events")
+    valid = raw._j_data_stream.process(fn.Validate(
+        settings.min_event_time_ms, settings.max_future_ms, settings.max_event_bytes,
+        settings.allowed_lateness_ms, settings.topic_events)).name("validate")
+    DataStream(valid.getSideOutput(fn.Validate.deadLetters())) \
+        .sink_to(kafka_sink(settings, settings.topic_dlq)).name("dead letters")
+    return valid
+
+
+def rows_sink(settings: Settings) -> Any:
+    """A Kafka sink of (key, value) feature rows to ``settings.topic_feature_rows``."""
+    jvm = get_gateway().jvm
+    return (jvm.org.apache.flink.connector.kafka.sink.KafkaSink.builder()
+            .setBootstrapServers(settings.kafka_bootstrap)
+            .setRecordSerializer(_functions().RowRecords(settings.topic_feature_rows))
+            .setDeliveryGuarantee(DeliveryGuarantee.AT_LEAST_ONCE._to_j_delivery_guarantee())
+            .build())
+
+
+def build_features(env: StreamExecutionEnvironment, settings: Settings, *, job: str = JOB,
+                   bounded: bool = False) -> None:
+    """The whole path: validation, feature rows and training examples."""
+    ensure_topics(settings, {settings.topic_feature_rows: settings.events_partitions})
+    fn = _functions()
+    valid = build_validated(env, settings, job=job, bounded=bounded)
+    items = valid.keyBy(fn.Keys.item()).process(
+        fn.ItemStage(settings.allowed_lateness_ms, settings.feature_state_ttl_ms)) \
+        .name("item features")
+    users = items.keyBy(fn.Keys.user()).process(
+        fn.UserStage(settings.allowed_lateness_ms, settings.feature_state_ttl_ms)) \
+        .name("user features")
+    gateway = get_gateway()
+    more = gateway.new_array(gateway.jvm.org.apache.flink.streaming.api.datastream.DataStream, 1)
+    more[0] = users.getSideOutput(fn.Rows.tag())
+    rows = items.getSideOutput(fn.Rows.tag()).union(more)
+    rows.sinkTo(rows_sink(settings)).name("feature rows")
+    examples = users.keyBy(fn.Keys.user()).process(
+        fn.LabelJoin(settings.attribution_window_ms, settings.allowed_lateness_ms,
+                     settings.max_out_of_orderness_ms)).name("label join")
+    DataStream(examples).sink_to(kafka_sink(settings, settings.topic_examples)) \
+        .name("training examples")
+
+
+def build_job(env: StreamExecutionEnvironment, settings: Settings, *,
+              bounded: bool = False) -> None:
+    """The ``features-fast`` job (see the module docstring)."""
+    build_features(env, settings, job=JOB, bounded=bounded)
+
+
+def build_validation_only(env: StreamExecutionEnvironment, settings: Settings, *,
+                          bounded: bool = False) -> None:
+    """Validation alone (DLQ and a discarding sink of the valid events): what the benchmark
+    measures as the ingest step."""
+    valid = build_validated(env, settings, job=f"{JOB}-validate", bounded=bounded)
+    DataStream(valid).sink_to(discarding_sink()).name("valid events")
