@@ -54,7 +54,6 @@ fetch_jars() {  # pom, target dir, extra maven flags
 }
 fetch_jars ops/pom-kafka.xml ops/jars/kafka -DincludeScope=runtime
 fetch_jars ops/pom-flink.xml ops/jars/flink -DexcludeTransitive=true
-echo "setup: ready"
 
 # streamrank's Flink functions (ops/flink-udfs, Java 17) -> ops/jars/udfs/, rebuilt when their
 # sources change
@@ -68,3 +67,4 @@ if [ "$(cat ops/jars/udfs/.built 2>/dev/null)" != "$udfs_want" ] \
   cp ops/flink-udfs/target/streamrank-flink-udfs.jar ops/jars/udfs/
   echo "$udfs_want" > ops/jars/udfs/.built
 fi
+echo "setup: ready"
