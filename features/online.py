@@ -4,34 +4,45 @@ One ``get_online_features`` call fetches the user row, every candidate's item ro
 (user, category) row: the features of the ``ranker`` feature service, named as feature
 references (cheaper than resolving the service object from the registry on every request).
 Each row is turned back into state as of its own event timestamp (:mod:`features.rows`) and
-read at the request time by :func:`inputs_from_states` with the functions that give training
-examples their inputs (:class:`features.examples.ExampleBuilder`): the state expiry
-:func:`features.state.alive` (``feature_state_ttl_ms``), then :func:`~features.state.
-user_features`, :func:`~features.state.user_category_features` and
-:func:`~features.state.item_features`; counters decay and recency grow exactly as if the state
-were read in the job. The user's recent clicked items and categories (the model's pooled
-history) are the user row's ``last_items``/``last_categories``, newest first, as
+read at the request time as the example builder reads its state for an impression
+(:class:`features.examples.ExampleBuilder`): the state expiry :func:`features.state.alive`
+(``feature_state_ttl_ms``), then :func:`~features.state.user_features` for the user, and the
+numpy ports of :func:`~features.state.item_features` and
+:func:`~features.state.user_category_features` (:mod:`features.columns`) for all candidates
+at once; counters decay and recency grow exactly as if the state were read in the job. The
+user's recent clicked items and categories (the model's pooled history) are the user row's
+``last_items``/``last_categories``, newest first, as
 :meth:`~features.examples.ExampleBuilder.recent` gives them to an example. A missing or expired
 row reads as a fresh state; ``uc_affinity`` and ``uc_in_last_categories`` come from the
-current user row.
+current user row; a candidate without a category has no (user, category) state.
 
 :func:`read_features` is the plain Feast SDK path; :class:`OnlineFeatureReader` is the
-scorer's (one pipelined read through Feast's Redis online store, item rows cached briefly).
+scorer's (one read through Feast's Redis online store, item rows cached briefly).
 """
 
 from __future__ import annotations
 
+import itertools
 import struct
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import replace
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+import numpy as np
 from feast.protos.feast.serving.ServingService_pb2 import FieldStatus
 from feast.protos.feast.types.EntityKey_pb2 import EntityKey as EntityKeyProto
 from feast.protos.feast.types.Value_pb2 import Value
 from google.protobuf.timestamp_pb2 import Timestamp
+from redis import Redis
 
+from features.columns import (
+    FRESH_ITEM,
+    FRESH_USER_CATEGORY,
+    item_feature_columns,
+    item_vector,
+    user_category_feature_columns,
+    user_category_vector,
+)
 from features.rows import (
     DEFAULT_TTL_MS,
     ITEM_VIEW,
@@ -45,15 +56,7 @@ from features.rows import (
     user_state,
 )
 from features.schema import DENSE_FEATURES, ITEM_FEATURES, USER_FEATURES
-from features.state import (
-    ItemState,
-    UserCategoryState,
-    UserState,
-    alive,
-    item_features,
-    user_category_features,
-    user_features,
-)
+from features.state import UserState, alive, user_features
 
 if TYPE_CHECKING:
     from feast import FeatureStore
@@ -68,69 +71,81 @@ VIEW_FEATURES: dict[str, tuple[str, ...]] = {
 FEATURE_REFS: list[str] = [f"{view}:{name}" for view, names in VIEW_FEATURES.items()
                            for name in names]
 _MISSING = (FieldStatus.NOT_FOUND, FieldStatus.NULL_VALUE, FieldStatus.INVALID)
+_ITEM_COLUMNS = slice(len(USER_FEATURES), len(USER_FEATURES) + len(ITEM_FEATURES))
+_USER_CATEGORY_COLUMNS = slice(_ITEM_COLUMNS.stop, len(DENSE_FEATURES))
 
 
 Row = tuple[dict[str, Any], int] | None
 """A stored row (feature values, event time in ms) or None when absent."""
-_NO_ITEM = ItemState()
-_NO_USER_CATEGORY = UserCategoryState()
+Vector = tuple[float, ...]
+"""A state as floats (:func:`features.columns.item_vector`, ``user_category_vector``)."""
 
 
 class OnlineInputs(NamedTuple):
     """What the model reads from the online store for one request: the dense features of each
-    candidate (:data:`~features.schema.DENSE_FEATURES` order) and the user's recent clicked
-    items and categories, newest first (a training example's ``recent_items`` and
-    ``recent_categories``)."""
+    candidate (``N X len(DENSE_FEATURES)``, float64, :data:`~features.schema.DENSE_FEATURES`
+    order) and the user's recent clicked items and categories, newest first (a training
+    example's ``recent_items`` and ``recent_categories``)."""
 
-    features: list[dict[str, float]]
+    dense: np.ndarray
     recent_items: tuple[str, ...] = ()
     recent_categories: tuple[str, ...] = ()
 
+    @property
+    def features(self) -> list[dict[str, float]]:
+        """Each candidate's dense features by name (a training example's ``features``)."""
+        return [dict(zip(DENSE_FEATURES, row)) for row in self.dense.tolist()]
 
-Candidate = tuple["ItemState | None", "UserCategoryState | None", "str | None"]
-"""One candidate's item state, (user, category) state and category ID (None: no state)."""
 
-
-def inputs_from_states(user: UserState | None, candidates: Sequence[Candidate], t: int,
-                       ttl_ms: int = DEFAULT_TTL_MS) -> OnlineInputs:
+def inputs_from_vectors(user: UserState | None, items: Sequence[Vector],
+                        user_categories: Sequence[Vector], category_ids: Sequence[str | None],
+                        t: int, ttl_ms: int = DEFAULT_TTL_MS) -> OnlineInputs:
     """The inputs of showing each candidate to ``user`` at ``t``, read as the example builder
     reads its state for an impression at ``t`` (``ExampleBuilder.user_side``, ``recent`` and
     the item part): each state through :func:`~features.state.alive` first, a missing or
-    expired one fresh. The user part is read once, the user x category part once per distinct
-    (state, category).
+    expired one fresh. ``items[j]`` and ``user_categories[j]`` are candidate ``j``'s states as
+    floats (:data:`~features.columns.FRESH_ITEM`, ``FRESH_USER_CATEGORY``: no state).
 
     >>> from features.state import DAY_MS, apply_user
     >>> u = apply_user(UserState(), "click", 0, "i1", "c1")
-    >>> x = inputs_from_states(u, [(None, None, "c1")], 1_000)
-    >>> list(x.features[0]) == list(DENSE_FEATURES), x.recent_items, x.recent_categories
+    >>> x = inputs_from_vectors(u, [FRESH_ITEM], [FRESH_USER_CATEGORY], ["c1"], 1_000)
+    >>> x.dense.shape == (1, len(DENSE_FEATURES)), x.recent_items, x.recent_categories
     (True, ('i1',), ('c1',))
-    >>> inputs_from_states(u, [(None, None, "c1")], 3 * DAY_MS, ttl_ms=2 * DAY_MS).recent_items
+    >>> inputs_from_vectors(u, [FRESH_ITEM], [FRESH_USER_CATEGORY], ["c1"], 3 * DAY_MS,
+    ...                     ttl_ms=2 * DAY_MS).recent_items
     ()
     """
     u = alive(user, t, ttl_ms) or UserState()
     base = user_features(u, t)
-    by_category: dict[tuple[int, str | None], dict[str, float]] = {}
-    out = []
-    for item, user_category, category in candidates:
-        key = (id(user_category), category)
-        pair = by_category.get(key)
-        if pair is None:
-            uc = alive(user_category, t, ttl_ms) if category is not None else None
-            pair = by_category[key] = user_category_features(uc or _NO_USER_CATEGORY, u,
-                                                             category, t)
-        # user, item, user x category: DENSE_FEATURES order
-        out.append({**base, **item_features(alive(item, t, ttl_ms) or _NO_ITEM, t), **pair})
-    return OnlineInputs(out, u.last_items, u.last_categories)
+    dense = np.empty((len(items), len(DENSE_FEATURES)))
+    dense[:, :len(USER_FEATURES)] = [base[name] for name in USER_FEATURES]
+    dense[:, _ITEM_COLUMNS] = item_feature_columns(
+        np.array(items, dtype=np.float64).reshape(len(items), -1), t, ttl_ms)
+    dense[:, _USER_CATEGORY_COLUMNS] = user_category_feature_columns(
+        np.array(user_categories, dtype=np.float64).reshape(len(items), -1), u, category_ids,
+        t, ttl_ms)
+    return OnlineInputs(dense, u.last_items, u.last_categories)
 
 
-def _user_category(row: Row) -> UserCategoryState | None:
+def no_inputs(category_ids: Sequence[str | None], t: int) -> OnlineInputs:
+    """The inputs of candidates when nothing is known of the user or the items (fresh states):
+    what a scorer uses when the online store cannot be read."""
+    n = len(category_ids)
+    return inputs_from_vectors(None, [FRESH_ITEM] * n, [FRESH_USER_CATEGORY] * n,
+                               category_ids, t)
+
+
+def _item(row: Row) -> Vector:
+    return item_vector(item_state(*row)) if row else FRESH_ITEM
+
+
+def _user_category(row: Row) -> Vector:
     """A (user, category) row back as state, its last event time the row's time (the row is
     written as of the user's latest event when the pair's own event came: the pair's latest
     event time unless that event was out of order), so that :func:`alive` can expire it."""
     if row is None:
-        return None
-    return replace(user_category_state(*row), last_ms=row[1])
-
+        return FRESH_USER_CATEGORY
+    return (*user_category_vector(user_category_state(*row))[:-1], float(row[1]))
 
 
 def _value(value: Value) -> Any:
@@ -178,7 +193,7 @@ def read_inputs(
         raise ValueError("item_ids and category_ids must have the same length")
     t = int(time.time() * 1000) if t_ms is None else t_ms
     if not item_ids:
-        return OnlineInputs([])
+        return OnlineInputs(np.empty((0, len(DENSE_FEATURES))))
     n = len(item_ids)
     response = store.get_online_features(
         features=FEATURE_REFS,
@@ -207,28 +222,27 @@ def inputs_from_rows(user_r: Row, item_rs: Sequence[Row], uc_rs: Sequence[Row],
                      category_ids: Sequence[str | None], t: int,
                      ttl_ms: int = DEFAULT_TTL_MS) -> OnlineInputs:
     """Rows turned back into state as of their own times, then read at ``t`` by
-    :func:`inputs_from_states` (a missing row: no state)."""
-    user = user_state(*user_r) if user_r else None
-    candidates = [
-        (item_state(*item_r) if item_r else None,
-         _user_category(uc_r) if category is not None else None, category)
-        for category, item_r, uc_r in zip(category_ids, item_rs, uc_rs)]
-    return inputs_from_states(user, candidates, t, ttl_ms)
+    :func:`inputs_from_vectors` (a missing row: no state)."""
+    return inputs_from_vectors(
+        user_state(*user_r) if user_r else None, [_item(r) for r in item_rs],
+        [_user_category(r) if c is not None else FRESH_USER_CATEGORY
+         for c, r in zip(category_ids, uc_rs)], category_ids, t, ttl_ms)
 
 
 class OnlineFeatureReader:
     """The serving path: one Redis pipeline per request through Feast's Redis online store,
     with item rows cached for ``item_cache_ttl_ms``.
 
-    Keys, field names and the pipeline are Feast's own (``RedisOnlineStore``'s key and field
-    encoders and its batched ``HMGET`` read, the one ``get_online_features`` uses), so any
-    Feast writer's rows are read; what is skipped is the response protos and the per-call
+    Keys and field names are Feast's own (``RedisOnlineStore``'s key and field encoders), so
+    any Feast writer's rows are read; what is skipped is the response protos and the per-call
     registry work of ``get_online_features``. One read per request fetches the user row, the
-    (user, category) rows and the item rows not in the cache. The cache holds the item's state
-    turned back from its row, which is exact at any later time (aged at read time); it misses
-    at most the item's events of the last ``item_cache_ttl_ms``; the state expiry
-    (``state_ttl_ms``) is applied at every read, not when caching. The cache holds at most
-    ``max_cached_items`` rows.
+    (user, category) rows and the item rows not in the cache: the ``HMGET`` of each row, all
+    in one server-side script call (:data:`HMGET_ALL`) on a single Redis, Feast's pipelined
+    read (``_read_hash_fields``) on a cluster, whose keys may live on several nodes. The cache
+    holds the item's state turned back from its row (as floats), which is exact at any later
+    time (aged at read time); it misses at most the item's events of the last
+    ``item_cache_ttl_ms``; the state expiry (``state_ttl_ms``) is applied at every read, not
+    when caching. The cache holds at most ``max_cached_items`` rows.
     """
 
     def __init__(self, store: FeatureStore, item_cache_ttl_ms: float,
@@ -245,9 +259,11 @@ class OnlineFeatureReader:
         self._state_ttl = state_ttl_ms
         self._max_cached = max_cached_items
         self._clock = clock
-        self._items: dict[str, tuple[float, ItemState]] = {}
+        self._items: dict[str, tuple[float, Vector]] = {}
         self._key_bytes: dict[tuple[str, tuple[str, ...]], bytes] = {}
         self._fields: dict[str, tuple[list[str], list[str | bytes]]] = {}
+        client = online._get_client(self._config.online_store)  # noqa: SLF001
+        self._script = client.register_script(HMGET_ALL) if isinstance(client, Redis) else None
         for view in VIEW_FEATURES:
             fv = store.get_feature_view(view)
             names, fields = online._generate_hset_keys_for_features(  # noqa: SLF001
@@ -270,10 +286,10 @@ class OnlineFeatureReader:
         if len(item_ids) != len(category_ids):
             raise ValueError("item_ids and category_ids must have the same length")
         if not item_ids:
-            return OnlineInputs([])
+            return OnlineInputs(np.empty((0, len(DENSE_FEATURES))))
         t = int(time.time() * 1000) if t_ms is None else t_ms
         now = self._clock()
-        states: dict[str, ItemState] = {}
+        states: dict[str, Vector] = {}
         missing: list[str] = []
         for item in dict.fromkeys(item_ids):
             entry = self._items.get(item)
@@ -290,19 +306,34 @@ class OnlineFeatureReader:
                      for key in self._cached_keys(ITEM_VIEW, [(i,) for i in missing])]
         commands += [(key, uc_fields) for key in self._cached_keys(
             USER_CATEGORY_VIEW, [(user_id, c) for c in categories])]
-        replies = self._online._read_hash_fields(self._config, commands)  # noqa: SLF001
+        replies = self._hmget(commands)
         self._make_room(len(missing), now)
+        item_names = self._fields[ITEM_VIEW][0]
         for item, reply in zip(missing, replies[1:1 + len(missing)]):
-            row = _decode(self._fields[ITEM_VIEW][0], reply)
-            states[item] = item_state(*row) if row else _NO_ITEM
+            states[item] = _item(_decode(item_names, reply))
             self._items[item] = (now, states[item])
         user_r = _decode(self._fields[USER_VIEW][0], replies[0])
-        ucs: dict[str | None, UserCategoryState | None] = {None: None}
+        uc_names = self._fields[USER_CATEGORY_VIEW][0]
+        ucs: dict[str | None, Vector] = {None: FRESH_USER_CATEGORY}
         for c, reply in zip(categories, replies[1 + len(missing):]):
-            ucs[c] = _user_category(_decode(self._fields[USER_CATEGORY_VIEW][0], reply))
-        return inputs_from_states(user_state(*user_r) if user_r else None,
-                                  [(states[i], ucs[c], c) for i, c in zip(item_ids, category_ids)],
-                                  t, self._state_ttl)
+            ucs[c] = _user_category(_decode(uc_names, reply))
+        return inputs_from_vectors(user_state(*user_r) if user_r else None,
+                                   [states[i] for i in item_ids],
+                                   [ucs[c] for c in category_ids], category_ids, t,
+                                   self._state_ttl)
+
+    def _hmget(self, commands: list[tuple[bytes, list[str | bytes]]]) -> list[list[bytes | None]]:
+        """One ``HMGET`` reply per ``(key, fields)``, in order, in one round trip."""
+        if self._script is None:
+            return self._online._read_hash_fields(self._config, commands)  # noqa: SLF001
+        keys: list[bytes] = []
+        args: list[int | str | bytes] = []
+        for _, group in itertools.groupby(commands, key=lambda c: id(c[1])):
+            rows = list(group)
+            fields = rows[0][1]
+            keys += [key for key, _ in rows]
+            args += [len(rows), len(fields), *fields]
+        return self._script(keys=keys, args=args)
 
     def _cached_keys(self, view: str, keys: Sequence[tuple[str, ...]]) -> list[bytes]:
         """Feast's Redis keys of ``view``'s rows (kept: encoding one costs more than reading
@@ -340,6 +371,24 @@ def _decode(names: Sequence[str], values: Sequence[bytes | None]) -> Row:
         row[name] = _value(value)
     return row, ts.seconds * 1000 + ts.nanos // 1_000_000
 
+
+HMGET_ALL = """
+-- KEYS: hashes; ARGV: per group of consecutive keys, its key count, field count and fields
+local out, k, a = {}, 1, 1
+while a <= #ARGV do
+  local nkeys, nfields = tonumber(ARGV[a]), tonumber(ARGV[a + 1])
+  local fields = {unpack(ARGV, a + 2, a + 1 + nfields)}
+  for _ = 1, nkeys do
+    out[k] = redis.call('HMGET', KEYS[k], unpack(fields))
+    k = k + 1
+  end
+  a = a + 2 + nfields
+end
+return out
+"""
+"""Every ``HMGET`` of a read in one call: the server runs them back to back and the client
+parses one reply, instead of a pipeline's per-command Python work (≈ 6x less CPU in the
+scorer for a 146-row read). Read only, so safe on replicas and under ``SCRIPT KILL``."""
 
 _DOUBLE = struct.Struct("<d")
 _DOUBLE_TAG = (Value.DESCRIPTOR.fields_by_name["double_val"].number << 3) | 1

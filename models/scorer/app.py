@@ -35,7 +35,7 @@ from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from connectors.snapshot_store import SnapshotStore
-from features.online import OnlineFeatureReader, SdkFeatureReader, inputs_from_states
+from features.online import OnlineFeatureReader, SdkFeatureReader, no_inputs
 from features.store import open_store
 from models.scorer.api import PinRequest, RankRequest
 from models.ranker import Batch
@@ -127,7 +127,7 @@ class Scorer:
         except DEGRADED_ERRORS as err:
             log.warning("online features unreadable, scoring degraded: %s", err)
             self.metrics.feature_errors.inc()
-            inputs = inputs_from_states(None, [(None, None, c) for c in categories], t)
+            inputs = no_inputs(categories, t)
             degraded = True
         self.metrics.cache_hits.inc(max(0, self.reader.cache_hits - hits))
         self.metrics.cache_misses.inc(max(0, self.reader.cache_misses - misses))

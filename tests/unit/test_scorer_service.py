@@ -215,6 +215,7 @@ def test_a_price_is_optional_and_reaches_the_candidate():
 def test_a_candidate_encodes_as_its_training_example_at_the_serving_position():
     """What the scorer builds from online inputs and the request is what the trainer scores."""
     from features.online import OnlineInputs
+    from features.schema import DENSE_FEATURES
     from models.ranker import SERVING_POSITION
     from models.scorer.candidates import encode_candidates
 
@@ -222,7 +223,9 @@ def test_a_candidate_encodes_as_its_training_example_at_the_serving_position():
         "user_id": "u7", "position": k,
         "recent_items": ("i3", "i9"), "recent_categories": ("c1",)})
         for k, x in enumerate(examples(6))]
-    inputs = OnlineInputs([x.features for x in xs], ("i3", "i9"), ("c1",))
+    inputs = OnlineInputs(np.array([[x.features.get(n, 0.0) for n in DENSE_FEATURES]
+                                   for x in xs]),
+                          ("i3", "i9"), ("c1",))
     served = encode_candidates("u7", [x.item_id for x in xs], [x.category_id for x in xs],
                                [x.price for x in xs], inputs, SETTINGS.hash_buckets)
     trained = encode_batch(xs, SETTINGS.hash_buckets)
