@@ -46,6 +46,7 @@ from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.bench_ingest import tree_cpu_s  # noqa: E402
 from bench.bench_model import measure  # noqa: E402
 from connectors.admin import delete_topics, ensure_topics  # noqa: E402
 from connectors.logs import read_log  # noqa: E402
@@ -101,6 +102,8 @@ class Run:
     latencies: list[float] = field(default_factory=list)
     versions: list[int] = field(default_factory=list)
     failures: int = 0
+    cpu_s: float = float("nan")
+    """CPU seconds the scorer's process used during the run."""
 
     def pct(self, q: float, mask: np.ndarray | None = None) -> float:
         lat = np.asarray(self.latencies)
@@ -111,6 +114,10 @@ class Run:
     @property
     def achieved(self) -> float:
         return len(self.latencies) / self.seconds
+
+    @property
+    def cpu_ms_per_request(self) -> float:
+        return self.cpu_s / max(1, len(self.latencies)) * 1e3
 
 
 async def _load(url: str, bodies: list[bytes], rate: float, path: str = "/rank") -> Run:
@@ -160,16 +167,23 @@ async def _load(url: str, bodies: list[bytes], rate: float, path: str = "/rank")
     return run
 
 
-def load(url: str, work: Workload, n: int, rate: float, seconds: float) -> Run:
+def load(scorer: ScorerProcess, work: Workload, n: int, rate: float, seconds: float) -> Run:
     """Offer ``rate`` requests/s of ``n`` candidates for ``seconds`` (plus a short warm-up)."""
-    asyncio.run(_load(url, [work.body(n) for _ in range(int(rate * 0.5))], rate))  # warm-up
-    return asyncio.run(_load(url, [work.body(n) for _ in range(int(rate * seconds))], rate))
+    asyncio.run(_load(scorer.url, [work.body(n) for _ in range(int(rate * 0.5))], rate))
+    bodies = [work.body(n) for _ in range(int(rate * seconds))]
+    cpu = tree_cpu_s(scorer.proc.pid)
+    run = asyncio.run(_load(scorer.url, bodies, rate))
+    run.cpu_s = tree_cpu_s(scorer.proc.pid) - cpu
+    return run
 
 
-def floor(url: str, rate: float, seconds: float) -> Run:
+def floor(scorer: ScorerProcess, rate: float, seconds: float) -> Run:
     """``GET /healthz`` at ``rate``: what the machine, HTTP and the load generator cost alone."""
-    asyncio.run(_load(url, [b""] * int(rate * 0.5), rate, "/healthz"))
-    return asyncio.run(_load(url, [b""] * int(rate * seconds), rate, "/healthz"))
+    asyncio.run(_load(scorer.url, [b""] * int(rate * 0.5), rate, "/healthz"))
+    cpu = tree_cpu_s(scorer.proc.pid)
+    run = asyncio.run(_load(scorer.url, [b""] * int(rate * seconds), rate, "/healthz"))
+    run.cpu_s = tree_cpu_s(scorer.proc.pid) - cpu
+    return run
 
 
 def service_times(settings: Settings, work: Workload, n: int, requests: int) -> dict[str, list[float]]:
@@ -316,20 +330,24 @@ def main() -> None:
                 results.append(("service_time",) + row)
         console.print(inproc)
         steady: dict[int, Run] = {}
-        r = floor(a.url, 100, args.seconds)
+        r = floor(a, 100, args.seconds)
         results.append(("floor", "GET /healthz (A)", "100/s", f"p50 {r.pct(50):.1f}",
-                        f"p99 {r.pct(99):.1f}", f"p99.9 {r.pct(99.9):.1f}"))
+                        f"p99 {r.pct(99):.1f}", f"p99.9 {r.pct(99.9):.1f}",
+                        f"cpu {r.cpu_ms_per_request:.2f} ms/request"))
         console.print(f"floor: GET /healthz at 100/s on A: p50 {r.pct(50):.1f} ms, "
-                      f"p99 {r.pct(99):.1f} ms, p99.9 {r.pct(99.9):.1f} ms")
+                      f"p99 {r.pct(99):.1f} ms, p99.9 {r.pct(99.9):.1f} ms, "
+                      f"scorer CPU {r.cpu_ms_per_request:.2f} ms/request")
         table = Table("path", "candidates", "offered/s", "achieved/s", "p50 ms", "p99 ms",
-                      "p99.9 ms", "failed", title="/rank, features included (open loop)")
+                      "p99.9 ms", "failed", "scorer CPU ms/request",
+                      title="/rank, features included (open loop)")
         for name, scorer in (("scorer (A)", a), ("Feast SDK (C)", c)):
             for n in (100, 1_000):
-                r = load(scorer.url, work, n, 100, args.seconds)
+                r = load(scorer, work, n, 100, args.seconds)
                 if scorer is a:
                     steady[n] = r
                 row = (name, f"{n:,}", "100", f"{r.achieved:.0f}", f"{r.pct(50):.1f}",
-                       f"{r.pct(99):.1f}", f"{r.pct(99.9):.1f}", str(r.failures))
+                       f"{r.pct(99):.1f}", f"{r.pct(99.9):.1f}", str(r.failures),
+                       f"{r.cpu_ms_per_request:.2f}")
                 table.add_row(*row)
                 results.append(("rank",) + row)
         console.print(table)
@@ -341,7 +359,7 @@ def main() -> None:
                 for n, rates in RATES.items():
                     best = "none"
                     for rate in rates:
-                        r = load(scorer.url, work, n, rate, min(args.seconds, 4.0))
+                        r = load(scorer, work, n, rate, min(args.seconds, 4.0))
                         ok = (r.pct(99) < P99_LIMIT_MS and r.failures == 0
                               and r.achieved >= 0.9 * rate)
                         ladder.add_row(name, f"{n:,}", str(rate), f"{r.achieved:.0f}",
@@ -354,7 +372,7 @@ def main() -> None:
 
         # swaps and freshness
         go.set()
-        swap_run = load(a.url, work, 100, args.swap_rate, max(args.seconds, 8.0))
+        swap_run = load(a, work, 100, args.swap_rate, max(args.seconds, 8.0))
         halt.set()
         deltas: dict[int, int] = out.get(timeout=60)
         stream.join(30)
