@@ -1,8 +1,9 @@
 """The model's online inputs for a ranking request, read from Feast's online store.
 
 One ``get_online_features`` call fetches the user row, every candidate's item row and every
-(user, category) row: the features of the ``ranker`` feature service, named as feature
-references (cheaper than resolving the service object from the registry on every request).
+(user, category) row: the stored values that state is rebuilt from
+(:data:`features.rows.STATE_FIELDS`), named as feature references (cheaper than resolving the
+``ranker`` feature service from the registry on every request).
 Each row is turned back into state as of its own event timestamp (:mod:`features.rows`) and
 read at the request time as the example builder reads its state for an impression
 (:class:`features.examples.ExampleBuilder`): the state expiry :func:`features.state.alive`
@@ -49,9 +50,8 @@ from features.rows import (
     DEFAULT_TTL_MS,
     ITEM_VIEW,
     JOIN_KEYS,
-    USER_CATEGORY_STORED,
+    STATE_FIELDS,
     USER_CATEGORY_VIEW,
-    USER_LISTS,
     USER_VIEW,
     item_state,
     user_category_state,
@@ -64,12 +64,8 @@ if TYPE_CHECKING:
     from feast import FeatureStore
     from feast.online_response import OnlineResponse
 
-VIEW_FEATURES: dict[str, tuple[str, ...]] = {
-    USER_VIEW: USER_FEATURES + USER_LISTS,
-    ITEM_VIEW: ITEM_FEATURES,
-    USER_CATEGORY_VIEW: USER_CATEGORY_STORED,
-}
-"""The stored features of each view (what the ``ranker`` service returns)."""
+VIEW_FEATURES: dict[str, tuple[str, ...]] = STATE_FIELDS
+"""The stored features read of each view: those its state is rebuilt from."""
 FEATURE_REFS: list[str] = [f"{view}:{name}" for view, names in VIEW_FEATURES.items()
                            for name in names]
 _MISSING = (FieldStatus.NOT_FOUND, FieldStatus.NULL_VALUE, FieldStatus.INVALID)
@@ -383,9 +379,10 @@ def _key_prefix(sorted_join_keys: tuple[str, ...]) -> bytes:
 _STRING_TYPE = struct.pack("<I", ValueType.STRING)
 
 
-def _decode(names: Sequence[str], values: Sequence[bytes | None]) -> Row:
-    """One HMGET reply (features then the ``_ts:<view>`` field) as a row, None if absent."""
-    ts_bytes = values[-1]
+def _decode(names: Sequence[str], values: Sequence[bytes | None] | None) -> Row:
+    """One HMGET reply (features then the ``_ts:<view>`` field) as a row, None if absent
+    (no timestamp, or no reply: :data:`HMGET_ALL`)."""
+    ts_bytes = values[-1] if values else None
     if not ts_bytes:
         return None
     ts = Timestamp()
@@ -409,7 +406,8 @@ while a <= #ARGV do
   local nkeys, nfields = tonumber(ARGV[a]), tonumber(ARGV[a + 1])
   local fields = {unpack(ARGV, a + 2, a + 1 + nfields)}
   for _ = 1, nkeys do
-    out[k] = redis.call('HMGET', KEYS[k], unpack(fields))
+    local row = redis.call('HMGET', KEYS[k], unpack(fields))
+    out[k] = row[nfields] and row or false  -- no timestamp: no row, one nil in the reply
     k = k + 1
   end
   a = a + 2 + nfields
@@ -418,7 +416,9 @@ return out
 """
 """Every ``HMGET`` of a read in one call: the server runs them back to back and the client
 parses one reply, instead of a pipeline's per-command Python work (≈ 6x less CPU in the
-scorer for a 146-row read). Read only, so safe on replicas and under ``SCRIPT KILL``."""
+scorer for a 146-row read); a row without its timestamp field (absent) comes back as one nil.
+Read only, so safe on replicas and under ``SCRIPT KILL``. The last field of each group must
+be the view's ``_ts:<view>`` field."""
 
 _DOUBLE = struct.Struct("<d")
 _DOUBLE_TAG = (Value.DESCRIPTOR.fields_by_name["double_val"].number << 3) | 1

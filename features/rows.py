@@ -31,6 +31,7 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 from connectors.events import Event
+from features.schema import USER_FEATURES
 from features.state import (
     DAY_MS,
     HOUR_MS,
@@ -60,6 +61,21 @@ JOIN_KEYS: dict[str, tuple[str, ...]] = {
 """The join keys of each feature view, in the order of a row's ``key`` tuple."""
 USER_LISTS: tuple[str, ...] = ("last_items", "last_categories")
 USER_CATEGORY_STORED: tuple[str, ...] = ("uc_clicks_24h", "uc_purchases_24h", "uc_affinity")
+STATE_FIELDS: dict[str, tuple[str, ...]] = {
+    USER_VIEW: USER_FEATURES + USER_LISTS,
+    ITEM_VIEW: ("i_impressions_24h", "i_clicks_1h", "i_clicks_24h", "i_purchases_24h",
+                "i_secs_since_last"),
+    USER_CATEGORY_VIEW: ("uc_clicks_24h", "uc_purchases_24h"),
+}
+"""The stored values that each view's state is rebuilt from (:func:`user_state`,
+:func:`item_state`, :func:`user_category_state`): what a reader needs to fetch; the others
+(``i_ctr``, ``i_cvr``, ``uc_affinity``) are derived again from the state at read time.
+
+>>> s = apply_item(apply_item(ItemState(), "impression", 0), "click", 1_000)
+>>> full = item_row(s, 2_000)
+>>> item_state({k: full[k] for k in STATE_FIELDS[ITEM_VIEW]}, 2_000) == item_state(full, 2_000)
+True
+"""
 
 Values = dict[str, Any]
 

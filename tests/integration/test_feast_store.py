@@ -13,8 +13,15 @@ from connectors.events import Event
 from feast.protos.feast.serving.ServingService_pb2 import FieldStatus
 
 from features.online import FEATURE_REFS, read_features
-from features.rows import ITEM_VIEW, USER_CATEGORY_VIEW, USER_VIEW, FeatureComputer
-from features.schema import DENSE_FEATURES
+from features.rows import (
+    ITEM_VIEW,
+    USER_CATEGORY_STORED,
+    USER_CATEGORY_VIEW,
+    USER_LISTS,
+    USER_VIEW,
+    FeatureComputer,
+)
+from features.schema import DENSE_FEATURES, ITEM_FEATURES, USER_FEATURES
 from features.state import HOUR_MS, ItemState, UserCategoryState, UserState
 from features.state import item_features, user_category_features, user_features
 from features.store import apply_repo, feast_dir, offline_dir
@@ -51,7 +58,10 @@ def test_apply_is_idempotent_and_registers_the_repo(run):
     assert (feast_dir(settings) / "feature_store.yaml").exists()
     service = again.get_feature_service("ranker")
     refs = [f"{p.name}:{f.name}" for p in service.feature_view_projections for f in p.features]
-    assert sorted(refs) == sorted(FEATURE_REFS)
+    stored = {USER_VIEW: USER_FEATURES + USER_LISTS, ITEM_VIEW: ITEM_FEATURES,
+              USER_CATEGORY_VIEW: USER_CATEGORY_STORED}
+    assert sorted(refs) == sorted(f"{v}:{n}" for v, names in stored.items() for n in names)
+    assert set(FEATURE_REFS) <= set(refs)  # what a reader fetches: what state is rebuilt from
     uc = again.get_feature_view(USER_CATEGORY_VIEW)
     assert uc.join_keys == ["user_id", "category_id"] and uc.ttl.total_seconds() == 48 * 3600
     assert Path(uc.batch_source.path) == offline_dir(settings) / USER_CATEGORY_VIEW
