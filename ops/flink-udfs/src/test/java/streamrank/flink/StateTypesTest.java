@@ -31,7 +31,8 @@ class StateTypesTest {
     @Test
     void stateAndRecordsArePojos() {
         for (Class<?> c : new Class<?>[] {EventRecord.class, FeatureState.User.class,
-                FeatureState.UserCategory.class, FeatureState.Item.class, LabelJoin.JoinState.class}) {
+                FeatureState.UserCategory.class, FeatureState.Item.class, ItemStage.Held.class,
+                LabelJoin.JoinState.class}) {
             TypeInformation<?> type = TypeInformation.of(c);
             assertTrue(type instanceof PojoTypeInfo, c + " is not a POJO: " + type);
             assertNoGeneric(type, c.getSimpleName());
