@@ -111,6 +111,23 @@ def settings_env(settings: Settings) -> dict[str, str]:
     return env
 
 
+def detached_env(settings: Settings) -> dict[str, str]:
+    """The environment of a detached child: ours and ``settings_env``, less the Prometheus
+    directory that importing Feast here made (a temp dir this process deletes at exit, which the
+    child outlives; its own Feast import makes its own).
+
+    >>> os.environ["PROMETHEUS_MULTIPROC_DIR"] = "/tmp/feast_metrics_x1"
+    >>> "PROMETHEUS_MULTIPROC_DIR" in detached_env(Settings())
+    False
+    >>> del os.environ["PROMETHEUS_MULTIPROC_DIR"]
+    """
+    env = {**os.environ, **settings_env(settings)}
+    for key in ("PROMETHEUS_MULTIPROCESS_DIR", "PROMETHEUS_MULTIPROC_DIR"):
+        if Path(env.get(key, "")).name.startswith("feast_metrics_"):
+            del env[key]
+    return env
+
+
 def running_pid(name: str, settings: Settings) -> int | None:
     """The pid of the detached run of ``name`` if it is alive, else ``None`` (a stale pid file,
     whose process is gone, does not count)."""
@@ -127,7 +144,7 @@ def _spawn(name: str, settings: Settings, bounded: bool, restore: bool,
     with log.open("ab") as out:
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out,
                                 stderr=subprocess.STDOUT, start_new_session=True,
-                                env={**os.environ, **settings_env(settings)})
+                                env=detached_env(settings))
     processes.pid_file(settings, processes.JOB_PREFIX + name).write_text(f"{proc.pid}\n")
     deadline = time.monotonic() + 10
     while running_pid(name, settings) != proc.pid:  # until its /proc entry shows the command

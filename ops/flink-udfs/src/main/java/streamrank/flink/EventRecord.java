@@ -1,11 +1,15 @@
 package streamrank.flink;
 
+import org.apache.flink.api.common.typeinfo.TypeInfo;
+
 /**
- * A valid shopper event as it travels between the job's operators (a Flink POJO). The fields
+ * A valid shopper event as it travels between the job's operators (serialized by
+ * {@link Codecs.EventRecordCodec}). The fields
  * the feature state and the label join read; {@code features} holds an impression's dense
  * features as of the impression (filled by the user stage and the item stage, in the order of
  * {@code features.schema.DENSE_FEATURES}), null for other events.
  */
+@TypeInfo(Codecs.EventRecordCodec.Factory.class)
 public class EventRecord {
     public String eventId;
     public String eventType;

@@ -1,5 +1,7 @@
 package streamrank.flink;
 
+import org.apache.flink.api.common.typeinfo.TypeInfo;
+
 /**
  * The per-key feature state and its update and read functions, a port of
  * {@code features.state} (the Python reference; the integration tests hold the two equal).
@@ -25,6 +27,7 @@ public final class FeatureState {
     private FeatureState() {}
 
     /** What is kept per user. */
+    @TypeInfo(Codecs.UserCodec.Factory.class)
     public static class User {
         public Decayed clicks1h = new Decayed(HOUR_MS);
         public Decayed clicks24h = new Decayed(DAY_MS);
@@ -39,6 +42,7 @@ public final class FeatureState {
     }
 
     /** What is kept per item. */
+    @TypeInfo(Codecs.ItemCodec.Factory.class)
     public static class Item {
         public Decayed impressions24h = new Decayed(DAY_MS);
         public Decayed clicks1h = new Decayed(HOUR_MS);

@@ -4,12 +4,9 @@ import java.util.ArrayList;
 import java.util.List;
 
 import org.apache.flink.api.common.functions.OpenContext;
-import org.apache.flink.api.common.state.MapState;
-import org.apache.flink.api.common.state.MapStateDescriptor;
 import org.apache.flink.api.common.state.ValueState;
 import org.apache.flink.api.common.state.ValueStateDescriptor;
 import org.apache.flink.api.common.typeinfo.TypeInformation;
-import org.apache.flink.api.common.typeinfo.Types;
 import org.apache.flink.api.java.typeutils.ResultTypeQueryable;
 import org.apache.flink.metrics.Counter;
 import org.apache.flink.streaming.api.functions.KeyedProcessFunction;
@@ -30,6 +27,12 @@ import org.apache.flink.util.Collector;
  * ({@code features.state.alive}); an hour-rounded timer frees it once no acceptable event can
  * see it.
  *
+ * <p>All of an item's state is one value ({@link Held}): one state lookup per event and per
+ * timer, and one entry per item in each checkpoint. The events not yet settled are kept in
+ * (time, arrival) order; their IDs are the ones a repeat is checked against. One event-time
+ * timer is due per item at a time, at its earliest unsettled millisecond plus the lateness;
+ * each firing registers the next.
+ *
  * <p>Timers: Flink's watermark is the reference's minus 1 ms (see {@link EagerWatermarks}), so
  * a timer at {@code t + lateness} fires exactly when the reference's {@code t + lateness <
  * watermark} holds.
@@ -38,12 +41,21 @@ public class ItemStage extends KeyedProcessFunction<String, EventRecord, EventRe
         implements ResultTypeQueryable<EventRecord> {
     private final long latenessMs;
     private final long ttlMs;
-    private transient ValueState<FeatureState.Item> online;
-    private transient ValueState<FeatureState.Item> settled;
-    private transient MapState<Long, List<EventRecord>> held;
-    private transient MapState<String, Long> seen;
+    private transient ValueState<Held> state;
     private transient Counter duplicates;
     private transient Counter expiredKeys;
+
+    /** One item's keyed state. */
+    public static class Held {
+        /** Every new event applied on arrival (null: none that feeds state yet). */
+        public FeatureState.Item online;
+        /** The settled events applied in event-time order. */
+        public FeatureState.Item settled;
+        /** The events not yet settled, in (time, arrival) order. */
+        public List<EventRecord> events = new ArrayList<>();
+
+        public Held() {}
+    }
 
     public ItemStage(long latenessMs, long ttlMs) {
         this.latenessMs = latenessMs;
@@ -52,14 +64,7 @@ public class ItemStage extends KeyedProcessFunction<String, EventRecord, EventRe
 
     @Override
     public void open(OpenContext ctx) {
-        online = getRuntimeContext().getState(
-                new ValueStateDescriptor<>("item-online", FeatureState.Item.class));
-        settled = getRuntimeContext().getState(
-                new ValueStateDescriptor<>("item-settled", FeatureState.Item.class));
-        held = getRuntimeContext().getMapState(new MapStateDescriptor<>("item-held",
-                Types.LONG, Types.LIST(TypeInformation.of(EventRecord.class))));
-        seen = getRuntimeContext().getMapState(
-                new MapStateDescriptor<>("seen-ids", Types.STRING, Types.LONG));
+        state = getRuntimeContext().getState(new ValueStateDescriptor<>("item", Held.class));
         duplicates = getRuntimeContext().getMetricGroup().counter("duplicates");
         expiredKeys = getRuntimeContext().getMetricGroup().counter("expired_keys");
     }
@@ -67,31 +72,31 @@ public class ItemStage extends KeyedProcessFunction<String, EventRecord, EventRe
     @Override
     public void processElement(EventRecord e, Context ctx, Collector<EventRecord> out)
             throws Exception {
-        if (seen.contains(e.eventId)) {
-            duplicates.inc();
-            return;
+        Held h = state.value();
+        if (h == null) h = new Held();
+        for (EventRecord held : h.events) {
+            if (held.eventId.equals(e.eventId)) {
+                duplicates.inc();
+                return;
+            }
         }
         long t = e.eventTime;
-        seen.put(e.eventId, t);
-        List<EventRecord> events = held.get(t);
-        if (events == null) {
-            events = new ArrayList<>(2);
-            ctx.timerService().registerEventTimeTimer(t + latenessMs);
-        }
-        events.add(e);
-        held.put(t, events);
+        int i = h.events.size();
+        while (i > 0 && h.events.get(i - 1).eventTime > t) i--;
+        h.events.add(i, e);
+        if (i == 0) ctx.timerService().registerEventTimeTimer(t + latenessMs);
         if (e.feedsState()) {
-            FeatureState.Item before = online.value();
-            long last = before == null ? FeatureState.NONE : before.lastMs;
-            FeatureState.Item s = FeatureState.alive(before, t, ttlMs);
+            long last = h.online == null ? FeatureState.NONE : h.online.lastMs;
+            FeatureState.Item s = FeatureState.alive(h.online, t, ttlMs);
             FeatureState.applyItem(s, e.eventType, t);
-            online.update(s);
+            h.online = s;
             expiry(last, s.lastMs, ctx);
             double[] values = new double[7];
             FeatureState.itemFeatures(s, s.lastMs, values, 0);
             ctx.output(Rows.TAG, Rows.row(Rows.ITEM_VIEW, new String[] {e.itemId}, s.lastMs,
                     FeatureState.ITEM_FEATURES, values, null, null));
         }
+        state.update(h);
         out.collect(e);
     }
 
@@ -106,40 +111,54 @@ public class ItemStage extends KeyedProcessFunction<String, EventRecord, EventRe
     @Override
     public void onTimer(long ts, OnTimerContext ctx, Collector<EventRecord> out)
             throws Exception {
-        long t = ts - latenessMs;
-        List<EventRecord> events = held.get(t);
-        if (events != null) {
-            held.remove(t);
-            FeatureState.Item before = settled.value();
-            FeatureState.Item s = FeatureState.alive(before, t, ttlMs);
-            double[] asOf = new double[7];
-            FeatureState.itemFeatures(s, t, asOf, 0);
-            boolean changed = false;
-            for (EventRecord e : events) {
-                seen.remove(e.eventId);
-                if (e.isImpression()) {
-                    EventRecord x = new EventRecord();
-                    x.eventType = EventRecord.ITEM_FEATURES;
-                    x.eventId = e.eventId;
-                    x.userId = e.userId;
-                    x.itemId = e.itemId;
-                    x.eventTime = t;
-                    x.features = asOf;
-                    out.collect(x);
-                }
-                if (e.feedsState()) {
-                    FeatureState.applyItem(s, e.eventType, t);
-                    changed = true;
-                }
-            }
-            if (changed) settled.update(s);
+        Held h = state.value();
+        if (h == null) return;
+        int n = 0;
+        while (n < h.events.size() && h.events.get(n).eventTime + latenessMs <= ts) {
+            n = settle(h, n, out);
         }
-        FeatureState.Item o = online.value();
-        if (o != null && FeatureState.expired(o.lastMs, ts, ttlMs, latenessMs)) {
-            online.clear();
-            settled.clear();
+        h.events.subList(0, n).clear();
+        if (h.online != null && FeatureState.expired(h.online.lastMs, ts, ttlMs, latenessMs)) {
+            h.online = null;
+            h.settled = null;
             expiredKeys.inc();
         }
+        if (!h.events.isEmpty()) {
+            ctx.timerService().registerEventTimeTimer(h.events.get(0).eventTime + latenessMs);
+        }
+        if (h.online == null && h.settled == null && h.events.isEmpty()) state.clear();
+        else state.update(h);
+    }
+
+    /** Settles the held events of the millisecond of {@code h.events[from]}: its impressions
+     *  get the settled features as of that millisecond, then its events are applied; returns
+     *  the index after them. */
+    private int settle(Held h, int from, Collector<EventRecord> out) {
+        long t = h.events.get(from).eventTime;
+        FeatureState.Item s = FeatureState.alive(h.settled, t, ttlMs);
+        double[] asOf = new double[7];
+        FeatureState.itemFeatures(s, t, asOf, 0);
+        boolean changed = false;
+        int k = from;
+        for (; k < h.events.size() && h.events.get(k).eventTime == t; k++) {
+            EventRecord e = h.events.get(k);
+            if (e.isImpression()) {
+                EventRecord x = new EventRecord();
+                x.eventType = EventRecord.ITEM_FEATURES;
+                x.eventId = e.eventId;
+                x.userId = e.userId;
+                x.itemId = e.itemId;
+                x.eventTime = t;
+                x.features = asOf;
+                out.collect(x);
+            }
+            if (e.feedsState()) {
+                FeatureState.applyItem(s, e.eventType, t);
+                changed = true;
+            }
+        }
+        if (changed) h.settled = s;
+        return k;
     }
 
     @Override

@@ -6,6 +6,7 @@ final class Json {
 
     static StringBuilder string(StringBuilder out, String s) {
         out.append('"');
+        if (plain(s)) return out.append(s).append('"');
         for (int k = 0; k < s.length(); k++) {
             char c = s.charAt(k);
             switch (c) {
@@ -25,6 +26,15 @@ final class Json {
             }
         }
         return out.append('"');
+    }
+
+    /** Whether {@code s} needs no escape (printable ASCII but the quote and backslash). */
+    private static boolean plain(String s) {
+        for (int k = 0; k < s.length(); k++) {
+            char c = s.charAt(k);
+            if (c < 0x20 || c > 0x7e || c == '"' || c == '\\') return false;
+        }
+        return true;
     }
 
     static StringBuilder nullableString(StringBuilder out, String s) {

@@ -1,19 +1,23 @@
 package streamrank.flink;
 
+import static org.junit.jupiter.api.Assertions.assertArrayEquals;
 import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertFalse;
 import static org.junit.jupiter.api.Assertions.assertThrows;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
+import java.io.IOException;
 import java.nio.charset.StandardCharsets;
 
 import org.apache.flink.api.common.typeinfo.TypeInformation;
 import org.apache.flink.api.java.typeutils.GenericTypeInfo;
 import org.apache.flink.api.java.typeutils.PojoTypeInfo;
+import org.apache.flink.core.memory.DataInputDeserializer;
+import org.apache.flink.core.memory.DataOutputSerializer;
 import org.junit.jupiter.api.Test;
 
-/** Keyed state and records are Flink POJOs all the way down (no Kryo in checkpoints or on
- *  the wire), and a few parser rules. */
+/** Keyed state and records are Flink POJOs or hand-written codecs all the way down (no Kryo
+ *  in checkpoints or on the wire), the codecs round-trip, and a few parser rules. */
 class StateTypesTest {
     private static void assertNoGeneric(TypeInformation<?> type, String path) {
         assertFalse(type instanceof GenericTypeInfo, path + " falls back to Kryo: " + type);
@@ -29,13 +33,78 @@ class StateTypesTest {
     }
 
     @Test
-    void stateAndRecordsArePojos() {
-        for (Class<?> c : new Class<?>[] {EventRecord.class, FeatureState.User.class,
-                FeatureState.UserCategory.class, FeatureState.Item.class, LabelJoin.JoinState.class}) {
+    void stateAndRecordsArePojosOrCodecs() {
+        for (Class<?> c : new Class<?>[] {FeatureState.UserCategory.class, ItemStage.Held.class,
+                LabelJoin.JoinState.class}) {
             TypeInformation<?> type = TypeInformation.of(c);
             assertTrue(type instanceof PojoTypeInfo, c + " is not a POJO: " + type);
             assertNoGeneric(type, c.getSimpleName());
         }
+        for (Class<?> c : new Class<?>[] {EventRecord.class, FeatureState.User.class,
+                FeatureState.Item.class, LabelJoin.Pending.class}) {
+            TypeInformation<?> type = TypeInformation.of(c);
+            assertTrue(type instanceof Codecs.CodecType, c + " has no codec: " + type);
+        }
+    }
+
+    private static <T> T roundTrip(Codecs.Codec<T> codec, T value) throws IOException {
+        DataOutputSerializer out = new DataOutputSerializer(64);
+        codec.serialize(value, out);
+        DataInputDeserializer in = new DataInputDeserializer(out.getCopyOfBuffer());
+        T back = codec.deserialize(in);
+        assertEquals(0, in.available());
+        return back;
+    }
+
+    @Test
+    void codecsRoundTrip() throws IOException {
+        EventRecord e = new EventRecord();
+        e.eventId = "\u00e9\ud83d\ude00";
+        e.eventType = "impression";
+        e.userId = "u";
+        e.itemId = "";
+        e.eventTime = -5;
+        e.position = 3L;
+        e.price = 1.5;
+        e.synthetic = true;
+        e.features = new double[] {0.25, -1};
+        e.recentItems = new String[] {"a", "b"};
+        EventRecord back = roundTrip(new Codecs.EventRecordCodec(), e);
+        assertEquals(e.eventId, back.eventId);
+        assertEquals("", back.itemId);
+        assertEquals(null, back.requestId);
+        assertEquals(null, back.categoryId);
+        assertEquals(-5, back.eventTime);
+        assertEquals(3L, back.position);
+        assertEquals(1.5, back.price);
+        assertTrue(back.synthetic);
+        assertArrayEquals(e.features, back.features);
+        assertArrayEquals(e.recentItems, back.recentItems);
+        assertEquals(null, back.recentCategories);
+
+        FeatureState.User u = new FeatureState.User();
+        FeatureState.applyUser(u, "click", 7, "i", "c");
+        FeatureState.User ub = roundTrip(new Codecs.UserCodec(), u);
+        assertEquals(u.clicks1h.read(9), ub.clicks1h.read(9));
+        assertEquals(FeatureState.HOUR_MS, ub.clicks1h.halfLifeMs);
+        assertEquals(7, ub.lastMs);
+        assertArrayEquals(new String[] {"c"}, ub.lastCategories);
+
+        FeatureState.Item s = new FeatureState.Item();
+        FeatureState.applyItem(s, "purchase", 3);
+        FeatureState.Item sb = roundTrip(new Codecs.ItemCodec(), s);
+        assertEquals(1.0, sb.purchases24h.read(3));
+        assertEquals(3, sb.lastMs);
+
+        e.features = new double[FeatureState.DENSE];
+        LabelJoin.Pending p = LabelJoin.pending(e, 4);
+        p.item[2] = 0.5;
+        LabelJoin.Pending pb = roundTrip(new Codecs.PendingCodec(), p);
+        assertArrayEquals(LabelJoin.example(p), LabelJoin.example(pb));
+        assertEquals(4, pb.seq);
+        LabelJoin.Pending pc = new Codecs.PendingCodec().copy(p);
+        p.item[2] = 1.0;
+        assertEquals(0.5, pc.item[2]);
     }
 
     private static final EventParser PARSER = new EventParser(946_684_800_000L, 86_400_000L, 16_384);
@@ -93,9 +162,17 @@ class StateTypesTest {
         e.features = new double[FeatureState.DENSE];
         e.recentItems = new String[] {"b", "a"};
         e.recentCategories = new String[0];
-        LabelJoin.Pending p = new LabelJoin.Pending();
-        p.event = e;
+        e.features[FeatureState.USER_AT] = 1.5;
+        e.features[FeatureState.USER_CATEGORY_AT] = 2.0;
+        LabelJoin.Pending p = LabelJoin.pending(e, 0);
+        p.item[0] = 3.0;
+        p.click = 1;
         String json = new String(LabelJoin.example(p), StandardCharsets.US_ASCII);
+        assertTrue(json.startsWith("{\"example_id\":\"x\",\"request_id\":null,\"user_id\":\"u\","
+                + "\"item_id\":\"i\",\"category_id\":null,\"position\":null,\"event_time\":5,"
+                + "\"click\":1,\"purchase\":0,\"features\":{\"u_clicks_1h\":1.5,"), json);
+        assertTrue(json.contains("\"u_secs_since_last\":0.0,\"i_impressions_24h\":3.0,"), json);
+        assertTrue(json.contains("\"i_secs_since_last\":0.0,\"uc_clicks_24h\":2.0,"), json);
         assertTrue(json.endsWith(
                 "},\"price\":12.0,\"recent_items\":[\"b\",\"a\"],\"recent_categories\":[]}"),
                 json);
