@@ -31,9 +31,9 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
+from feast.infra.key_encoding_utils import serialize_entity_key_prefix
 from feast.protos.feast.serving.ServingService_pb2 import FieldStatus
 from feast.protos.feast.types.EntityKey_pb2 import EntityKey as EntityKeyProto
-from feast.infra.key_encoding_utils import serialize_entity_key_prefix
 from feast.protos.feast.types.Value_pb2 import Value, ValueType
 from google.protobuf.timestamp_pb2 import Timestamp
 from redis import Redis
@@ -322,8 +322,9 @@ class OnlineFeatureReader:
                                    [ucs[c] for c in category_ids], category_ids, t,
                                    self._state_ttl)
 
-    def _hmget(self, commands: list[tuple[bytes, list[str | bytes]]]) -> list[list[bytes | None]]:
-        """One ``HMGET`` reply per ``(key, fields)``, in order, in one round trip."""
+    def _hmget(self, commands: list[tuple[bytes, list[str | bytes]]]) -> list[Any]:
+        """One ``HMGET`` reply per ``(key, fields)``, in order, in one round trip (None or
+        the fields' values)."""
         if self._script is None:
             return self._online._read_hash_fields(self._config, commands)  # noqa: SLF001
         keys: list[bytes] = []
@@ -382,9 +383,9 @@ _STRING_TYPE = struct.pack("<I", ValueType.STRING)
 def _decode(names: Sequence[str], values: Sequence[bytes | None] | None) -> Row:
     """One HMGET reply (features then the ``_ts:<view>`` field) as a row, None if absent
     (no timestamp, or no reply: :data:`HMGET_ALL`)."""
-    ts_bytes = values[-1] if values else None
-    if not ts_bytes:
+    if not values or not values[-1]:
         return None
+    ts_bytes = values[-1]
     ts = Timestamp()
     ts.ParseFromString(ts_bytes)
     row: dict[str, Any] = {}
