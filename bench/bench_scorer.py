@@ -238,7 +238,8 @@ def stream_deltas(settings: Settings, examples: list, every_s: float, go: Event,
                   out: Queue) -> None:
     """A trainer in its own process (so that its work does not stall the load generator):
     publishes the version 1 snapshot at once, then, between ``go`` and ``halt``, learns 256
-    examples and publishes a delta every ``every_s``; puts {version: publish wall ms}."""
+    examples and publishes a delta every ``every_s``; puts {version: publish wall ms} of
+    those deltas."""
     torch.set_num_threads(1)
     trainer = OnlineTrainer(settings)
     publisher = DeltaPublisher(trainer, settings, SnapshotStore.from_settings(settings))
@@ -256,7 +257,8 @@ def stream_deltas(settings: Settings, examples: list, every_s: float, go: Event,
             for m in messages:
                 channel.publish(settings.model_id, m)
             channel.flush()
-            published[publisher.version] = t_pub
+            if go.is_set():  # not the first snapshot: published before the scorers start
+                published[publisher.version] = t_pub
 
         publish_one()
         go.wait()
