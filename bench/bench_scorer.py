@@ -5,7 +5,7 @@ In one run, on the configured (your) ports, bounded, stopping what it started:
 1. the local stack (if not running); a fresh ``model.deltas`` topic and run directory;
 2. the head of the Taobao sample through the impression rule and the feature computation into
    Feast (real rows), and a trainer that learns its examples and publishes a snapshot;
-3. three ``streamrank serve`` processes: A and B read features the scorer's way (one pipelined
+3. three ``streamrank serve`` processes: A and B read features the scorer's way (one scripted
    read, item cache), C the plain Feast SDK way (``get_online_features``);
 4. the model alone (candidates/s per pass of 100 and 1,000 candidates);
 5. open-loop load at a fixed offered rate (latency from each request's scheduled send time, so
@@ -317,7 +317,8 @@ def main() -> None:
         c = start_scorer(settings.model_copy(update={"feature_reader": "sdk"}), logs / "c.log")
         procs = [a, b, c]
         wait_version(procs, 1)  # the stream's first version: the snapshot
-        console.print(f"scorers A {a.url}, B {b.url} (pipelined read), C {c.url} (Feast SDK)")
+        console.print(f"scorers A {a.url}, B {b.url} (one scripted read, item cache), "
+                      f"C {c.url} (Feast SDK)")
 
         model = Ranker.from_settings(settings).eval().requires_grad_(False)
         alone = {n: measure(model, torch.device("cpu"), n, "fp32", 1.0, settings.hash_buckets)
