@@ -4,9 +4,11 @@
 
 Old and new write paths are timed in one run, interleaved chunk by chunk on fresh keys of
 their own, so that their ratio holds on a noisy machine: the old path builds a DataFrame and
-calls ``FeatureStore.write_to_online_store``; the new one (``FeatureWriter``) builds Feast's
-protos directly and calls the provider's ``online_write_batch``. "Feast alone" is that call
-with the protos prebuilt: the ceiling of any write that goes through Feast's Redis store.
+calls ``FeatureStore.write_to_online_store``; the protos path builds Feast's protos directly and
+calls the provider's ``online_write_batch``; "Feast alone" is that call with the protos
+prebuilt: the ceiling of any write that goes through Feast's Redis store. The new one
+(``FeatureWriter`` now, :class:`features.online_write.RedisRowWriter`) writes the same bytes in
+one server-side script call per batch.
 
 Needs Redis at ``STREAMRANK_REDIS_URL`` (``streamrank stack up``). Works in a private run
 directory and writes only entity keys prefixed ``bench-<id>-``, so a running pipeline's keys are
@@ -39,6 +41,7 @@ from features.feature_repo import repo
 from features.online import read_features
 from features.rows import ITEM_VIEW, Coalescer, FeatureComputer, FeatureRow
 from features.store import apply_repo
+from features.online_write import RedisRowWriter
 from features.writer import FeatureWriter, ViewSpec, rows_frame, view_specs
 from streamrank.config import Settings, load_settings
 
@@ -69,18 +72,31 @@ class DataFrameWriter(FeatureWriter):
         self._store.write_to_online_store(spec.view.name, rows_frame(spec, rows))
 
 
+class ProviderWriter(FeatureWriter):
+    """FeatureWriter through Feast's provider (``online_write_batch`` with prebuilt protos):
+    its path before the server-side script, and still its path off a single Redis."""
+
+    def __init__(self, store: FeatureStore, settings: Settings) -> None:
+        super().__init__(store, settings)
+        self._redis = None
+
+
 def online_table(store: FeatureStore, rows: list[FeatureRow], per_method: int) -> Table:
-    """Online rows/s per view and batch size of the old path, the new path and Feast alone.
+    """Online rows/s per view and batch size of the old path, the protos path, Feast alone and
+    the script path (the writer's now).
 
     Each method writes the same rows under keys of its own (new keys), chunk by chunk in turn.
     40 rows is about one view's flush of 200 ms at the log's own pace (see the coalescing table).
     """
     provider, config = store.provider, store.config
-    methods = ("old: DataFrame + write_to_online_store", "new: protos + online_write_batch",
-               "Feast alone (protos prebuilt)")
+    methods = ("old: DataFrame + write_to_online_store", "protos + online_write_batch",
+               "Feast alone (protos prebuilt)", "new: one script call (RedisRowWriter)")
+    script = RedisRowWriter.for_store(store)
+    assert script is not None, "the script path needs Feast's store on a single Redis"
     table = Table(title=f"Online write rows/s, wall (CPU us per row of this process), "
                         f"new keys, {per_method:,} rows per cell, methods taking turns")
-    for column in ("view", "batch rows", *methods, "new/old (wall, CPU)"):
+    for column in ("view", "batch rows", *methods, "new/old (wall, CPU)",
+                   "new/Feast alone (wall, CPU)"):
         table.add_column(column, justify="right")
     for view, spec in view_specs(store).items():
         latest = list({r.key: r for r in rows if r.view == view}.values())[:per_method]
@@ -93,8 +109,10 @@ def online_table(store: FeatureStore, rows: list[FeatureRow], per_method: int) -
                 writes = (lambda: store.write_to_online_store(view, rows_frame(spec, own[0])),
                           lambda: provider.online_write_batch(
                               config, spec.view, spec.online_rows(own[1]), None),
-                          lambda: provider.online_write_batch(config, spec.view, prebuilt, None))
-                for m in (range(3) if i // batch % 2 else reversed(range(3))):
+                          lambda: provider.online_write_batch(config, spec.view, prebuilt, None),
+                          lambda: script.write(view, own[3]))
+                turns = range(len(methods))
+                for m in (turns if i // batch % 2 else reversed(turns)):
                     started, started_cpu = time.perf_counter(), time.process_time()
                     writes[m]()
                     wall[m] += time.perf_counter() - started
@@ -102,7 +120,8 @@ def online_table(store: FeatureStore, rows: list[FeatureRow], per_method: int) -
             table.add_row(view, f"{batch:,}",
                           *[f"{len(latest) / w:,.0f} ({c / len(latest) * 1e6:,.0f} us)"
                             for w, c in zip(wall, cpu)],
-                          f"{wall[0] / wall[1]:.2f}x, {cpu[0] / cpu[1]:.2f}x")
+                          f"{wall[0] / wall[3]:.2f}x, {cpu[0] / cpu[3]:.2f}x",
+                          f"{wall[2] / wall[3]:.2f}x, {cpu[2] / cpu[3]:.2f}x")
     return table
 
 
@@ -153,7 +172,8 @@ def writer_table(
     segment. CPU time is this process's alone (Redis's own work is not in it): the steadier
     figure on a busy machine."""
     writers = {"old (DataFrame path)": DataFrameWriter(store, settings),
-               "new": FeatureWriter(store, settings)}
+               "protos (provider path)": ProviderWriter(store, settings),
+               "new (script path)": FeatureWriter(store, settings)}
     inputs = [replay_rows(tagged(events, f"{tag}w{n}-")) for n in range(len(writers))]
     gc.collect()
     gc.freeze()

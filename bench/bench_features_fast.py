@@ -1,81 +1,62 @@
 """features-fast benchmark: validation alone, the whole feature path, and today's Python
-``features`` job, in one run on the same events.
+``features`` job, in one run on the same events; then the whole path with the Feast writer at
+fixed offered rates.
 
     .venv/bin/python bench/bench_features_fast.py [--events N] [--python-events N]
-        [--rates 10000,20000,30000] [--rate-s 60] [--out bench/out]
+        [--rates 5000,10000,20000] [--rate-s 60] [--warmup-s 60] [--out bench/out]
 
-Events: the shared Taobao sample through the impression rule (its own event times), preloaded
-into a fresh ``events`` topic (``settings.events_partitions`` partitions).
+Events: the shared Taobao sample through the impression rule (its own event times).
 
 * **Preloaded topic**: each job runs bounded in a child process (this script builds it with
-  the job's own ``build_job``) on ``--events`` events; events/s are over the job's net run
-  time as Flink reports it (from its start on the MiniCluster to its end, so without the JVM
-  start and the job submission, with the Kafka source's start), CPU µs/event over the same
-  interval for the child's process tree. Today's Python job runs on ``--python-events`` (it
-  is slow).
-* **Fixed offered rate**: the whole path runs unbounded; this process sends events at each of
-  ``--rates`` for ``--rate-s`` seconds and samples the consumer lag (end offsets minus the
-  job's committed offsets, committed at each checkpoint) every 2 s. A rate is sustained when
-  the lag's slope over the second half of the interval is under 2 % of the rate and the lag
-  at the end is under 3 checkpoint intervals of traffic.
+  the job's own ``build_job``) on ``--events`` events preloaded into a fresh ``events`` topic
+  (``settings.events_partitions`` partitions); events/s are over the job's net run time as
+  Flink reports it (from its start on the MiniCluster to its end, so without the JVM start
+  and the job submission, with the Kafka source's start), CPU µs/event over the same interval
+  for the child's process tree. Today's Python job runs on ``--python-events`` (it is slow).
+  Runs of fewer than ~300k events mostly measure the source's start and the JIT's warm-up.
+* **Fixed offered rates**: ``features-fast`` and the Feast writer run detached, unbounded, and
+  this process sends the events (repeated with new IDs and later times as needed) at the
+  first rate for ``--warmup-s`` seconds (not measured: the JIT's warm-up), then at each of
+  ``--rates`` for ``--rate-s`` seconds: :func:`bench_features_job.steps` (lag of the job's
+  source and of the writer, sustained or not, freshness produce → ``get_online_features``
+  for user and item rows, CPU µs per event per stage).
 
-The machine is shared: compare rows of one run (ratios), not figures across runs. Runs of
-fewer than ~300k events mostly measure the source's start and the JIT's warm-up.
+The machine is shared: compare rows of one run (ratios), not figures across runs.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import re
 import shutil
 import sys
 import tempfile
 import time
 import uuid
+from itertools import islice
 from pathlib import Path
 
-import numpy as np
-from confluent_kafka import Consumer, TopicPartition
 from rich.console import Console
 from rich.table import Table
 
-from bench_ingest import Record, cpu_between, produce, run_sampled, tree_cpu_s
-from connectors.admin import delete_topics, ensure_topics, end_offsets
-from connectors.events import encode_event
-from connectors.kafka_config import consumer_config
+from bench_features_job import encoded, fresh_settings, print_steps, steps
+from bench_ingest import Record, cpu_between, produce, run_sampled
+from connectors.admin import delete_topics, ensure_topics, topic_specs
+from connectors.events import Event
 from connectors.logs import read_log
-from connectors.producer import EventProducer, UnknownTopic
 from features.impressions import with_impressions
-from features.state import HOUR_MS
 from features.store import apply_repo
-from jobs.launch import settings_env, stop_job
-from jobs.runtime import group_id
+from jobs.features_fast import JOB
+from jobs.launch import settings_env
 from streamrank.config import Settings
 
-ROOT = Path(__file__).resolve().parents[1]
 REDIS_DB = 11
 
 
-def sample_records(settings: Settings, n: int) -> list[Record]:
+def sample_events(settings: Settings, n: int) -> list[Event]:
     """The first ``n`` events of the Taobao sample through the impression rule."""
     events, _ = read_log(settings.sample_log, "taobao", settings=settings)
-    out: list[Record] = []
-    for event in with_impressions(events, settings):
-        out.append((encode_event(event), event.user_id.encode(), event.event_time))
-        if len(out) == n:
-            break
-    return out
-
-
-def _producer(settings: Settings) -> EventProducer:
-    """A producer of a topic just created (its metadata can take a moment to show it)."""
-    for _ in range(20):
-        try:
-            return EventProducer(settings)
-        except UnknownTopic:
-            time.sleep(0.5)
-    return EventProducer(settings)
+    return list(islice(with_impressions(events, settings), n))
 
 
 def fresh(base: Settings, tag: str) -> Settings:
@@ -139,90 +120,14 @@ def child(job: str, report: Path) -> None:
     report.write_text(f"{result.get_net_runtime()} {time.time() * 1000}")
 
 
-EVENT_TIME = re.compile(rb'"event_time":(\d+)')
-
-
-def cycled(records: list[Record], i: int) -> Record:
-    """Record ``i`` of the records repeated without end: each repetition gets new event IDs
-    and times shifted past the previous one (so nothing is a duplicate or late)."""
-    c, k = divmod(i, len(records))
-    value, key, t = records[k]
-    if c == 0:
-        return value, key, t
-    shift = c * (records[-1][2] - records[0][2] + HOUR_MS)
-    value = value.replace(b'"event_id":"', b'"event_id":"c%d-' % c, 1)
-    value = EVENT_TIME.sub(lambda m: b'"event_time":%d' % (int(m.group(1)) + shift), value, 1)
-    return value, key, t + shift
-
-
-def lag(settings: Settings, consumer: Consumer) -> int:
-    """End offsets minus the job's committed offsets, over the events topic."""
-    ends = end_offsets(settings, settings.topic_events)
-    parts = [TopicPartition(settings.topic_events, p) for p in ends]
-    committed = {tp.partition: tp.offset for tp in consumer.committed(parts, timeout=10)}
-    return sum(end - max(committed.get(p, 0), 0) for p, end in ends.items())
-
-
-def offered(records: list[Record], rates: list[int], seconds: float,
-            base: Settings, console: Console) -> list[dict[str, float]]:
-    """The whole path, unbounded, fed at each rate in turn; lag samples per rate."""
-    from jobs.features_fast import JOB
-    from jobs.launch import run_job
-
-    settings = fresh(base, uuid.uuid4().hex[:8])
-    results = []
-    consumer = Consumer(consumer_config(settings, group_id(JOB)))
-    try:
-        run = run_job(JOB, settings, detach=True)
-        with _producer(settings) as producer:
-            producer.send_raw(*records[0])
-            producer.flush()
-            deadline = time.monotonic() + 120
-            while lag(settings, consumer) > 0 and time.monotonic() < deadline:
-                time.sleep(1)  # the job is up and has committed
-            i = 1
-            for rate in rates:
-                t0 = time.monotonic()
-                cpu0 = tree_cpu_s(run.pid)
-                samples: list[tuple[float, int]] = []
-                sent, next_sample = 0, t0
-                with console.status(f"offering {rate:,} events/s for {seconds:.0f} s"):
-                    while (now := time.monotonic()) - t0 < seconds:
-                        due = int((now - t0) * rate)
-                        while sent < due:
-                            producer.send_raw(*cycled(records, i))
-                            i += 1
-                            sent += 1
-                        if now >= next_sample:
-                            samples.append((now - t0, lag(settings, consumer)))
-                            next_sample += 2.0
-                        time.sleep(0.001)
-                cpu = tree_cpu_s(run.pid) - cpu0
-                t = np.array([s[0] for s in samples])
-                lags = np.array([s[1] for s in samples], dtype=float)
-                half = t >= seconds / 2
-                slope = float(np.polyfit(t[half], lags[half], 1)[0]) if half.sum() > 1 else 0.0
-                end_lag = float(lags[-1])
-                ok = slope < 0.02 * rate and end_lag < 3 * settings.checkpoint_interval_ms \
-                    / 1000 * rate
-                results.append({"rate": rate, "sent_per_s": sent / seconds, "slope": slope,
-                                "end_lag": end_lag, "cpu_us": cpu / max(sent, 1) * 1e6,
-                                "sustained": ok})
-                if not ok:
-                    break
-    finally:
-        stop_job(JOB, settings)
-        consumer.close()
-        cleanup(settings)
-    return results
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--events", type=int, default=300_000)
     parser.add_argument("--python-events", type=int, default=6_000, help="0: skip it")
-    parser.add_argument("--rates", default="10000,20000,30000")
+    parser.add_argument("--rates", default="5000,10000,20000",
+                        help="offered events/s of the whole path with the Feast writer")
     parser.add_argument("--rate-s", type=float, default=60.0)
+    parser.add_argument("--warmup-s", type=float, default=60.0)
     parser.add_argument("--out", type=Path, help="directory for features_fast.md")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--report", type=Path, help=argparse.SUPPRESS)
@@ -234,7 +139,7 @@ def main() -> None:
     console = Console(width=150)
     load_before = os.getloadavg()[0]
     with console.status("reading the sample"):
-        records = sample_records(base, args.events)
+        records, timed = encoded(sample_events(base, args.events))
     runs = {}
     for name, job, n in [
             ("validation alone (features-fast, Java)", "validate", len(records)),
@@ -244,8 +149,16 @@ def main() -> None:
             continue
         with console.status(f"{name}: {n:,} events, bounded"):
             runs[name] = bounded_run(job, records[:n], base)
-    rates = [int(r) for r in args.rates.split(",") if r]
-    offered_runs = offered(records, rates, args.rate_s, base, console) if rates else []
+    rates = [float(r) for r in args.rates.split(",") if r]
+    stepped = []
+    if rates:
+        with tempfile.TemporaryDirectory(prefix="bench-fast-steps-") as tmp:
+            settings = fresh_settings(base, Path(tmp) / "run", REDIS_DB)
+            try:
+                stepped = steps(settings, JOB, records, timed, rates, args.rate_s,
+                                warmup_s=args.warmup_s, keep_going=True)
+            finally:
+                delete_topics(settings, list(topic_specs(settings)))
 
     title = (f"features-fast, Taobao sample with impressions, parallelism "
              f"{base.job_parallelism}, {base.events_partitions} partitions, {os.cpu_count()} "
@@ -259,32 +172,23 @@ def main() -> None:
     whole = runs["whole path (features-fast, Java)"]["per_s"]
     ratio = (f"Whole path: {whole / python:,.0f}x today's Python features job in this run."
              if python else "Today's Python features job not run (--python-events 0).")
-    rate_headers = ("offered events/s", "sent events/s", "lag slope /s", "lag at end",
-                    "CPU µs/event", "sustained")
-    rate_rows = [(f"{r['rate']:,}", f"{r['sent_per_s']:,.0f}", f"{r['slope']:,.0f}",
-                  f"{r['end_lag']:,.0f}", f"{r['cpu_us']:.1f}", "yes" if r["sustained"] else "no")
-                 for r in offered_runs]
-    for t, hs, rs in [(title, headers, rows),
-                      (f"whole path at fixed offered rates, {args.rate_s:.0f} s each",
-                       rate_headers, rate_rows)]:
-        table = Table(title=t)
-        for h in hs:
-            table.add_column(h, justify="left" if h == "what" else "right")
-        for row in rs:
-            table.add_row(*row)
-        console.print(table)
+    table = Table(title=title)
+    for h in headers:
+        table.add_column(h, justify="left" if h == "what" else "right")
+    for row in rows:
+        table.add_row(*row)
+    console.print(table)
     console.print(ratio)
+    if stepped:
+        print_steps(JOB, stepped, args.out)
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
         lines = [f"# {title}", "", "| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
         lines += ["| " + " | ".join(r) + " |" for r in rows]
-        lines += ["", ratio, "", f"## whole path at fixed offered rates, {args.rate_s:.0f} s each",
-                  "", "| " + " | ".join(rate_headers) + " |", "|" + "---|" * len(rate_headers)]
-        lines += ["| " + " | ".join(r) + " |" for r in rate_rows]
-        lines += ["", "Command: `.venv/bin/python bench/bench_features_fast.py "
-                  f"--events {args.events} --python-events "
-                  f"{args.python_events} --rates {args.rates} --rate-s {args.rate_s:.0f} "
-                  f"--out {args.out}`", ""]
+        lines += ["", ratio, "", "Command: `.venv/bin/python bench/bench_features_fast.py "
+                  f"--events {args.events} --python-events {args.python_events} "
+                  f"--rates {args.rates} --rate-s {args.rate_s:.0f} "
+                  f"--warmup-s {args.warmup_s:.0f} --out {args.out}`", ""]
         (args.out / "features_fast.md").write_text("\n".join(lines))
         console.print(f"wrote {args.out / 'features_fast.md'}")
 

@@ -2,28 +2,32 @@
 rates, freshness produce -> visible through Feast, CPU per event per stage; and (``--equality``)
 the whole-sample comparison with the pure reference.
 
-    .venv/bin/python bench/bench_features_job.py [--rates 250,500,1000,2000] [--step-s 60]
-        [--redis-db 11] [--out DIR]
-    .venv/bin/python bench/bench_features_job.py --equality [--rows N]
+    .venv/bin/python bench/bench_features_job.py [--job features|features-fast]
+        [--rates 250,500,1000,2000] [--step-s 60] [--warmup-s 0] [--keep-going]
+        [--rows N] [--redis-db 11] [--out DIR]
+    .venv/bin/python bench/bench_features_job.py --equality [--job ...] [--rows N]
 
 The events are real: the Taobao sample (``data/``) through the impression rule, in event-time
-order. Fresh topics, a private run directory and Redis database (Feast's online store).
+order (repeated with new event IDs and shifted times when a run needs more). Fresh topics, a
+private run directory and Redis database (Feast's online store).
 
-**Steps** (default): the features job and the Feast writer run detached, unbounded, as in
-production. For each offered rate, a producer sends events at that rate for ``--step-s``
-seconds; every second the bench samples the job's lag (events produced minus events its ingest
-step has counted) and the writer's (rows on ``features.rows`` minus the rows it has committed).
-A rate is *sustained* when neither lag grows over the step (the last 10 s of the step end no
-more than 2 s of events above its first 10 s). The steps go up until one is not sustained.
-Per step it also prints:
+**Steps** (default): the job (``--job``: the Python ``features`` job or the Java
+``features-fast``) and the Feast writer run detached, unbounded, as in production. For each
+offered rate, a producer sends pre-encoded events at that rate for ``--step-s`` seconds; every
+second the bench samples the job's lag (events produced minus the position of its Kafka
+source, from the source's ``currentOffset`` metrics on the job's REST endpoint) and the writer's (rows on ``features.rows`` minus the rows it
+has committed). A rate is *sustained* when neither lag grows over the step (the last 10 s of
+the step end no more than 2 s of events above its first 10 s for the job, 4 s for the
+writer). The steps go up until one is not sustained. Per step it also prints:
 
 * **freshness**: twice a second a sent event (one that feeds state) is timed from its delivery
   to Kafka until Feast's ``get_online_features`` returns, for its user and for its item, a row
   whose event timestamp has reached the event's time (polled every 20 ms; p50/p99);
-* **CPU µs per event per stage**: CPU time of each Flink task thread (``/proc``; thread names
-  are the operator chains: source + validation, item stage, user stage + examples sink, the
-  feature-row sink), of the job's other threads (the JVM and Python runtime), and of the Feast
-  writer process, over the step, divided by the events the ingest step counted.
+* **CPU µs per event per stage**: CPU time of the job's threads (``/proc``; Flink's task
+  threads are named after their operator chains: source + validation, item stage, user stage
+  (+ label join in features-fast), the Python job's row sink; then the Kafka sinks' network
+  threads, checkpoints, JIT, GC and the rest of the JVM or Python runtime) and of the Feast
+  writer process, over the step, divided by the events the job's source read over it.
 
 **Equality** (``--equality``): the whole sample (or its first ``--rows`` rows) through a bounded
 run and the writer, then every row of the reference (:func:`features.verify.reference`) read
@@ -36,18 +40,25 @@ Timings on shared machines are noisy: compare the rows of one run.
 from __future__ import annotations
 
 import argparse
+import http.client
+import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+import urllib.request
 import uuid
 from collections import defaultdict
+from collections.abc import Callable
 from itertools import islice
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import psutil
 from confluent_kafka import Consumer, TopicPartition
 from redis import Redis
 from rich.console import Console
@@ -55,27 +66,36 @@ from rich.progress import track
 from rich.table import Table
 
 from connectors.admin import delete_topics, end_offsets, ensure_topics, topic_specs
-from connectors.events import Event
+from connectors.events import Event, encode_event
 from connectors.examples import decode_example
 from connectors.kafka_config import consumer_config
 from connectors.logs import read_log
 from connectors.producer import EventProducer
 from features.rows import ITEM_VIEW, USER_VIEW, feeds_state
 from features.impressions import with_impressions
+from features.state import HOUR_MS
 from features.store import apply_repo, open_store
 from features.verify import example_differences, reference, row_differences
 from jobs.feast_writer import GROUP as WRITER_GROUP
-from jobs.features_job import JOB
 from jobs.launch import run_job, running_pid, settings_env, stop_job
-from jobs.runtime import read_stats
 from streamrank.config import Settings, load_settings
 
 console = Console(width=160)
 POLL_S = 0.02
 CLK = os.sysconf("SC_CLK_TCK")
-STAGES = {"Source: events ": "ingest (source + validate)", "item features -": "item stage",
-          "user features +": "user stage + examples", "DataStreamToTab": "row sink"}
-"""Flink task thread names (``/proc`` keeps 15 characters) -> stage."""
+STAGES = {"Source: events": "ingest (source + validate)", "item features": "item stage",
+          "user features": "user stage + label join", "DataStreamToTab": "row sink",
+          "kafka-producer-": "Kafka sinks' network threads", "C1 CompilerThre": "JIT",
+          "C2 CompilerThre": "JIT", "GC Thread#": "GC", "G1 ": "GC",
+          "AsyncOperations": "checkpoints", "jobmanager-io-t": "checkpoints"}
+"""Prefixes of thread names (``/proc`` keeps 15 characters) -> stage: the Flink task threads
+are named after their operator chains."""
+
+
+def stage_of(thread: str) -> str:
+    """The stage a job thread's CPU is counted in."""
+    return next((stage for prefix, stage in STAGES.items() if thread.startswith(prefix)),
+                "job: JVM, Python runtime, other")
 
 
 def load_events(settings: Settings, rows: int | None, tmp: Path) -> list[Event]:
@@ -125,8 +145,7 @@ def cpu_by_stage(job_pid: int, writer_pid: int) -> dict[str, float]:
             except OSError:
                 continue
             seconds = (int(fields[11]) + int(fields[12])) / CLK
-            stage = ("Feast writer" if group == "writer"
-                     else STAGES.get(name, "job: JVM, Python runtime, other"))
+            stage = "Feast writer" if group == "writer" else stage_of(name)
             out[stage] += seconds
     return out
 
@@ -155,10 +174,11 @@ class Freshness:
         self._thread = threading.Thread(target=self._poll, daemon=True)
         self._thread.start()
 
-    def add(self, event: Event, sent: float) -> None:
+    def add(self, user: str, item: str, event_time: int, sent: float) -> None:
+        """Time an event of ``user`` on ``item`` at ``event_time``, delivered at ``sent``."""
         with self._lock:
-            for view, key in ((USER_VIEW, event.user_id), (ITEM_VIEW, event.item_id)):
-                self.pending.setdefault((view, key), []).append((event.event_time, sent))
+            for view, key in ((USER_VIEW, user), (ITEM_VIEW, item)):
+                self.pending.setdefault((view, key), []).append((event_time, sent))
 
     def take(self) -> dict[str, list[float]]:
         """The delays (s) measured since the last call, by view."""
@@ -202,55 +222,169 @@ class Freshness:
         self._thread.join()
 
 
-def steps(settings: Settings, events: list[Event], rates: list[float],
-          step_s: float) -> list[dict[str, object]]:
-    """The stepped-rate runs (module docstring)."""
-    run_job(JOB, settings, detach=True)
+Record = tuple[bytes, bytes, int]
+"""An event on the wire: value, Kafka key, event time (the record's Kafka timestamp)."""
+Timed = tuple[str, str, bool]
+"""What freshness needs of a record: its user, its item, whether it feeds state."""
+
+
+def encoded(events: list[Event]) -> tuple[list[Record], list[Timed]]:
+    """The events as records to send, and what freshness needs of each."""
+    return ([(encode_event(e), e.user_id.encode(), e.event_time) for e in events],
+            [(e.user_id, e.item_id, feeds_state(e)) for e in events])
+
+
+EVENT_TIME = re.compile(rb'"event_time":(\d+)')
+
+
+def cycled(records: list[Record], i: int) -> Record:
+    """Record ``i`` of the records repeated without end: each repetition gets new event IDs
+    and times shifted past the previous one (so nothing is a duplicate or late)."""
+    c, k = divmod(i, len(records))
+    value, key, t = records[k]
+    if c == 0:
+        return value, key, t
+    shift = c * (records[-1][2] - records[0][2] + HOUR_MS)
+    value = value.replace(b'"event_id":"', b'"event_id":"c%d-' % c, 1)
+    value = EVENT_TIME.sub(lambda m: b'"event_time":%d' % (int(m.group(1)) + shift), value, 1)
+    return value, key, t + shift
+
+
+class SourcePosition:
+    """How far a running job's Kafka source has read its topic: the sum over partitions of
+    its ``currentOffset`` metrics, from the job's own REST endpoint (the MiniCluster's, on a
+    port of one of the job's processes, found by asking each port they listen on)."""
+
+    def __init__(self, pid: int, topic: str, timeout_s: float = 180) -> None:
+        self._topic = topic
+        deadline = time.monotonic() + timeout_s
+        while True:
+            found = self._find(pid)
+            if found is not None:
+                self._base, self._vertex = found
+                break
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"no running Flink job with a source in process {pid}")
+            time.sleep(1.0)
+        self._ids = ""
+
+    @staticmethod
+    def _get(url: str) -> Any:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return json.load(response)
+
+    def _find(self, pid: int) -> tuple[str, str] | None:
+        listening = [c for p in _group_pids(pid) for c in psutil.Process(p).net_connections("tcp")]
+        for conn in listening:
+            if conn.status != psutil.CONN_LISTEN:
+                continue
+            base = f"http://127.0.0.1:{conn.laddr.port}"
+            try:
+                jobs = self._get(f"{base}/jobs/overview")["jobs"]
+            except (OSError, ValueError, KeyError, http.client.HTTPException):
+                continue  # not the REST endpoint
+            for job in jobs:
+                if job["state"] == "RUNNING":
+                    vertices = self._get(f"{base}/jobs/{job['jid']}")["vertices"]
+                    source = next(v for v in vertices if v["name"].startswith("Source: events"))
+                    return f"{base}/jobs/{job['jid']}/vertices/{source['id']}", source["id"]
+        return None
+
+    def __call__(self) -> int:
+        """Records read so far (0 until the source has reported)."""
+        if not self._ids:
+            names = [m["id"] for m in self._get(f"{self._base}/subtasks/metrics")
+                     if m["id"].endswith(".currentOffset") and self._topic in m["id"]]
+            if not names:
+                return 0
+            self._ids = ",".join(names)
+        values = self._get(f"{self._base}/subtasks/metrics?get={self._ids}&agg=sum")
+        # the offset of the last record read (negative: none yet)
+        return int(sum(float(m["sum"]) + 1 for m in values if float(m["sum"]) >= 0))
+
+
+def _wait_reading(position: SourcePosition, n: int, timeout_s: float = 180) -> None:
+    deadline = time.monotonic() + timeout_s
+    while position() < n:
+        if time.monotonic() > deadline:
+            raise RuntimeError("the job did not start reading")
+        time.sleep(0.5)
+
+
+def _send_at(producer: EventProducer, batch: list[Record], rate: float,
+             tick: Callable[[float, int], None] | None = None) -> None:
+    """Send ``batch`` at ``rate`` records/s, calling ``tick(now, records sent)`` between
+    sends; then flush."""
+    start = time.monotonic()
+    k = 0
+    while k < len(batch):
+        now = time.monotonic()
+        due = min(len(batch), int((now - start) * rate) + 1)
+        while k < due:
+            producer.send_raw(*batch[k])
+            k += 1
+        if tick is not None:
+            tick(now, k)
+        time.sleep(0.0005)
+    producer.flush()
+
+
+def steps(settings: Settings, job: str, records: list[Record], timed: list[Timed],
+          rates: list[float], step_s: float, *, warmup_s: float = 0.0,
+          keep_going: bool = False) -> list[dict[str, object]]:
+    """The stepped-rate runs of ``job`` (``features`` or ``features-fast``) and the writer
+    (module docstring); ``records`` are cycled (:func:`cycled`) when a step needs more. The
+    first ``warmup_s`` seconds at the first rate are not measured (the JIT's warm-up);
+    ``keep_going`` runs every rate even after one is not sustained."""
+    run_job(job, settings, detach=True)
     run_job("writer", settings, detach=True)
-    job_pid, writer_pid = running_pid(JOB, settings), running_pid("writer", settings)
+    job_pid, writer_pid = running_pid(job, settings), running_pid("writer", settings)
     assert job_pid and writer_pid
     results: list[dict[str, object]] = []
     fresh = Freshness(settings)
-    sent = 0
     try:
+        position = SourcePosition(job_pid, settings.topic_events)
         with EventProducer(settings) as producer:
-            producer.send_many(events[:200])  # warm-up: wait until the job reads events
-            sent = 200
-            deadline = time.monotonic() + 180
-            while read_stats(JOB, settings)["counts"].get("valid", 0) < 200:
-                if time.monotonic() > deadline:
-                    raise RuntimeError("the features job did not start reading")
-                time.sleep(0.5)
+            sent = 200  # wait until the job reads events
+            for i in range(sent):
+                producer.send_raw(*records[i])
+            producer.flush()
+            _wait_reading(position, sent)
+            if warmup_s > 0:
+                with console.status(f"warm-up: {rates[0]:,.0f} events/s for {warmup_s:.0f} s"):
+                    warm = int(rates[0] * warmup_s)
+                    _send_at(producer, [cycled(records, i) for i in range(sent, sent + warm)],
+                             rates[0])
+                    sent += warm
             for rate in rates:
                 n = int(rate * step_s)
-                if sent + n > len(events):
-                    console.print(f"[yellow]not enough events left for {rate:,.0f}/s")
-                    break
+                batch = [cycled(records, i) for i in range(sent, sent + n)]
                 fresh.take()
                 cpu0 = cpu_by_stage(job_pid, writer_pid)
-                read0 = read_stats(JOB, settings)["counts"].get("valid", 0)
+                read0 = position()
                 lags: list[tuple[float, int, int]] = []
-                start = next_sample = next_timed = time.monotonic()
-                for i, event in enumerate(events[sent:sent + n]):
-                    while (now := time.monotonic()) < start + i / rate:
-                        time.sleep(0.0005)
-                    producer.send(event)
-                    if now >= next_timed and feeds_state(event):
+                start = time.monotonic()
+                due_at = {"timed": start, "sample": start}
+
+                def tick(now: float, k: int, base: int = sent,
+                         due_at: dict[str, float] = due_at) -> None:
+                    user, item, feeds = timed[(base + k - 1) % len(records)]
+                    if now >= due_at["timed"] and feeds:
                         producer.flush()
-                        fresh.add(event, time.monotonic())
-                        next_timed = now + 0.5
-                    if now >= next_sample:
-                        produced = sent + i + 1
-                        job_lag = produced - read_stats(JOB, settings)["counts"].get("valid", 0)
+                        fresh.add(user, item, batch[k - 1][2], time.monotonic())
+                        due_at["timed"] = now + 0.5
+                    if now >= due_at["sample"]:
+                        job_lag = base + k - position()
                         rows = sum(end_offsets(settings, settings.topic_feature_rows).values())
                         writer_lag = rows - committed(settings, settings.topic_feature_rows,
                                                       WRITER_GROUP)
                         lags.append((now - start, job_lag, writer_lag))
-                        next_sample = now + 1.0
-                producer.flush()
+                        due_at["sample"] = now + 1.0
+
+                _send_at(producer, batch, rate, tick)
                 elapsed = time.monotonic() - start
                 sent += n
-                read = read_stats(JOB, settings)["counts"].get("valid", 0) - read0
+                read = position() - read0
                 cpu1 = cpu_by_stage(job_pid, writer_pid)
                 first = [lag for t, lag, _ in lags if t < 10] or [0]
                 last = [lag for t, lag, _ in lags if t > elapsed - 10] or [0]
@@ -270,23 +404,23 @@ def steps(settings: Settings, events: list[Event], rates: list[float],
                 console.print(f"offered {rate:,.0f}/s: read {read / elapsed:,.0f}/s, lag "
                               f"{first[0]:,} -> {last[-1]:,}, "
                               f"{'sustained' if sustained else 'NOT sustained'}")
-                if not sustained:
+                if not sustained and not keep_going:
                     break
     finally:
         fresh.close()
-        stop_job(JOB, settings)
+        stop_job(job, settings)
         stop_job("writer", settings)
     return results
 
 
-def equality(settings: Settings, events: list[Event]) -> None:
-    """The whole-sample comparison with the reference (module docstring)."""
+def equality(settings: Settings, job: str, events: list[Event]) -> None:
+    """The whole-sample comparison of ``job`` with the reference (module docstring)."""
     with EventProducer(settings) as producer:
         producer.send_many(track(events, description="produce"))
     env = {**os.environ, **settings_env(settings)}
     t0 = time.monotonic()
-    for job in (JOB, "writer"):
-        done = subprocess.run([sys.executable, "-m", "jobs", "run", job, "--bounded"], env=env,
+    for name in (job, "writer"):
+        done = subprocess.run([sys.executable, "-m", "jobs", "run", name, "--bounded"], env=env,
                               capture_output=True, check=False)
         if done.returncode:
             raise RuntimeError(done.stdout.decode()[-3000:] + done.stderr.decode()[-3000:])
@@ -302,7 +436,7 @@ def equality(settings: Settings, events: list[Event]) -> None:
         idle = 0 if batch else idle + 1
     consumer.close()
     ex_bad = example_differences(examples, got)
-    table = Table(title=f"features job vs the reference: {len(events):,} events")
+    table = Table(title=f"{job} job vs the reference: {len(events):,} events")
     for col in ("events", "job + writer wall s", "rows compared", "row differences",
                 "examples (reference)", "examples on the topic", "example differences"):
         table.add_column(col, justify="right")
@@ -313,8 +447,9 @@ def equality(settings: Settings, events: list[Event]) -> None:
         console.print(line)
 
 
-def report(results: list[dict[str, object]], n_events: int) -> tuple[str, list[str], list[list[str]]]:
-    title = f"feature path (features job + Feast writer), Taobao events, steps of offered rate"
+def report(job: str, results: list[dict[str, object]]) -> tuple[str, list[str], list[list[str]]]:
+    """The steps as a table: title, columns, rows."""
+    title = f"feature path ({job} job + Feast writer), Taobao events, steps of offered rate"
     stages = sorted({k for r in results for k in r["cpu_us"]})  # type: ignore[union-attr]
     columns = ["offered/s", "read/s", "sustained", "job lag start→end", "writer lag start→end",
                "user fresh p50/p99 ms", "item fresh p50/p99 ms"] + [f"CPU µs/ev {s}" for s in stages]
@@ -334,11 +469,32 @@ def report(results: list[dict[str, object]], n_events: int) -> tuple[str, list[s
     return title, columns, rows
 
 
+def print_steps(job: str, results: list[dict[str, object]], out: Path | None) -> None:
+    """Print the steps' table, and write it to ``out/<job>_steps.md`` with ``out``."""
+    title, columns, rows = report(job, results)
+    table = Table(title=title)
+    for col in columns:
+        table.add_column(col, justify="right")
+    for row in rows:
+        table.add_row(*row)
+    console.print(table)
+    if out:
+        out.mkdir(parents=True, exist_ok=True)
+        lines = [f"## {title}", "", "| " + " | ".join(columns) + " |",
+                 "|" + "---:|" * len(columns)] + ["| " + " | ".join(r) + " |" for r in rows]
+        (out / f"{job.replace('-', '_')}_steps.md").write_text("\n".join(lines) + "\n")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--job", choices=("features", "features-fast"), default="features")
     parser.add_argument("--rates", default="250,500,1000,2000",
                         help="offered events/s, in steps")
     parser.add_argument("--step-s", type=float, default=60.0)
+    parser.add_argument("--warmup-s", type=float, default=0.0,
+                        help="seconds at the first rate, not measured, before the steps")
+    parser.add_argument("--keep-going", action="store_true",
+                        help="run every rate, even after one is not sustained")
     parser.add_argument("--rows", type=int, default=None, help="sample rows (default: all)")
     parser.add_argument("--redis-db", type=int, default=11)
     parser.add_argument("--equality", action="store_true")
@@ -350,24 +506,15 @@ def main() -> None:
         settings = fresh_settings(base, Path(tmp) / "run", args.redis_db)
         try:
             if args.equality:
-                equality(settings, events)
+                equality(settings, args.job, events)
                 return
-            results = steps(settings, events, [float(r) for r in args.rates.split(",")],
-                            args.step_s)
+            records, timed = encoded(events)
+            results = steps(settings, args.job, records, timed,
+                            [float(r) for r in args.rates.split(",")], args.step_s,
+                            warmup_s=args.warmup_s, keep_going=args.keep_going)
         finally:
             delete_topics(settings, list(topic_specs(settings)))
-    title, columns, rows = report(results, len(events))
-    table = Table(title=title)
-    for col in columns:
-        table.add_column(col, justify="right")
-    for row in rows:
-        table.add_row(*row)
-    console.print(table)
-    if args.out:
-        args.out.mkdir(parents=True, exist_ok=True)
-        lines = [f"## {title}", "", "| " + " | ".join(columns) + " |",
-                 "|" + "---:|" * len(columns)] + ["| " + " | ".join(r) + " |" for r in rows]
-        (args.out / "features_job.md").write_text("\n".join(lines) + "\n")
+    print_steps(args.job, results, args.out)
 
 
 if __name__ == "__main__":

@@ -26,6 +26,8 @@ connectors.errors.DecodeError: invalid_field: feature row lacks key, event_time_
 from __future__ import annotations
 
 import json
+
+import orjson
 from typing import Any
 
 from connectors.errors import DecodeError
@@ -50,9 +52,12 @@ def encode_row(row: FeatureRow) -> tuple[bytes, bytes]:
 def decode_row(raw: bytes | str) -> FeatureRow:
     """The row of a Kafka value; :class:`DecodeError` if it is not one."""
     try:
-        body: Any = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as err:
-        raise DecodeError("bad_json", str(err)) from None
+        body: Any = orjson.loads(raw)
+    except orjson.JSONDecodeError:  # also NaN and Infinity, which the standard parser takes
+        try:
+            body = json.loads(raw)
+        except (ValueError, UnicodeDecodeError) as err:
+            raise DecodeError("bad_json", str(err)) from None
     if not isinstance(body, dict):
         raise DecodeError("invalid_field", "a feature row is a JSON object")
     missing = [f for f in _FIELDS if f not in body]

@@ -390,7 +390,7 @@ def _decode(names: Sequence[str], values: Sequence[bytes | None] | None) -> Row:
     ts.ParseFromString(ts_bytes)
     row: dict[str, Any] = {}
     for name, raw in zip(names, values):
-        if raw is not None and len(raw) == 9 and raw[0] == _DOUBLE_TAG:
+        if raw is not None and len(raw) == 9 and raw[0] == DOUBLE_TAG:
             row[name] = _DOUBLE.unpack_from(raw, 1)[0]  # a serialised Value holding a double
             continue
         value = Value()
@@ -422,7 +422,7 @@ Read only, so safe on replicas and under ``SCRIPT KILL``. The last field of each
 be the view's ``_ts:<view>`` field."""
 
 _DOUBLE = struct.Struct("<d")
-_DOUBLE_TAG = (Value.DESCRIPTOR.fields_by_name["double_val"].number << 3) | 1
+DOUBLE_TAG = (Value.DESCRIPTOR.fields_by_name["double_val"].number << 3) | 1
 """A ``Value`` whose oneof is ``double_val`` serialises as this key byte (field number, wire
 type 1: 64-bit) and the double's 8 little-endian bytes; anything else goes through the proto."""
 

@@ -7,7 +7,11 @@ PyFlink's JVM gateway)::
     KafkaSource(events) -> Validate --dead letters--> KafkaSink(events.dlq)
         -> key_by(item_id) -> ItemStage --rows--> KafkaSink(features.rows)
         -> key_by(user_id) -> UserStage --rows--> KafkaSink(features.rows)
-        -> key_by(user_id) -> LabelJoin -> KafkaSink(training.examples)
+        -> (same key) LabelJoin -> KafkaSink(training.examples)
+
+Three tasks: the item stage and the user stage are behind a shuffle each; each stage's rows
+sink is chained to it, and the label join, keyed as the user stage is, is chained to the user
+stage (``DataStreamUtils.reinterpretAsKeyedStream``: no shuffle, no copy of the records).
 
 It follows the pure reference, :class:`features.examples.ExampleBuilder`, as the Python
 ``features`` job (:mod:`jobs.features_job`) does, stage for stage:
@@ -61,7 +65,8 @@ from pyflink.java_gateway import get_gateway
 
 from connectors.admin import ensure_topics
 from jobs.ingest import IDLE_TIMEOUT_MS
-from jobs.runtime import PROJECT_ROOT, discarding_sink, group_id, kafka_sink, kafka_source
+from jobs.runtime import (PROJECT_ROOT, SINK_PRODUCER, discarding_sink, group_id, kafka_sink,
+                          kafka_source)
 from streamrank.config import Settings
 
 JOB = "features-fast"
@@ -108,17 +113,20 @@ def build_validated(env: StreamExecutionEnvironment, settings: Settings, *, job:
 def rows_sink(settings: Settings) -> Any:
     """A Kafka sink of (key, value) feature rows to ``settings.topic_feature_rows``."""
     jvm = get_gateway().jvm
-    return (jvm.org.apache.flink.connector.kafka.sink.KafkaSink.builder()
-            .setBootstrapServers(settings.kafka_bootstrap)
-            .setRecordSerializer(_functions().RowRecords(settings.topic_feature_rows))
-            .setDeliveryGuarantee(DeliveryGuarantee.AT_LEAST_ONCE._to_j_delivery_guarantee())
-            .build())
+    builder = (jvm.org.apache.flink.connector.kafka.sink.KafkaSink.builder()
+               .setBootstrapServers(settings.kafka_bootstrap)
+               .setRecordSerializer(_functions().RowRecords(settings.topic_feature_rows))
+               .setDeliveryGuarantee(DeliveryGuarantee.AT_LEAST_ONCE._to_j_delivery_guarantee()))
+    for key, value in SINK_PRODUCER.items():
+        builder.setProperty(key, value)
+    return builder.build()
 
 
 def build_features(env: StreamExecutionEnvironment, settings: Settings, *, job: str = JOB,
                    bounded: bool = False) -> None:
     """The whole path: validation, feature rows and training examples."""
     ensure_topics(settings, {settings.topic_feature_rows: settings.events_partitions})
+    env.enable_checkpointing(settings.features_fast_checkpoint_interval_ms)
     fn = _functions()
     valid = build_validated(env, settings, job=job, bounded=bounded)
     items = valid.keyBy(fn.Keys.item()).process(
@@ -127,12 +135,11 @@ def build_features(env: StreamExecutionEnvironment, settings: Settings, *, job: 
     users = items.keyBy(fn.Keys.user()).process(
         fn.UserStage(settings.allowed_lateness_ms, settings.feature_state_ttl_ms)) \
         .name("user features")
-    gateway = get_gateway()
-    more = gateway.new_array(gateway.jvm.org.apache.flink.streaming.api.datastream.DataStream, 1)
-    more[0] = users.getSideOutput(fn.Rows.tag())
-    rows = items.getSideOutput(fn.Rows.tag()).union(more)
-    rows.sinkTo(rows_sink(settings)).name("feature rows")
-    examples = users.keyBy(fn.Keys.user()).process(
+    items.getSideOutput(fn.Rows.tag()).sinkTo(rows_sink(settings)).name("item rows")
+    users.getSideOutput(fn.Rows.tag()).sinkTo(rows_sink(settings)).name("user rows")
+    same_users = get_gateway().jvm.org.apache.flink.streaming.api.datastream.DataStreamUtils \
+        .reinterpretAsKeyedStream(users, fn.Keys.user())
+    examples = same_users.process(
         fn.LabelJoin(settings.attribution_window_ms, settings.allowed_lateness_ms,
                      settings.max_out_of_orderness_ms)).name("label join")
     DataStream(examples).sink_to(kafka_sink(settings, settings.topic_examples)) \

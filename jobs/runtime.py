@@ -19,6 +19,9 @@ Choices (figures from ``bench/bench_ingest.py`` on this 2-core machine):
 * **Restarts**: ``failure-rate``: up to 5 failures in 5 minutes, 2 s apart. A transient broker
   hiccup is survived; a crash loop ends the job, so a detached run exits visibly instead of
   restarting forever.
+* **Sink batching**: Kafka sinks linger up to :data:`SINK_PRODUCER` ``linger.ms`` and batch
+  up to its ``batch.size`` per partition: fewer, larger produce requests for the producers'
+  network threads and the broker, for at most that much delay per record.
 * **Loopback only**: the MiniCluster's REST endpoint, RPC and data ports bind 127.0.0.1.
 * **Bytes**: Kafka values are read and written as Java ``byte[]`` (PyFlink's
   :class:`ByteArraySchema`), which arrive in Python as ``bytes``: a record that is not UTF-8
@@ -109,6 +112,7 @@ def flink_options(
         "python.execution-mode": mode,
         "python.pythonpath": python_path(),
         "rest.bind-address": "127.0.0.1",
+        "metrics.fetcher.update-interval": "1000",  # REST metrics at most 1 s old
         "jobmanager.bind-host": "127.0.0.1",
         "taskmanager.bind-host": "127.0.0.1",
         "taskmanager.host": "127.0.0.1",
@@ -195,6 +199,10 @@ def kafka_source(
     return builder.build()
 
 
+SINK_PRODUCER = {"linger.ms": "20", "batch.size": str(512 * 1024)}
+"""Producer properties of every Kafka sink (see the module docstring)."""
+
+
 def kafka_sink(
     settings: Settings,
     topic: str,
@@ -217,6 +225,8 @@ def kafka_sink(
             .build())
         .set_delivery_guarantee(guarantee)
     )
+    for key, value in SINK_PRODUCER.items():
+        builder.set_property(key, value)
     if guarantee == DeliveryGuarantee.EXACTLY_ONCE:
         builder.set_transactional_id_prefix(f"streamrank-{topic}")
     return builder.build()

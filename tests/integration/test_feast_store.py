@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import random
 import uuid
 from pathlib import Path
 
 import pandas as pd
 import pytest
 from feast import FeatureStore
+from feast.value_type import ValueType
+from redis import Redis
 
 from connectors.events import Event
 from feast.protos.feast.serving.ServingService_pb2 import FieldStatus
 
-from features.online import FEATURE_REFS, read_features
+from features.online import FEATURE_REFS, read_features, redis_key
+from features.online_write import RedisRowWriter
 from features.rows import (
     ITEM_VIEW,
     USER_CATEGORY_STORED,
@@ -20,12 +24,13 @@ from features.rows import (
     USER_LISTS,
     USER_VIEW,
     FeatureComputer,
+    FeatureRow,
 )
 from features.schema import DENSE_FEATURES, ITEM_FEATURES, USER_FEATURES
 from features.state import HOUR_MS, ItemState, UserCategoryState, UserState
 from features.state import item_features, user_category_features, user_features
 from features.store import apply_repo, feast_dir, offline_dir
-from features.writer import FeatureWriter, rows_frame, view_specs
+from features.writer import FeatureWriter, ViewSpec, rows_frame, view_specs
 from streamrank.config import Settings
 
 pytestmark = pytest.mark.integration
@@ -259,3 +264,67 @@ def test_offline_log_waits_for_its_bounds_or_an_explicit_flush(run, tag):
     log = pd.read_parquet(offline_dir(settings) / ITEM_VIEW)
     assert sorted(log.item_id) == [f"{tag}{k}" for k in range(7)]
     assert (parts(), writer.stats.offline_files, writer.stats.total_written) == (3, 3, 7)
+
+
+def _random_values(spec: ViewSpec, rng: random.Random) -> dict[str, object]:
+    floats = [0.0, -0.0, float("nan"), 1e300, -2.5e-310, 1.0]
+    out: dict[str, object] = {}
+    for f in spec.view.features:
+        if f.dtype.to_value_type() == ValueType.STRING_LIST:
+            out[f.name] = ["".join(rng.choice("ab\u00e9\u4e2d\U0001f600") for _ in range(3))
+                           for _ in range(rng.randrange(4))]
+        else:
+            out[f.name] = rng.choice(floats) if rng.random() < 0.3 else rng.uniform(-1e6, 1e6)
+    return out
+
+
+def test_the_fast_online_write_stores_the_bytes_feast_stores(run, tag):
+    """RedisRowWriter writes the hashes Feast's own online_write_batch writes, byte for byte,
+    with the same key expiry, for random rows of every view."""
+    settings, store = run
+    rng = random.Random(11)
+    fast = RedisRowWriter.for_store(store)
+    assert fast is not None
+    client = Redis.from_url(settings.redis_url)
+    project = store.config.project
+    for view, spec in view_specs(store).items():
+        rows = [FeatureRow(view, tuple(f"{tag}{n}-{k}" for k in spec.join_keys),
+                           _random_values(spec, rng), T0 + rng.randrange(10**9))
+                for n in range(30)]
+        assert fast.write(view, rows) == len(rows)
+        feast_rows = [r._replace(key=tuple("feast-" + k for k in r.key)) for r in rows]
+        store.provider.online_write_batch(store.config, spec.view, spec.online_rows(feast_rows),
+                                          None)
+        for ours, theirs in zip(rows, feast_rows):
+            a = redis_key(spec.join_keys, ours.key, project)
+            b = redis_key(spec.join_keys, theirs.key, project)
+            assert client.hgetall(a) == client.hgetall(b) != {}
+            assert abs(client.ttl(a) - client.ttl(b)) <= 2 and client.ttl(a) > 0
+
+
+def test_the_fast_online_write_keeps_the_newest_row(run, tag):
+    """An older row does not overwrite a newer one; a row of the same event time does (the
+    later of two rows of one millisecond holds the later state; Feast's own write keeps the
+    first)."""
+    settings, store = run
+    fast = RedisRowWriter.for_store(store)
+    spec = view_specs(store)[ITEM_VIEW]
+    rng = random.Random(3)
+    key = (tag + "i1",)
+    first = FeatureRow(ITEM_VIEW, key, _random_values(spec, rng), T0 + 5_000)
+    older = first._replace(values=_random_values(spec, rng), event_time_ms=T0 + 4_999)
+    same = first._replace(values=_random_values(spec, rng))
+    newer = first._replace(values={n: i + 0.5 for i, n in enumerate(spec.features)},
+                           event_time_ms=T0 + 7_000)
+    client = Redis.from_url(settings.redis_url)
+
+    def stored() -> dict[bytes, bytes]:
+        return client.hgetall(redis_key(spec.join_keys, key, store.config.project))
+
+    assert fast.write(ITEM_VIEW, [first]) == 1
+    after_first = stored()
+    assert fast.write(ITEM_VIEW, [older]) == 0 and stored() == after_first
+    assert fast.write(ITEM_VIEW, [same]) == 1 and stored() != after_first
+    assert fast.write(ITEM_VIEW, [newer]) == 1
+    values = online(store, [f"{ITEM_VIEW}:{n}" for n in spec.features], item_id=[key[0]])
+    assert {n: values[n][0] for n in spec.features} == newer.values

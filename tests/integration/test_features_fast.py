@@ -263,7 +263,8 @@ def fast_settings(live_stack: Settings, tmp_path: Path) -> Iterator[Settings]:
     settings = live_stack.model_copy(update={
         "topic_events": f"events-{tag}", "topic_dlq": f"events.dlq-{tag}",
         "topic_examples": f"training.examples-{tag}", "topic_feature_rows": f"rows-{tag}",
-        "events_partitions": 1, "run_dir": tmp_path / "run"})
+        "events_partitions": 1, "run_dir": tmp_path / "run",
+        "features_fast_checkpoint_interval_ms": live_stack.checkpoint_interval_ms})
     specs = {settings.topic_events: 1, settings.topic_dlq: 1, settings.topic_examples: 1,
              settings.topic_feature_rows: 1}
     ensure_topics(settings, specs)
