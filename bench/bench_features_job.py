@@ -290,8 +290,17 @@ class SourcePosition:
                     return f"{base}/jobs/{job['jid']}/vertices/{source['id']}", source["id"]
         return None
 
+    def settled(self) -> int:
+        """:meth:`__call__` after a pause of one metrics update: the REST endpoint answers from
+        its cache and refreshes it in the background, so a first query after a quiet spell
+        returns old figures."""
+        self()
+        time.sleep(1.5)
+        return self()
+
     def __call__(self) -> int:
-        """Records read so far (0 until the source has reported)."""
+        """Records read so far (0 until the source has reported; at most about a second
+        old while queried every second)."""
         if not self._ids:
             names = [m["id"] for m in self._get(f"{self._base}/subtasks/metrics")
                      if m["id"].endswith(".currentOffset") and self._topic in m["id"]]
@@ -361,7 +370,7 @@ def steps(settings: Settings, job: str, records: list[Record], timed: list[Timed
                 batch = [cycled(records, i) for i in range(sent, sent + n)]
                 fresh.take()
                 cpu0 = cpu_by_stage(job_pid, writer_pid)
-                read0 = position()
+                read0 = position.settled()
                 lags: list[tuple[float, int, int]] = []
                 start = time.monotonic()
                 due_at = {"timed": start, "sample": start}
@@ -384,7 +393,7 @@ def steps(settings: Settings, job: str, records: list[Record], timed: list[Timed
                 _send_at(producer, batch, rate, tick)
                 elapsed = time.monotonic() - start
                 sent += n
-                read = position() - read0
+                read = position.settled() - read0
                 cpu1 = cpu_by_stage(job_pid, writer_pid)
                 first = [lag for t, lag, _ in lags if t < 10] or [0]
                 last = [lag for t, lag, _ in lags if t > elapsed - 10] or [0]

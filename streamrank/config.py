@@ -70,8 +70,9 @@ class Settings(BaseSettings):
     feature_state_ttl_ms: int = 48 * HOUR_MS
     """Keyed feature state idle this long (event time) is dropped."""
     feast_batch_rows: int = 1_000
-    feast_flush_ms: int = 200
-    """The Feast writer waits at most this long for more rows before it writes."""
+    feast_flush_ms: int = 50
+    """The Feast writer waits at most this long for more rows before it writes (a poll of
+    rows costs one script call per view: small batches are cheap)."""
     feast_commit_ms: int = 5_000
     """The Feast writer writes the offline log and commits its offsets this often."""
     job_parallelism: int = 1
