@@ -39,7 +39,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from bench_features_job import encoded, fresh_settings, print_steps, steps
+from bench_features_job import encoded, fresh_settings, print_steps, services, steps
 from bench_ingest import Record, cpu_between, produce, run_sampled
 from connectors.admin import delete_topics, ensure_topics, topic_specs
 from connectors.events import Event
@@ -156,7 +156,7 @@ def main() -> None:
             settings = fresh_settings(base, Path(tmp) / "run", REDIS_DB)
             try:
                 stepped = steps(settings, JOB, records, timed, rates, args.rate_s,
-                                warmup_s=args.warmup_s, keep_going=True)
+                                warmup_s=args.warmup_s, keep_going=True, others=services(base))
             finally:
                 delete_topics(settings, list(topic_specs(settings)))
 

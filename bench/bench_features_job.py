@@ -26,8 +26,10 @@ writer). The steps go up until one is not sustained. Per step it also prints:
 * **CPU µs per event per stage**: CPU time of the job's threads (``/proc``; Flink's task
   threads are named after their operator chains: source + validation, item stage, user stage
   (+ label join in features-fast), the Python job's row sink; then the Kafka sinks' network
-  threads, checkpoints, JIT, GC and the rest of the JVM or Python runtime) and of the Feast
-  writer process, over the step, divided by the events the job's source read over it.
+  threads, checkpoints, JIT, GC and the rest of the JVM or Python runtime), of the Feast
+  writer process and of the stack's Kafka broker and Redis, over the step, divided by the
+  events the job's source read over it (the broker and Redis also serve this bench's
+  producer and its freshness reads).
 
 **Equality** (``--equality``): the whole sample (or its first ``--rows`` rows) through a bounded
 run and the writer, then every row of the reference (:func:`features.verify.reference`) read
@@ -79,6 +81,7 @@ from features.verify import example_differences, reference, row_differences
 from jobs.feast_writer import GROUP as WRITER_GROUP
 from jobs.launch import run_job, running_pid, settings_env, stop_job
 from streamrank.config import Settings, load_settings
+from streamrank.processes import read_pid
 
 console = Console(width=160)
 POLL_S = 0.02
@@ -134,10 +137,20 @@ def _group_pids(pgid: int) -> list[int]:
     return out
 
 
-def cpu_by_stage(job_pid: int, writer_pid: int) -> dict[str, float]:
-    """CPU seconds so far of each stage's threads, the job's other threads and the writer."""
+def services(base: Settings) -> dict[str, int]:
+    """The pids of the stack's Kafka broker and Redis (``streamrank stack up``), by name."""
+    pids = {"Kafka broker": read_pid(base, "kafka"), "Redis": read_pid(base, "redis")}
+    return {name: pid for name, pid in pids.items() if pid is not None}
+
+
+def cpu_by_stage(job_pid: int, writer_pid: int,
+                 others: dict[str, int] | None = None) -> dict[str, float]:
+    """CPU seconds so far of each stage's threads, the job's other threads, the writer, and
+    each of ``others`` (name -> pid: the broker, Redis)."""
     out: dict[str, float] = defaultdict(float)
-    for pid, group in [(p, "job") for p in _group_pids(job_pid)] + [(writer_pid, "writer")]:
+    processes = ([(p, "job") for p in _group_pids(job_pid)] + [(writer_pid, "Feast writer")]
+                 + [(pid, name) for name, pid in (others or {}).items()])
+    for pid, group in processes:
         for task in Path(f"/proc/{pid}/task").glob("*"):
             try:
                 name = (task / "comm").read_text().rstrip("\n")
@@ -145,7 +158,7 @@ def cpu_by_stage(job_pid: int, writer_pid: int) -> dict[str, float]:
             except OSError:
                 continue
             seconds = (int(fields[11]) + int(fields[12])) / CLK
-            stage = "Feast writer" if group == "writer" else stage_of(name)
+            stage = stage_of(name) if group == "job" else group
             out[stage] += seconds
     return out
 
@@ -340,11 +353,13 @@ def _send_at(producer: EventProducer, batch: list[Record], rate: float,
 
 def steps(settings: Settings, job: str, records: list[Record], timed: list[Timed],
           rates: list[float], step_s: float, *, warmup_s: float = 0.0,
-          keep_going: bool = False) -> list[dict[str, object]]:
+          keep_going: bool = False, others: dict[str, int] | None = None
+          ) -> list[dict[str, object]]:
     """The stepped-rate runs of ``job`` (``features`` or ``features-fast``) and the writer
     (module docstring); ``records`` are cycled (:func:`cycled`) when a step needs more. The
     first ``warmup_s`` seconds at the first rate are not measured (the JIT's warm-up);
-    ``keep_going`` runs every rate even after one is not sustained."""
+    ``keep_going`` runs every rate even after one is not sustained; the CPU of ``others``
+    (name -> pid, e.g. :func:`services`) is counted beside the job's and the writer's."""
     run_job(job, settings, detach=True)
     run_job("writer", settings, detach=True)
     job_pid, writer_pid = running_pid(job, settings), running_pid("writer", settings)
@@ -369,7 +384,7 @@ def steps(settings: Settings, job: str, records: list[Record], timed: list[Timed
                 n = int(rate * step_s)
                 batch = [cycled(records, i) for i in range(sent, sent + n)]
                 fresh.take()
-                cpu0 = cpu_by_stage(job_pid, writer_pid)
+                cpu0 = cpu_by_stage(job_pid, writer_pid, others)
                 read0 = position.settled()
                 lags: list[tuple[float, int, int]] = []
                 start = time.monotonic()
@@ -394,7 +409,7 @@ def steps(settings: Settings, job: str, records: list[Record], timed: list[Timed
                 elapsed = time.monotonic() - start
                 sent += n
                 read = position.settled() - read0
-                cpu1 = cpu_by_stage(job_pid, writer_pid)
+                cpu1 = cpu_by_stage(job_pid, writer_pid, others)
                 first = [lag for t, lag, _ in lags if t < 10] or [0]
                 last = [lag for t, lag, _ in lags if t > elapsed - 10] or [0]
                 wfirst = [w for t, _, w in lags if t < 10] or [0]
@@ -520,7 +535,8 @@ def main() -> None:
             records, timed = encoded(events)
             results = steps(settings, args.job, records, timed,
                             [float(r) for r in args.rates.split(",")], args.step_s,
-                            warmup_s=args.warmup_s, keep_going=args.keep_going)
+                            warmup_s=args.warmup_s, keep_going=args.keep_going,
+                            others=services(base))
         finally:
             delete_topics(settings, list(topic_specs(settings)))
     print_steps(args.job, results, args.out)
