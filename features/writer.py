@@ -8,7 +8,7 @@ events). A batch is flushed when ``settings.feast_batch_rows`` distinct rows are
 
 Online writes on Feast's Redis store (not a cluster) are one server-side script call per view
 per flush that writes Feast's own layout (:class:`features.online_write.RedisRowWriter`: the
-same keys, fields and value bytes as Feast's ``online_write_batch``, ≈ 10x less CPU per row;
+same keys, fields and value bytes as Feast's ``online_write_batch``, ≈ 3-4x less CPU per row;
 ``bench/bench_feast.py``). Elsewhere they go through Feast's provider: one
 ``Provider.online_write_batch`` call per view per flush, the call
 ``FeatureStore.write_to_online_store`` ends in, with the rows built directly as Feast's
