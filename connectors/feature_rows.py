@@ -26,9 +26,9 @@ connectors.errors.DecodeError: invalid_field: feature row lacks key, event_time_
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import orjson
-from typing import Any
 
 from connectors.errors import DecodeError
 from features.rows import FeatureRow

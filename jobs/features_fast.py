@@ -38,6 +38,10 @@ than ``feature_state_ttl_ms`` after its key's latest one sees a fresh state; an 
 timer (rounded to the hour) frees a key's state once the watermark has passed its latest event
 by the TTL plus the allowed lateness.
 
+**Checkpoints** every ``settings.features_fast_checkpoint_interval_ms`` (the heap state is
+written whole at each one); network buffers wait at most :data:`BUFFER_TIMEOUT_MS`; the Kafka
+sinks batch as :data:`jobs.runtime.SINK_PRODUCER` says.
+
 **Object reuse** is on: no Java function keeps or changes a record it has emitted to a
 chained operator, so records pass between chained operators without a copy.
 
