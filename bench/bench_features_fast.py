@@ -32,7 +32,6 @@ import shutil
 import sys
 import tempfile
 import time
-import uuid
 from itertools import islice
 from pathlib import Path
 
@@ -41,11 +40,10 @@ from rich.table import Table
 
 from bench_features_job import encoded, fresh_settings, print_steps, services, steps
 from bench_ingest import Record, cpu_between, produce, run_sampled
-from connectors.admin import delete_topics, ensure_topics, topic_specs
+from connectors.admin import delete_topics, topic_specs
 from connectors.events import Event
 from connectors.logs import read_log
 from features.impressions import with_impressions
-from features.store import apply_repo
 from jobs.features_fast import JOB
 from jobs.launch import settings_env
 from streamrank.config import Settings
@@ -59,42 +57,20 @@ def sample_events(settings: Settings, n: int) -> list[Event]:
     return list(islice(with_impressions(events, settings), n))
 
 
-def fresh(base: Settings, tag: str) -> Settings:
-    """Settings with fresh topics, run directory and Feast Redis db."""
-    settings = base.model_copy(update={
-        "topic_events": f"bench-fast-events-{tag}", "topic_dlq": f"bench-fast-dlq-{tag}",
-        "topic_examples": f"bench-fast-examples-{tag}",
-        "topic_feature_rows": f"bench-fast-rows-{tag}",
-        "run_dir": Path(tempfile.mkdtemp(prefix="bench-fast-")),
-        "redis_url": base.redis_url.rsplit("/", 1)[0] + f"/{REDIS_DB}"})
-    ensure_topics(settings, {settings.topic_events: settings.events_partitions,
-                             settings.topic_dlq: 1,
-                             settings.topic_examples: settings.events_partitions,
-                             settings.topic_feature_rows: settings.events_partitions})
-    return settings
-
-
-def cleanup(settings: Settings) -> None:
-    delete_topics(settings, [settings.topic_events, settings.topic_dlq, settings.topic_examples,
-                             settings.topic_feature_rows])
-    shutil.rmtree(settings.run_dir, ignore_errors=True)
-
-
 def bounded_run(job: str, records: list[Record], base: Settings) -> dict[str, float]:
     """A bounded run of ``job`` over ``records`` in a child process: events/s over the job's
     net run time (from its start on the cluster to its end: no JVM start or job submission),
     CPU µs/event of the process tree over that time, and the wall time of the whole child."""
-    settings = fresh(base, uuid.uuid4().hex[:8])
+    settings = fresh_settings(base, Path(tempfile.mkdtemp(prefix="bench-fast-")), REDIS_DB)
     try:
         produce(settings, records)
-        if job == "features":
-            apply_repo(settings)
         report = settings.run_dir.resolve() / "net-runtime"
         cmd = [sys.executable, __file__, "--child", job, "--report", str(report)]
         wall, samples = run_sampled(cmd, {**os.environ, **settings_env(settings)})
         net_ms, end_ms = (float(x) for x in report.read_text().split())
     finally:
-        cleanup(settings)
+        delete_topics(settings, list(topic_specs(settings)))
+        shutil.rmtree(settings.run_dir, ignore_errors=True)
     cpu = cpu_between(samples, end_ms - net_ms, end_ms)
     return {"events": len(records), "per_s": len(records) / (net_ms / 1000),
             "cpu_us": cpu / len(records) * 1e6, "wall_s": wall,

@@ -67,8 +67,9 @@ from rich.console import Console
 from rich.progress import track
 from rich.table import Table
 
+from bench_ingest import Record, record
 from connectors.admin import delete_topics, end_offsets, ensure_topics, topic_specs
-from connectors.events import Event, encode_event
+from connectors.events import Event
 from connectors.examples import decode_example
 from connectors.kafka_config import consumer_config
 from connectors.logs import read_log
@@ -235,15 +236,13 @@ class Freshness:
         self._thread.join()
 
 
-Record = tuple[bytes, bytes, int]
-"""An event on the wire: value, Kafka key, event time (the record's Kafka timestamp)."""
 Timed = tuple[str, str, bool]
 """What freshness needs of a record: its user, its item, whether it feeds state."""
 
 
 def encoded(events: list[Event]) -> tuple[list[Record], list[Timed]]:
     """The events as records to send, and what freshness needs of each."""
-    return ([(encode_event(e), e.user_id.encode(), e.event_time) for e in events],
+    return ([record(e) for e in events],
             [(e.user_id, e.item_id, feeds_state(e)) for e in events])
 
 
@@ -274,7 +273,7 @@ class SourcePosition:
         while True:
             found = self._find(pid)
             if found is not None:
-                self._base, self._vertex = found
+                self._base = found
                 break
             if time.monotonic() > deadline:
                 raise RuntimeError(f"no running Flink job with a source in process {pid}")
@@ -286,7 +285,7 @@ class SourcePosition:
         with urllib.request.urlopen(url, timeout=2) as response:
             return json.load(response)
 
-    def _find(self, pid: int) -> tuple[str, str] | None:
+    def _find(self, pid: int) -> str | None:
         listening = [c for p in _group_pids(pid) for c in psutil.Process(p).net_connections("tcp")]
         for conn in listening:
             if conn.status != psutil.CONN_LISTEN:
@@ -300,7 +299,7 @@ class SourcePosition:
                 if job["state"] == "RUNNING":
                     vertices = self._get(f"{base}/jobs/{job['jid']}")["vertices"]
                     source = next(v for v in vertices if v["name"].startswith("Source: events"))
-                    return f"{base}/jobs/{job['jid']}/vertices/{source['id']}", source["id"]
+                    return f"{base}/jobs/{job['jid']}/vertices/{source['id']}"
         return None
 
     def settled(self) -> int:

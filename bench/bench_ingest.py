@@ -31,7 +31,7 @@ from rich.console import Console
 from rich.table import Table
 
 from connectors.admin import delete_topics, ensure_topics
-from connectors.events import decoder, encode_event
+from connectors.events import Event, decoder, encode_event
 from connectors.logs import read_log
 from connectors.producer import EventProducer, UnknownTopic
 from jobs.launch import settings_env
@@ -41,6 +41,11 @@ from streamrank.config import Settings
 ROOT = Path(__file__).resolve().parents[1]
 Record = tuple[bytes, bytes, int]
 """A pre-encoded event: value, key (user), event time in ms (its Kafka timestamp)."""
+
+
+def record(event: Event) -> Record:
+    """``event`` as :class:`connectors.producer.EventProducer` sends it."""
+    return encode_event(event), event.user_id.encode(), event.event_time
 
 
 def taobao_records(n: int, settings: Settings) -> list[Record]:
@@ -53,7 +58,7 @@ def taobao_records(n: int, settings: Settings) -> list[Record]:
     for i in range(n):
         event = sample[i % len(sample)].model_copy(
             update={"event_id": f"bench-{i}", "event_time": start + i // 100})
-        out.append((encode_event(event), event.user_id.encode(), event.event_time))
+        out.append(record(event))
     return out
 
 
