@@ -20,7 +20,7 @@ import torch
 
 from connectors.logs import CsvMapping
 from models.evaluate import MODELS, evaluate
-from streamrank.config import Settings
+from config import Settings
 
 
 def main() -> None:

@@ -43,7 +43,7 @@ from features.rows import ITEM_VIEW, Coalescer, FeatureComputer, FeatureRow
 from features.store import apply_repo
 from features.online_write import RedisRowWriter
 from features.writer import FeatureWriter, ViewSpec, rows_frame, view_specs
-from streamrank.config import Settings, load_settings
+from config import Settings, load_settings
 
 FLUSH_MS = 200
 SPEEDS = (1, 60, 600)

@@ -45,8 +45,8 @@ from connectors.events import Event
 from connectors.logs import read_log
 from features.impressions import with_impressions
 from jobs.features_fast import JOB
-from jobs.launch import settings_env
-from streamrank.config import Settings
+from config import settings_env
+from config import Settings
 
 REDIS_DB = 11
 
@@ -85,7 +85,7 @@ def child(job: str, report: Path) -> None:
     from jobs.features_fast import build_validation_only
     from jobs.launch import JOBS
     from jobs.runtime import create_env
-    from streamrank.config import load_settings
+    from config import load_settings
 
     settings = load_settings()
     env = create_env(f"bench-{job}", settings)

@@ -70,7 +70,7 @@ from rich.table import Table
 from bench_ingest import Record, record
 from connectors.admin import delete_topics, end_offsets, ensure_topics, topic_specs
 from connectors.events import Event
-from connectors.examples import decode_example
+from connectors.training_examples import decode_example
 from connectors.kafka_config import consumer_config
 from connectors.logs import read_log
 from connectors.producer import EventProducer
@@ -81,7 +81,7 @@ from features.store import apply_repo, open_store
 from features.verify import example_differences, reference, row_differences
 from jobs.feast_writer import GROUP as WRITER_GROUP
 from jobs.launch import run_job, running_pid, settings_env, stop_job
-from streamrank.config import Settings, load_settings
+from config import Settings, load_settings
 from streamrank.processes import read_pid
 
 console = Console(width=160)

@@ -34,9 +34,9 @@ from connectors.admin import delete_topics, ensure_topics
 from connectors.events import Event, decoder, encode_event
 from connectors.logs import read_log
 from connectors.producer import EventProducer, UnknownTopic
-from jobs.launch import settings_env
+from config import settings_env
 from jobs.runtime import read_stats
-from streamrank.config import Settings
+from config import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
 Record = tuple[bytes, bytes, int]

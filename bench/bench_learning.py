@@ -23,7 +23,7 @@ from rich.console import Console
 from rich.table import Table
 
 from models.evaluate import SEGMENTS, LogSpec, evaluate_logs
-from streamrank.config import Settings
+from config import Settings
 
 console = Console(width=150)
 MODELS = ("online", "ftrl", "frozen", "most_popular")

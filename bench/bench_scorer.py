@@ -61,7 +61,7 @@ from models.publisher import DeltaPublisher  # noqa: E402
 from models.ranker import Ranker  # noqa: E402
 from models.trainer import OnlineTrainer  # noqa: E402
 from streamrank import stack  # noqa: E402
-from streamrank.config import Settings, load_settings  # noqa: E402
+from config import Settings, load_settings  # noqa: E402
 from streamrank.scorer_process import ScorerProcess, start_scorer  # noqa: E402
 
 P99_LIMIT_MS = 50.0

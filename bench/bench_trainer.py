@@ -28,7 +28,7 @@ from pydantic import SecretStr
 from rich.console import Console
 from rich.table import Table
 
-from connectors.examples import TrainingExample
+from connectors.training_examples import TrainingExample
 from connectors.logs import read_log
 from features.examples import build_examples
 from features.impressions import with_impressions
@@ -38,7 +38,7 @@ from models.loop import TrainingLoop
 from models.publisher import DeltaPublisher
 from models.ranker import Ranker
 from models.trainer import OnlineTrainer
-from streamrank.config import Settings
+from config import Settings
 
 console = Console()
 

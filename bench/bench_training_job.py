@@ -42,15 +42,15 @@ from rich.table import Table
 from bench_ingest import cpu_between, run_sampled
 from bench_trainer import real_examples
 from connectors.admin import delete_topics, ensure_topics
-from connectors.examples import TrainingExample, decode_example, encode_example
+from connectors.training_examples import TrainingExample, decode_example, encode_example
 from connectors.snapshot_store import SnapshotStore
-from jobs.launch import settings_env
+from config import settings_env
 from jobs.runtime import read_stats
 from jobs.training_job import JOB, status_path
 from models.loop import TrainingLoop
 from models.publisher import DeltaPublisher
 from models.trainer import OnlineTrainer
-from streamrank.config import Settings
+from config import Settings
 
 console = Console(width=150)
 

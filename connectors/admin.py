@@ -9,7 +9,7 @@ from confluent_kafka import Consumer, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from connectors.kafka_config import admin_config, consumer_config
-from streamrank.config import Settings
+from config import Settings
 
 ADMIN_GROUP = "streamrank-admin"
 """The consumer group of offset queries (it never commits)."""

@@ -23,10 +23,10 @@ from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from connectors.errors import DecodeError
+from connectors.errors import DecodeError, rejected
 
 if TYPE_CHECKING:
-    from streamrank.config import Settings
+    from config import Settings
 
 EventType = Literal["impression", "click", "add_to_cart", "favourite", "purchase", "search"]
 EVENT_TYPES: tuple[str, ...] = EventType.__args__  # type: ignore[attr-defined]
@@ -61,12 +61,6 @@ def encode_event(event: Event) -> bytes:
     return event.model_dump_json(exclude_defaults=True).encode()
 
 
-def _explain(err: ValidationError) -> str:
-    return "; ".join(
-        f"{'.'.join(str(p) for p in e['loc']) or 'record'}: {e['msg']}" for e in err.errors()
-    )
-
-
 def decode_event(
     raw: bytes | str,
     *,
@@ -86,9 +80,7 @@ def decode_event(
     try:
         event = Event.model_validate_json(raw)
     except ValidationError as err:
-        if any(e["type"] == "json_invalid" for e in err.errors()):
-            raise DecodeError("bad_json", err.errors()[0]["msg"]) from None
-        raise DecodeError("invalid_field", _explain(err)) from None
+        raise rejected(err) from None
     now = int(time.time() * 1000) if now_ms is None else now_ms
     if not min_time_ms <= event.event_time <= now + max_future_ms:
         raise DecodeError("absurd_time", f"event_time {event.event_time} outside plausible range")
@@ -102,7 +94,8 @@ def decoder(settings: Settings) -> Callable[[bytes | str], Event]:
 
 
 def dead_letter(raw: bytes, reason: str, detail: str, source: str = "") -> bytes:
-    """The dead-letter record: the reason and the original bytes (as text when UTF-8, else hex).
+    """The dead-letter record: the reason and the original bytes (as text when UTF-8, else hex);
+    ``source`` as :func:`connectors.errors.source` writes it.
 
     >>> json.loads(dead_letter(b"{", "bad_json", "EOF", "events[0]@5"))["original"]
     '{'

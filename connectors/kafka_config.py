@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from streamrank.config import Settings
+from config import Settings
 
 
 def admin_config(settings: Settings) -> dict[str, Any]:

@@ -16,7 +16,7 @@ Out-of-order logs are sorted by ``(event_time, line_no)``: in memory up to
 ``max_rows_in_memory`` rows, above that by an external merge of sorted runs in temporary files.
 
 >>> import tempfile, pathlib
->>> from streamrank.config import Settings
+>>> from config import Settings
 >>> log = pathlib.Path(tempfile.mkdtemp()) / "log.csv"
 >>> _ = log.write_text("1,10,5,pv,1511658001\\n2,11,5,buy,1511658000\\n3,12,5,pv,15\\n")
 >>> events, report = read_log(log, "taobao", settings=Settings())
@@ -43,9 +43,9 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from connectors.errors import DecodeError
+from connectors.errors import DecodeError, explain
 from connectors.events import EVENT_TYPES, Event, EventType, decode_event, encode_event
-from streamrank.config import Settings
+from config import Settings
 
 LogFormat = Literal["taobao", "csv", "jsonl"]
 LOG_FORMATS: tuple[str, ...] = LogFormat.__args__  # type: ignore[attr-defined]
@@ -292,8 +292,7 @@ def _row_event(
     try:
         return Event.model_validate(fields, strict=False)
     except ValidationError as err:
-        detail = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors())
-        raise _RowError("invalid_field", detail) from None
+        raise _RowError("invalid_field", explain(err)) from None
 
 
 def _jsonl_events(

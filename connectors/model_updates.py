@@ -33,7 +33,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException
 
 from connectors.kafka_config import consumer_config
 from connectors.producer import TopicProducer
-from streamrank.config import Settings
+from config import Settings
 
 CHUNK_HEADER = "streamrank-chunk"
 Headers = list[tuple[str, str | bytes | None]]

@@ -11,7 +11,7 @@ from confluent_kafka import KafkaError, Message, Producer
 
 from connectors.events import Event, encode_event
 from connectors.kafka_config import producer_config
-from streamrank.config import Settings
+from config import Settings
 
 
 class DeliveryFailed(RuntimeError):

@@ -29,7 +29,7 @@ import uuid
 
 import fsspec
 
-from streamrank.config import Settings
+from config import Settings
 
 KEEP_SNAPSHOTS = 5
 """Snapshots kept by default (older ones and their checkpoints are deleted)."""

@@ -21,7 +21,7 @@ State expires in event time (:func:`features.state.alive`); keys that no accepta
 see any more are freed once per hour of event time.
 
 >>> from connectors.events import Event
->>> from streamrank.config import Settings
+>>> from config import Settings
 >>> def ev(i, kind, t, request):
 ...     return Event(event_id=str(i), event_type=kind, user_id="u", item_id="a",
 ...                  category_id="c", event_time=t, request_id=request)
@@ -43,7 +43,7 @@ from dataclasses import dataclass
 from operator import itemgetter
 
 from connectors.events import Event
-from connectors.examples import TrainingExample
+from connectors.training_examples import TrainingExample
 from features.labels import NO_RECENT, LabelJoiner, Recent
 from features.rows import FeatureComputer, FeatureRow, feeds_state
 from features.schema import DENSE_FEATURES
@@ -58,7 +58,7 @@ from features.state import (
     user_category_features,
     user_features,
 )
-from streamrank.config import Settings
+from config import Settings
 
 
 _NO_ITEM = ItemState()

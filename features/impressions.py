@@ -34,7 +34,7 @@ were shown; ranking needs impressions (and so negatives). The rule, applied iden
 The sampled items' category and price are those seen with them in the window.
 
 >>> from connectors.events import Event
->>> from streamrank.config import Settings
+>>> from config import Settings
 >>> def click(i, item):
 ...     return Event(event_id=f"c{i}", event_type="click", user_id="u", item_id=item,
 ...                  event_time=1_000 * i)
@@ -51,7 +51,7 @@ from collections import deque
 from collections.abc import Iterable, Iterator
 
 from connectors.events import Event
-from streamrank.config import Settings
+from config import Settings
 
 SAMPLING_TRIES = 8
 """Draws allowed per wanted negative before giving up on it."""

@@ -34,7 +34,7 @@ Memory: pending impressions live for the window plus the lateness and the out-of
 labels for the lateness plus the out-of-orderness; seen IDs for the lateness.
 
 >>> from connectors.events import Event
->>> from streamrank.config import Settings
+>>> from config import Settings
 >>> def ev(i, kind, t, item="a", rid=None):
 ...     return Event(event_id=str(i), event_type=kind, user_id="u", item_id=item,
 ...                  event_time=t, request_id=rid)
@@ -57,8 +57,8 @@ from collections import deque
 from dataclasses import asdict, dataclass
 
 from connectors.events import Event
-from connectors.examples import TrainingExample
-from streamrank.config import Settings
+from connectors.training_examples import TrainingExample
+from config import Settings
 
 _NEVER = -(2**63)
 

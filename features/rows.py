@@ -48,7 +48,7 @@ from features.state import (
     user_category_features,
     user_features,
 )
-from streamrank.config import Settings
+from config import Settings
 
 USER_VIEW = "user_features"
 ITEM_VIEW = "item_features"

@@ -34,7 +34,7 @@ import yaml
 from feast import FeatureStore, FileSource, RepoConfig
 
 from features.feature_repo import repo
-from streamrank.config import Settings
+from config import Settings
 
 REPO_DIR = Path(repo.__file__).resolve().parent
 """The feature repository (``features/feature_repo``)."""

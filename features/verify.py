@@ -8,7 +8,7 @@ should hold for a log, and where they differ (used by the equality tests and ben
   ``tol`` (relative and absolute), ID lists exactly.
 
 >>> from connectors.events import Event
->>> from streamrank.config import Settings
+>>> from config import Settings
 >>> rows, examples = reference([Event(event_id="1", event_type="click", user_id="u",
 ...                                   item_id="i", event_time=1_000)], Settings())
 >>> sorted(rows), examples
@@ -22,7 +22,7 @@ from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from connectors.events import Event
-from connectors.examples import TrainingExample
+from connectors.training_examples import TrainingExample
 from features.examples import ExampleBuilder
 from features.rows import (
     ITEM_VIEW,
@@ -34,7 +34,7 @@ from features.rows import (
     FeatureRow,
 )
 from features.schema import ITEM_FEATURES, USER_FEATURES
-from streamrank.config import Settings
+from config import Settings
 
 if TYPE_CHECKING:
     from feast import FeatureStore

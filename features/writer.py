@@ -64,7 +64,7 @@ from feast.types import from_feast_to_pyarrow_type
 
 from features.online_write import RedisRowWriter, value_converter
 from features.rows import Coalescer, FeatureRow
-from streamrank.config import Settings
+from config import Settings
 
 TIMESTAMP_FIELD = "event_timestamp"
 RECENT_LAGS = 10_000

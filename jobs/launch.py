@@ -1,18 +1,19 @@
-"""Running streamrank's Flink jobs: embedded (a MiniCluster in this process), detached (the same
-in a background process), or submitted to a standalone Flink cluster.
+"""Running streamrank's jobs: embedded (a MiniCluster in this process), detached (the same in a
+background process), or submitted to a standalone Flink cluster.
 
 Detached runs keep their pid in ``<run_dir>/pids/job-<name>.pid`` and log to
-``<run_dir>/logs/job-<name>.log``; :func:`stop_job` stops them by that pid. Embedded runs keep
-``<run_dir>/metrics/<name>.json`` (see :func:`jobs.runtime.read_stats`) current every second.
+``<run_dir>/logs/job-<name>.log``; :func:`stop_job` stops them by that pid. An embedded Flink
+run serves Flink's web UI and REST API on a free loopback port, recorded in
+``<run_dir>/jobs/<name>.rest`` while it runs (:func:`list_jobs`); the job's counters are
+Flink's own metrics there (:mod:`jobs.metrics`).
 """
 
 from __future__ import annotations
 
 import importlib
-import json
 import os
-import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -25,37 +26,29 @@ from types import FrameType
 import pyflink
 from pyflink.common import JobClient
 from pyflink.java_gateway import get_gateway
-from pydantic import SecretStr
 
+from config import Settings, settings_env
 from connectors.admin import caught_up, end_offsets
-from jobs.runtime import (
-    DEFAULT_MODE,
-    PROJECT_ROOT,
-    ExecutionMode,
-    create_env,
-    group_id,
-    read_stats,
-    stats_dir,
-)
-from streamrank import processes
-from streamrank.config import Settings
+from jobs import processes
+from jobs.flink import DEFAULT_MODE, PROJECT_ROOT, ExecutionMode, create_env, group_id
+from jobs.metrics import FlinkRest
 
 JobBuilder = Callable[..., None]
 """``build_job(env, settings, *, bounded)`` adds a job's operators to ``env``."""
 
-JOBS: dict[str, str] = {"ingest": "jobs.ingest", "features": "jobs.features_job",
-                        "features-fast": "jobs.features_fast", "training": "jobs.training_job",
-                        "writer": "jobs.feast_writer"}
+JOBS: dict[str, str] = {"features": "jobs.features", "validate": "jobs.validate",
+                        "training": "jobs.training", "writer": "features.writer_service"}
 """The jobs by name: the module whose ``build_job`` builds each (imported when run)."""
 PROCESSES = frozenset({"writer"})
 """Jobs that are plain processes, not Flink jobs: their module's ``run(settings, bounded=)``
 runs them (the Feast writer; ``job run`` and ``--detach`` work alike, ``submit`` does not)."""
 DRAIN_IDLE_S = 10.0
+SUBMIT_TIMEOUT_S = 180.0
 
 PYFLINK_HOME = Path(pyflink.__file__).parent
 """PyFlink's bundled Flink distribution (``bin/flink``, ``bin/start-cluster.sh``, ``opt/``)."""
 
-PACKAGES = ("jobs", "connectors", "features", "models", "streamrank")
+PACKAGES = ("config", "jobs", "connectors", "features", "models")
 """The project's packages, shipped to a cluster with each submission."""
 
 
@@ -88,27 +81,6 @@ def _input_topic(name: str, settings: Settings) -> str:
 def log_file(name: str, settings: Settings) -> Path:
     """Where a detached run of ``name`` logs."""
     return settings.path("logs", f"job-{name}.log")
-
-
-def settings_env(settings: Settings) -> dict[str, str]:
-    """``STREAMRANK_*`` variables that reproduce ``settings`` in a child process.
-
-    >>> env = settings_env(Settings(topic_events="events-x", run_dir=Path("/srv/run")))
-    >>> env["STREAMRANK_TOPIC_EVENTS"], env["STREAMRANK_RUN_DIR"]
-    ('events-x', '/srv/run')
-    """
-    env: dict[str, str] = {}
-    for field in Settings.model_fields:
-        value = getattr(settings, field)
-        if value is None:
-            continue
-        if isinstance(value, SecretStr):
-            value = value.get_secret_value()
-        elif isinstance(value, Path):
-            value = value.resolve()
-        env[f"STREAMRANK_{field.upper()}"] = (json.dumps(value) if isinstance(value, dict | list)
-                                              else str(value))
-    return env
 
 
 def detached_env(settings: Settings) -> dict[str, str]:
@@ -154,11 +126,15 @@ def _spawn(name: str, settings: Settings, bounded: bool, restore: bool,
     return JobRun(name=name, pid=proc.pid, state="STARTED", log=log)
 
 
-def _write_stats(name: str, settings: Settings) -> None:
-    path = settings.path("metrics", f"{name}.json")
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(read_stats(name, settings)))
-    tmp.replace(path)
+def rest_file(name: str, settings: Settings) -> Path:
+    """Where an embedded run of ``name`` records its REST address while it runs."""
+    return settings.path("jobs", f"{name}.rest")
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def run_job(
@@ -187,50 +163,64 @@ def run_job(
     if name in PROCESSES:
         importlib.import_module(JOBS[name]).run(settings, bounded=bounded)
         return JobRun(name=name, pid=os.getpid(), state="FINISHED")
-    builder = _builder(name)
-    env = create_env(name, settings, mode=mode, restore=restore)
-    shutil.rmtree(stats_dir(name, settings), ignore_errors=True)
-    builder(env, settings, bounded=bounded)
+    port = _free_port()
+    env = create_env(name, settings, mode=mode, restore=restore, rest_port=port)
+    _builder(name)(env, settings, bounded=bounded)
+    drain = _Drain(name, settings, f"127.0.0.1:{port}") if bounded and restore else None
     stop: list[int] = []
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
         stop.append(signum)
 
-    # a restored bounded KafkaSource never signals its end (FLINK-31006): the run is drained
-    # once its consumer group has committed the end offsets seen now, or once it has read
-    # records and then none for DRAIN_IDLE_S (the offsets of a split that finished just before
-    # the checkpoint it was restored from are not always committed again)
-    topic = _input_topic(name, settings)
-    read, read_at = 0, time.monotonic()
-    ends = end_offsets(settings, topic) if bounded and restore else None
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    rest = rest_file(name, settings)
     try:
         client = env.execute_async(f"streamrank-{name}")
+        rest.write_text(f"127.0.0.1:{port}\n")
         result = client.get_job_execution_result()
-        cancelled = draining = False
+        cancelled = False
         while not result.done():
             if stop and not cancelled:
                 client.cancel().result()
                 cancelled = True
-            if ends is not None and not draining:
-                counts = read_stats(name, settings)["counts"]
-                now_read = counts.get("valid", 0) + counts.get("invalid", 0)
-                if now_read != read:
-                    read, read_at = now_read, time.monotonic()
-                if (caught_up(settings, topic, group_id(name), ends)
-                        or (read and time.monotonic() - read_at > DRAIN_IDLE_S)):
-                    _drain(client, settings.path("savepoints", name).resolve())
-                    draining = True
+            if drain is not None and drain.due(str(client.get_job_id())):
+                _drain(client, settings.path("savepoints", name).resolve())
+                drain = None
             time.sleep(0.5)
-            _write_stats(name, settings)
-        _write_stats(name, settings)
         if result.exception() is not None and not cancelled:
             raise RuntimeError(f"job {name!r} failed: {result.exception()}")
         return JobRun(name=name, pid=os.getpid(), state="CANCELED" if cancelled else "FINISHED",
                       job_id=str(client.get_job_id()))
     finally:
+        rest.unlink(missing_ok=True)
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+class _Drain:
+    """When a restored bounded run is done: a restored bounded KafkaSource never signals its
+    end (FLINK-31006), so the run is drained once its consumer group has committed the end
+    offsets seen at start, or once its source has read records and then none for
+    :data:`DRAIN_IDLE_S` (the offsets of a split that finished just before the checkpoint it
+    was restored from are not always committed again)."""
+
+    def __init__(self, name: str, settings: Settings, rest: str) -> None:
+        self._settings, self._group = settings, group_id(name)
+        self._topic = _input_topic(name, settings)
+        self._ends = end_offsets(settings, self._topic)
+        self._rest = FlinkRest(rest)
+        self._read, self._read_at = 0, time.monotonic()
+
+    def due(self, job_id: str) -> bool:
+        """Whether the run has read all it should."""
+        try:
+            read = self._rest.records_read(job_id)
+        except (OSError, ValueError, KeyError, StopIteration):
+            read = self._read  # not reported yet
+        if read != self._read:
+            self._read, self._read_at = read, time.monotonic()
+        return (caught_up(self._settings, self._topic, self._group, self._ends)
+                or (self._read > 0 and time.monotonic() - self._read_at > DRAIN_IDLE_S))
 
 
 def _drain(client: JobClient, savepoints: Path) -> None:
@@ -252,10 +242,33 @@ def stop_job(name: str, settings: Settings, timeout_s: float = 30.0) -> bool:
     return True
 
 
+@dataclass(frozen=True)
+class JobEntry:
+    """A job of this run directory as :func:`list_jobs` sees it."""
+
+    name: str
+    pid: int | None
+    """The detached run's live pid (``None``: not running detached)."""
+    rest: str
+    """``host:port`` of its Flink web UI and REST API while it runs ("" for the writer, or
+    before the job has started)."""
+
+
+def list_jobs(settings: Settings) -> list[JobEntry]:
+    """Every job with its detached run's pid and its web UI address."""
+    entries = []
+    for name in sorted(JOBS):
+        pid = running_pid(name, settings)
+        rest = settings.run_dir / "jobs" / f"{name}.rest"
+        address = rest.read_text().strip() if pid is not None and rest.is_file() else ""
+        entries.append(JobEntry(name, pid, address))
+    return entries
+
+
 def execute(name: str, settings: Settings, bounded: bool = False,
             mode: ExecutionMode = DEFAULT_MODE) -> str:
     """Build job ``name`` in the current Flink context and submit it without waiting; returns
-    the job id. ``flink run`` calls this (through ``python -m jobs execute``)."""
+    the job id. ``flink run`` calls this (through ``python -m jobs execute NAME``)."""
     if name in PROCESSES:
         raise ValueError(f"{name!r} is not a Flink job: run it with `job run {name}`")
     builder = _builder(name)
@@ -301,8 +314,13 @@ def submit_job(
            "-d", "-pym", "jobs", "-pyfs", str(source_archive(settings)),
            "-pyclientexec", sys.executable, "-pyexec", sys.executable,
            "execute", name, "--mode", mode] + ["--bounded"] * bounded
-    done = subprocess.run(cmd, capture_output=True, text=True,
-                          env={**os.environ, **settings_env(settings)}, check=False)
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=SUBMIT_TIMEOUT_S,
+                              env={**os.environ, **settings_env(settings)}, check=False)
+    except subprocess.TimeoutExpired as err:
+        raise RuntimeError(f"flink run did not return within {SUBMIT_TIMEOUT_S:.0f} s "
+                           f"(is a JobManager listening at {jobmanager or settings.flink_rest}?)"
+                           ) from err
     for line in reversed(done.stdout.splitlines()):
         if line.startswith("job id "):
             return line.removeprefix("job id ").strip()

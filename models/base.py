@@ -7,7 +7,7 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from connectors.examples import TrainingExample
+from connectors.training_examples import TrainingExample
 
 
 @runtime_checkable

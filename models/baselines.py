@@ -19,11 +19,11 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from connectors.examples import TrainingExample
+from connectors.training_examples import TrainingExample
 from features.schema import DENSE_FEATURES
 from features.state import HOUR_MS, Decayed
 from models.ranker import SPARSE_FIELDS
-from streamrank.config import Settings
+from config import Settings
 
 FTRL_ALPHA, FTRL_BETA, FTRL_L1, FTRL_L2 = 0.05, 1.0, 0.0, 1.0
 """FTRL-Proximal's hyper-parameters (River's defaults)."""

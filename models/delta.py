@@ -49,7 +49,7 @@ import torch
 from pydantic import SecretStr
 from torch import Tensor
 
-from streamrank.config import Settings
+from config import Settings
 
 FORMAT = "streamrank-update/1"
 ROWS_SUFFIX = ".__rows__"

@@ -49,7 +49,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from connectors.events import Event
-from connectors.examples import TrainingExample, decode_example, encode_example
+from connectors.training_examples import TrainingExample, decode_example, encode_example
 from connectors.logs import CsvMapping, LogFormat, ParseReport, read_log
 from features.examples import ExampleBuilder
 from features.impressions import with_impressions
@@ -57,7 +57,7 @@ from models.base import OnlineRanker
 from models.baselines import FtrlBaseline, MostPopular
 from models.loop import TrainingLoop
 from models.trainer import ROLLING_WINDOW, BinnedAUC, OnlineTrainer, log_loss
-from streamrank.config import Settings
+from config import Settings
 
 FREEZE_FRACTION = 0.2
 """The frozen model stops learning after this share of the examples."""

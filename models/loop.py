@@ -24,8 +24,8 @@ job's output, so remembering the last N example IDs (a FIFO of their hashes, N =
 the stream; an exactly-once (transactional) sink would make examples visible only at each
 checkpoint instead, delaying every example by up to one interval.
 
->>> from connectors.examples import TrainingExample
->>> from streamrank.config import Settings
+>>> from connectors.training_examples import TrainingExample
+>>> from config import Settings
 >>> from models.trainer import OnlineTrainer
 >>> settings = Settings(hash_buckets=101, embedding_dim=4, batch_size=2)
 >>> loop = TrainingLoop(OnlineTrainer(settings), settings)
@@ -44,10 +44,10 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
-from connectors.examples import TrainingExample
+from connectors.training_examples import TrainingExample
 from models.publisher import DeltaPublisher
 from models.trainer import OnlineTrainer
-from streamrank.config import Settings
+from config import Settings
 
 
 class RecentIds:

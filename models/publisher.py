@@ -32,7 +32,7 @@ from models.delta import (
     snapshot_tensors,
 )
 from models.trainer import OnlineTrainer
-from streamrank.config import Settings
+from config import Settings
 
 
 class DeltaPublisher:

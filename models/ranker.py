@@ -59,10 +59,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from connectors.examples import TrainingExample
+from connectors.training_examples import TrainingExample
 from features.schema import DENSE_FEATURES
 from features.state import LAST_N
-from streamrank.config import Settings
+from config import Settings
 
 SPARSE_FIELDS: tuple[str, ...] = ("user_id", "item_id", "category_id")
 """The deep part's hashed ID fields, in the order of the sparse index columns."""
@@ -153,7 +153,7 @@ def encode_batch(objects: Sequence[Any], hash_buckets: int, training: bool = Fal
     Reads ``user_id``, ``item_id``, ``category_id``, ``position`` and ``features`` (a dict of
     :data:`features.schema.DENSE_FEATURES`), and, where present, ``price``, ``recent_items``
     and ``recent_categories`` (the user's ``last_items``/``last_categories``, newest first):
-    a :class:`~connectors.examples.TrainingExample` or any object with those attributes.
+    a :class:`~connectors.training_examples.TrainingExample` or any object with those attributes.
     Every object is scored at :data:`SERVING_POSITION`, except with ``training``: then at its
     own position (:func:`position_row`).
     """

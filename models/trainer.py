@@ -43,7 +43,7 @@ import torch.nn.functional as F
 from river import drift, metrics
 from torch import Tensor
 
-from connectors.examples import TrainingExample
+from connectors.training_examples import TrainingExample
 from models.ranker import (
     SERVING_POSITION,
     WIDE_FIELDS,
@@ -53,7 +53,7 @@ from models.ranker import (
     encode_batch,
     wide_inputs,
 )
-from streamrank.config import Settings
+from config import Settings
 
 ROLLING_WINDOW = 10_000
 """Examples in the rolling metrics' window."""

@@ -13,14 +13,16 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from streamrank.config import Settings, load_settings
+from config import Settings, load_settings
 
 app = typer.Typer(help="Streaming online-learning ranking: Kafka, Flink, Feast, PyTorch.",
                   no_args_is_help=True, pretty_exceptions_show_locals=False)
 stack_app = typer.Typer(help="The local stack: Kafka (KRaft) and Redis on loopback.",
                         no_args_is_help=True)
 app.add_typer(stack_app, name="stack")
-job_app = typer.Typer(help="The PyFlink jobs: ingest, features, training.", no_args_is_help=True)
+job_app = typer.Typer(help="The jobs: features (Flink, Java functions), validate (its checks "
+                      "alone), training (Flink, the online trainer), writer (the Feast writer).",
+                      no_args_is_help=True)
 app.add_typer(job_app, name="job")
 console = Console(stderr=True)
 
@@ -297,7 +299,7 @@ def topics() -> None:
 
 # --- jobs -------------------------------------------------------------------------------------
 
-JobName = Annotated[str, typer.Argument(help="ingest | features | training | writer")]
+JobName = Annotated[str, typer.Argument(help="features | validate | training | writer")]
 
 
 @job_app.command("run")
@@ -345,6 +347,19 @@ def job_stop(name: JobName) -> None:
     if not stop_job(name, _settings()):
         raise _fail(f"job {name} is not running", code=1)
     console.print(f"job {name} stopped")
+
+
+@job_app.command("list")
+def job_list() -> None:
+    """Every job with its detached run's pid and its Flink web UI (counters are Flink metrics
+    there)."""
+    from jobs.launch import list_jobs
+
+    table = Table("job", "pid", "web UI / REST", box=None)
+    for job in list_jobs(_settings()):
+        table.add_row(job.name, str(job.pid or "-"),
+                      f"http://{job.rest}" if job.rest else "-")
+    console.print(table)
 
 
 # --- scorer and model controls -----------------------------------------------------------------

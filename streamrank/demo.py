@@ -2,7 +2,7 @@
 
 1. start the local stack (Kafka, Redis) and register the Feast repo;
 2. replay the head of the shared Taobao sample into ``events`` (impressions added by the rule);
-3. run the ``features-fast`` job bounded (validation, feature rows, training examples; Java
+3. run the ``features`` job bounded (validation, feature rows, training examples; Java
    Flink functions, equal to the reference in ``features/``), then the Feast writer bounded
    (the rows into Feast's online store and offline log);
 4. run the ``training`` job bounded: online trainer, deltas and snapshots on ``model.deltas``;
@@ -15,13 +15,14 @@
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
 
-from streamrank.config import Settings
+from config import Settings
 
 
 def _step(console: Console, n: int, text: str) -> float:
@@ -80,7 +81,7 @@ def run_demo(settings: Settings, out: Path, rows: int, console: Console) -> None
     from features.impressions import with_impressions
     from features.store import apply_repo
     from jobs.launch import run_job
-    from jobs.runtime import read_stats
+    from jobs.training import status_path
     from models.evaluate import evaluate
     from streamrank import stack
 
@@ -101,12 +102,12 @@ def run_demo(settings: Settings, out: Path, rows: int, console: Console) -> None
             stats = replay(with_impressions(log, settings), producer)
         console.print(f"sent {stats.sent:,} events in {stats.seconds:.1f}s")
 
-        t = _step(console, 3, "features-fast job (bounded): Feast features + training examples")
+        t = _step(console, 3, "features job (bounded): Feast features + training examples")
         outputs = {"feature rows": settings.topic_feature_rows,
                    "training examples": settings.topic_examples, "dead letters": settings.topic_dlq}
         before = {name: sum(end_offsets(settings, topic).values())
                   for name, topic in outputs.items()}
-        run_job("features-fast", settings, bounded=True)
+        run_job("features", settings, bounded=True)
         run_job("writer", settings, bounded=True)  # its rows into Feast
         console.print({name: sum(end_offsets(settings, topic).values()) - before[name]
                        for name, topic in outputs.items()})
@@ -114,7 +115,9 @@ def run_demo(settings: Settings, out: Path, rows: int, console: Console) -> None
 
         t = _step(console, 4, "training job (bounded): online trainer + deltas")
         run_job("training", settings, bounded=True)
-        console.print(read_stats("training", settings))
+        trained = json.loads(status_path(settings).read_text())
+        console.print({k: trained[k] for k in ("examples", "duplicates", "version",
+                                               "watermark_ms")})
         console.print(f"{time.perf_counter() - t:.0f}s")
 
         _step(console, 5, "a scorer follows model.deltas; rank through POST /rank")

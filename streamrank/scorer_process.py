@@ -13,8 +13,8 @@ from typing import Any
 
 import httpx
 
-from jobs.launch import settings_env
-from streamrank.config import Settings
+from config import settings_env
+from config import Settings
 
 START_S = 90.0
 

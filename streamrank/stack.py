@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
-from streamrank import processes
-from streamrank.config import Settings
+from jobs import processes
+from config import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 KAFKA_LIBS = ROOT / "ops" / "jars" / "kafka"

@@ -45,7 +45,7 @@ from models.scorer.metrics import ScorerMetrics
 from models.scorer.registry import register, unregister
 from models.scorer.reloader import Reloader
 from models.scorer.service import ModelService, VersionUnavailable
-from streamrank.config import Settings
+from config import Settings
 
 log = logging.getLogger(__name__)
 PREPARE_THREADS = 4

@@ -15,7 +15,7 @@ from urllib.parse import urlparse
 
 import httpx
 
-from streamrank.config import Settings
+from config import Settings
 
 TIMEOUT_S = 10.0
 

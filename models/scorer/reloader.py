@@ -19,7 +19,7 @@ from connectors.model_updates import ModelUpdateSubscriber
 from models.delta import UpdateRejected, read_metadata
 from models.follower import Outcome, Status
 from models.scorer.service import ModelService
-from streamrank.config import Settings
+from config import Settings
 
 log = logging.getLogger(__name__)
 POLL_S = 0.02

@@ -31,7 +31,7 @@ from connectors.snapshot_store import SnapshotStore
 from models.delta import UpdateRejected, hmac_key, read_metadata
 from models.follower import ModelFollower, Outcome, Status
 from models.ranker import Ranker
-from streamrank.config import Settings
+from config import Settings
 
 Served = tuple[int, Ranker]
 AUC_METRIC = "click_auc_rolling"

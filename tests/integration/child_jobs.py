@@ -15,9 +15,9 @@ from typing import Any
 
 import pytest
 
-from jobs.launch import settings_env
-from jobs.runtime import latest_checkpoint
-from streamrank.config import Settings
+from config import settings_env
+from jobs.flink import latest_checkpoint
+from config import Settings
 
 WAIT_S = 300.0
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from streamrank.config import Settings
+from config import Settings
 from tests.integration.child_jobs import ChildJob, start_job
 
 

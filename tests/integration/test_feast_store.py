@@ -31,7 +31,7 @@ from features.state import HOUR_MS, ItemState, UserCategoryState, UserState
 from features.state import item_features, user_category_features, user_features
 from features.store import apply_repo, feast_dir, offline_dir
 from features.writer import FeatureWriter, ViewSpec, rows_frame, view_specs
-from streamrank.config import Settings
+from config import Settings
 
 pytestmark = pytest.mark.integration
 

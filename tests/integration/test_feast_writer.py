@@ -26,10 +26,10 @@ from connectors.producer import TopicProducer
 from features.rows import FeatureRow
 from features.store import apply_repo, offline_dir, open_store
 from features.verify import STORED, reference, row_differences
-from jobs import feast_writer
-from jobs.feast_writer import GROUP
-from jobs.launch import settings_env
-from streamrank.config import Settings
+from features import writer_service
+from features.writer_service import GROUP
+from config import settings_env
+from config import Settings
 from tests.shop_logs import spanning_log
 
 pytestmark = pytest.mark.integration
@@ -88,7 +88,7 @@ def offline_row_count(settings: Settings) -> int:
 def test_rows_read_back_through_feast_and_bad_records_are_dead_lettered(settings):
     rows = all_rows(settings)
     send(settings, rows, [b"{not json", b'{"view": "user_features"}'])
-    run = feast_writer.run(settings, bounded=True)
+    run = writer_service.run(settings, bounded=True)
 
     last = {(r.view, r.key): r for r in rows}
     assert not row_differences(last, open_store(settings))
@@ -98,16 +98,16 @@ def test_rows_read_back_through_feast_and_bad_records_are_dead_lettered(settings
     assert reasons == ["bad_json", "invalid_field"]
     assert offline_row_count(settings) == run.rows_written
     # offsets were committed: a second run finds nothing to do
-    assert feast_writer.run(settings, bounded=True).messages == 0
+    assert writer_service.run(settings, bounded=True).messages == 0
 
 
 def test_a_restart_resumes_from_the_committed_offsets(settings):
     rows = all_rows(settings)
     half = len(rows) // 2
     send(settings, rows[:half])
-    first = feast_writer.run(settings, bounded=True)
+    first = writer_service.run(settings, bounded=True)
     send(settings, rows[half:])
-    second = feast_writer.run(settings, bounded=True)
+    second = writer_service.run(settings, bounded=True)
 
     assert (first.messages, second.messages) == (half, len(rows) - half)
     last = {(r.view, r.key): r for r in rows}
@@ -119,7 +119,7 @@ def test_the_reference_of_a_log_reads_back_exactly(settings):
     events = spanning_log(users=6, minutes=40, seed=4)
     rows, _ = reference(events, settings)
     send(settings, list(rows.values()))
-    feast_writer.run(settings, bounded=True)
+    writer_service.run(settings, bounded=True)
     assert not row_differences(rows, open_store(settings), tol=0.0)
 
 
@@ -142,7 +142,7 @@ def test_killed_at_any_moment_a_restarted_writer_ends_with_the_same_values(setti
     proc.wait()
     assert committed_rows(settings) < len(rows), "killed too late to be mid-stream"
 
-    feast_writer.run(settings, bounded=True)
+    writer_service.run(settings, bounded=True)
     last = {(r.view, r.key): r for r in rows}
     assert not row_differences(last, open_store(settings))
 

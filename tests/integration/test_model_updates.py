@@ -8,14 +8,14 @@ import pytest
 import torch
 
 from connectors.admin import topic_size
-from connectors.examples import TrainingExample
+from connectors.training_examples import TrainingExample
 from connectors.model_updates import ModelUpdatePublisher, ModelUpdateSubscriber
 from models.delta import hmac_key, read_metadata
 from models.follower import ModelFollower, Status
 from models.publisher import DeltaPublisher
 from models.ranker import Ranker
 from models.trainer import OnlineTrainer
-from streamrank.config import Settings
+from config import Settings
 
 pytestmark = pytest.mark.integration
 torch.set_num_threads(1)

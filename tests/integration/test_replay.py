@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from connectors.admin import topic_size
 from streamrank.cli import app
-from streamrank.config import Settings
+from config import Settings
 
 pytestmark = pytest.mark.integration
 SAMPLE = Settings().sample_log

@@ -25,7 +25,7 @@ import redis
 import torch
 
 from connectors.events import Event
-from connectors.examples import TrainingExample
+from connectors.training_examples import TrainingExample
 from connectors.logs import read_log
 from connectors.model_updates import ModelUpdatePublisher
 from connectors.snapshot_store import SnapshotStore
@@ -37,7 +37,7 @@ from features.schema import DENSE_FEATURES
 from features.state import alive
 from features.store import apply_repo
 from features.writer import FeatureWriter
-from jobs.launch import settings_env
+from config import settings_env
 from models.delta import decode_message, encode_delta, hmac_key
 from models.publisher import DeltaPublisher
 from models.ranker import SERVING_POSITION, encode_batch
@@ -45,7 +45,7 @@ from models.scorer.api import RankRequest
 from models.scorer.app import Scorer
 from models.scorer.registry import admin_call
 from models.trainer import OnlineTrainer
-from streamrank.config import Settings
+from config import Settings
 from streamrank.scorer_process import ScorerProcess, start_scorer
 
 pytestmark = pytest.mark.integration

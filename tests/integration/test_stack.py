@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from jobs.launch import run_job, running_pid
-from streamrank import processes, stack
-from streamrank.config import Settings
+from jobs import processes, stack
+from config import Settings
 
 pytestmark = pytest.mark.integration
 
@@ -79,17 +79,17 @@ def test_a_detached_job_is_stopped_by_stack_down(private: Settings) -> None:
         # A pid file left by a run that died does not stop a new detached run from starting.
         dead = subprocess.Popen([sys.executable, "-c", "pass"])
         dead.wait()
-        processes.pid_file(settings, "job-ingest").write_text(f"{dead.pid}\n")
-        assert running_pid("ingest", settings) is None
+        processes.pid_file(settings, "job-validate").write_text(f"{dead.pid}\n")
+        assert running_pid("validate", settings) is None
 
-        run = run_job("ingest", settings, detach=True)
-        assert running_pid("ingest", settings) == run.pid
+        run = run_job("validate", settings, detach=True)
+        assert running_pid("validate", settings) == run.pid
         rows = {r["service"]: r for r in stack.status(settings)}
-        assert rows["job ingest"]["pid"] == run.pid and rows["job ingest"]["answers"]
+        assert rows["job validate"]["pid"] == run.pid and rows["job validate"]["answers"]
         assert run.pid in processes_of(settings.run_dir)
     finally:
         stopped = stack.down(settings)
-    assert stopped["job ingest"] == f"stopped (pid {run.pid})"
-    assert list(stopped)[0] == "job ingest"  # before the broker it needs
+    assert stopped["job validate"] == f"stopped (pid {run.pid})"
+    assert list(stopped)[0] == "job validate"  # before the broker it needs
     assert processes_of(settings.run_dir) == []
     assert {r["service"] for r in stack.status(settings)} == {"kafka", "redis"}

@@ -10,13 +10,13 @@ import pytest
 import torch
 from river import linear_model, optim
 
-from connectors.examples import TrainingExample
+from connectors.training_examples import TrainingExample
 from features.state import HOUR_MS
 from models.base import OnlineRanker
 from models.baselines import (FTRL_ALPHA, FTRL_BETA, FTRL_L1, FTRL_L2, FtrlBaseline, MostPopular,
                               river_features)
 from models.trainer import FrozenRanker, OnlineTrainer
-from streamrank.config import Settings
+from config import Settings
 
 torch.set_num_threads(1)
 SETTINGS = Settings(hash_buckets=1009, embedding_dim=8, batch_size=64, learning_rate=0.1)

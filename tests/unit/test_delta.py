@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import torch
 
-from connectors.examples import TrainingExample
+from connectors.training_examples import TrainingExample
 from connectors.snapshot_store import SnapshotStore
 from models.delta import (
     ROWS_SUFFIX,
@@ -26,7 +26,7 @@ from models.delta import (
 from models.publisher import DeltaPublisher
 from models.ranker import Ranker
 from models.trainer import OnlineTrainer
-from streamrank.config import Settings
+from config import Settings
 
 torch.set_num_threads(1)
 KEY = b"shared-secret"

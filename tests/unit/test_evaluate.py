@@ -27,7 +27,7 @@ from models.evaluate import (
 )
 from models.trainer import OnlineTrainer, log_loss
 from streamrank.cli import app
-from streamrank.config import Settings
+from config import Settings
 
 torch.set_num_threads(1)
 SETTINGS = Settings(batch_size=64, hash_buckets=1_009, embedding_dim=4)

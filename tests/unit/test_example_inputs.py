@@ -6,10 +6,10 @@ from __future__ import annotations
 import torch
 
 from connectors.events import Event
-from connectors.examples import TrainingExample, decode_example, encode_example
+from connectors.training_examples import TrainingExample, decode_example, encode_example
 from features.examples import build_examples
 from models.ranker import DENSE_INPUTS, encode_batch, hash_id
-from streamrank.config import Settings
+from config import Settings
 
 SETTINGS = Settings()
 

@@ -37,7 +37,7 @@ from features.state import (
     user_features,
 )
 from features.writer import rows_frame, view_spec
-from streamrank.config import Settings
+from config import Settings
 
 SAMPLE = Settings().sample_log
 ROWS = 20_000

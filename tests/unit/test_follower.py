@@ -8,13 +8,13 @@ import pytest
 import torch
 from pydantic import SecretStr
 
-from connectors.examples import TrainingExample
+from connectors.training_examples import TrainingExample
 from models.delta import read_metadata
 from models.follower import ModelFollower, Status
 from models.publisher import DeltaPublisher
 from models.ranker import Ranker, encode_batch
 from models.trainer import OnlineTrainer
-from streamrank.config import Settings
+from config import Settings
 
 torch.set_num_threads(1)
 KEY = b"k3y"

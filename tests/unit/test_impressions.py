@@ -10,7 +10,7 @@ import pytest
 from connectors.events import Event
 from connectors.logs import read_log
 from features.impressions import with_impressions
-from streamrank.config import Settings
+from config import Settings
 
 SETTINGS = Settings()
 

@@ -14,7 +14,7 @@ from features.examples import build_examples
 from features.impressions import with_impressions
 from features.labels import LabelJoiner
 from features.state import DAY_MS, HOUR_MS
-from streamrank.config import Settings
+from config import Settings
 
 RULES = Settings(attribution_window_ms=1_000, max_out_of_orderness_ms=0, allowed_lateness_ms=500)
 T0 = 1_511_658_000_000

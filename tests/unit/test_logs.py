@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from connectors.logs import MAX_REPORTED, TAOBAO, CsvMapping, read_log
-from streamrank.config import Settings
+from config import Settings
 
 FIXTURES = Path(__file__).parents[1] / "fixtures" / "logs"
 SETTINGS = Settings()

@@ -5,12 +5,12 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from connectors.examples import TrainingExample
+from connectors.training_examples import TrainingExample
 from models.delta import decode_message
 from models.loop import RecentIds, TrainingLoop
 from models.publisher import DeltaPublisher
 from models.trainer import OnlineTrainer
-from streamrank.config import Settings
+from config import Settings
 
 torch.set_num_threads(1)
 SETTINGS = Settings(hash_buckets=1009, embedding_dim=4, batch_size=32,

@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from connectors.examples import TrainingExample
+from connectors.training_examples import TrainingExample
 from features.schema import DENSE_FEATURES
 from models.ranker import (
     DENSE_INPUTS,

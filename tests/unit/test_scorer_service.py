@@ -12,7 +12,7 @@ import pytest
 import torch
 from pydantic import SecretStr, ValidationError
 
-from connectors.examples import TrainingExample
+from connectors.training_examples import TrainingExample
 from connectors.snapshot_store import SnapshotStore
 from models.delta import decode_message, encode_delta
 from models.follower import Status
@@ -22,7 +22,7 @@ from models.scorer.api import RankRequest
 from models.scorer.batcher import Batcher, forward
 from models.scorer.service import ModelService, VersionUnavailable
 from models.trainer import OnlineTrainer
-from streamrank.config import Settings
+from config import Settings
 
 torch.set_num_threads(1)
 KEY = b"k3y"

@@ -10,7 +10,7 @@ import re
 import subprocess
 from pathlib import Path
 
-from streamrank.config import REPO_ROOT, Settings
+from config import REPO_ROOT, Settings
 
 OUTSIDE = re.compile(
     r"""\.\./shared|/work/|\.parent\s*/\s*["']shared["']|REPO_ROOT\.parent|/home/\w|/root/\w"""

@@ -88,8 +88,8 @@ public class Validate extends ProcessFunction<byte[], EventRecord>
     private void reject(byte[] raw, String reason, String detail, Context ctx) {
         invalid.inc();
         reasons.computeIfAbsent(reason, r -> metrics.counter("reason_" + r)).inc();
-        ctx.output(DEAD_LETTERS, deadLetter(raw, reason, detail,
-                topic + " timestamp=" + ctx.timestamp()));
+        // the source reads values only: the record's partition and offset are not known here
+        ctx.output(DEAD_LETTERS, deadLetter(raw, reason, detail, topic));
     }
 
     /** {@code connectors.events.dead_letter}. */

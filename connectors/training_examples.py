@@ -8,7 +8,9 @@ True
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from connectors.errors import DecodeError, rejected
 
 
 class TrainingExample(BaseModel):
@@ -47,5 +49,20 @@ def encode_example(example: TrainingExample) -> bytes:
 
 
 def decode_example(raw: bytes | str) -> TrainingExample:
-    """Parse one example (raises pydantic.ValidationError when malformed)."""
-    return TrainingExample.model_validate_json(raw)
+    """Parse one example; a malformed one raises :class:`~connectors.errors.DecodeError` with
+    its reason (``not_utf8``, ``bad_json``, ``invalid_field``).
+
+    >>> decode_example(b"\\xff")
+    Traceback (most recent call last):
+    ...
+    connectors.errors.DecodeError: not_utf8: 'utf-8' codec can't decode byte 0xff in position 0: invalid start byte
+    """
+    if isinstance(raw, bytes):
+        try:
+            raw.decode("utf-8")
+        except UnicodeDecodeError as err:
+            raise DecodeError("not_utf8", str(err)) from None
+    try:
+        return TrainingExample.model_validate_json(raw)
+    except ValidationError as err:
+        raise rejected(err) from None

@@ -9,7 +9,7 @@ Python once. (A ``key_by`` for Flink's timers costs PyFlink a Python key-selecto
 the source's task, a second crossing per record under the same interpreter lock: the job ran
 at 0.45 of the trainer's rate with it.) In it:
 
-* **Decode**: each raw record is parsed as a :class:`~connectors.examples.TrainingExample`; a
+* **Decode**: each raw record is parsed as a :class:`~connectors.training_examples.TrainingExample`; a
   bad one goes to ``topic_dlq`` with its reason (``not_utf8``, ``bad_json``, ``invalid_field``)
   and its original bytes (:func:`connectors.events.dead_letter`). Nothing is dropped silently.
   Decoding sits in the trainer's task on purpose: handing decoded examples from a separate
@@ -26,8 +26,8 @@ at 0.45 of the trainer's rate with it.) In it:
   records; it never calls into the JVM) learns a partial batch, cuts a version when one is
   due (so versions keep coming when the input goes idle) and rewrites :func:`status_path` (examples,
   examples/s, version, watermark, online metrics, drifts, duplicates); the counters
-  ``examples``, ``duplicates`` and ``dead_letters`` go to the job's stats
-  (:class:`jobs.runtime.StatsFile`, part ``trainer``) and Flink metrics. When the task closes
+  ``examples``, ``duplicates`` and ``dead_letters`` are Flink metrics of the trainer's
+  operator (on the job's REST endpoint). When the task closes
   (end of a bounded input, cancellation) the loop learns what is buffered and cuts a final
   version if anything was learned since the last one.
 * **Versions** only go up, also across restarts: the trainer resumes from the store's latest
@@ -76,7 +76,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pydantic import ValidationError
 from pyflink.common import WatermarkStrategy
 from pyflink.datastream import (
     OutputTag,
@@ -85,18 +84,11 @@ from pyflink.datastream import (
     StreamExecutionEnvironment,
 )
 
+from config import Settings
 from connectors.events import dead_letter
-from connectors.examples import TrainingExample, decode_example
-from jobs.runtime import (
-    BYTES,
-    StatsFile,
-    discarding_sink,
-    group_id,
-    kafka_sink,
-    kafka_source,
-    stats_dir,
-)
-from streamrank.config import Settings
+from connectors.errors import DecodeError
+from connectors.training_examples import decode_example
+from jobs.flink import BYTES, discarding_sink, group_id, kafka_sink, kafka_source
 
 if TYPE_CHECKING:
     from connectors.model_updates import ModelUpdatePublisher
@@ -112,28 +104,6 @@ STATUS_INTERVAL_S = 1.0
 def status_path(settings: Settings) -> Path:
     """The trainer's status file, ``<run_dir>/metrics/training-model.json``."""
     return settings.run_dir.resolve() / "metrics" / f"{JOB}-model.json"
-
-
-def rejection(raw: bytes) -> tuple[TrainingExample | None, str, str]:
-    """``(example, "", "")`` for a valid record, else ``(None, reason, detail)``.
-
-    >>> rejection(b"\\xff")[1:]
-    ('not_utf8', "'utf-8' codec can't decode byte 0xff in position 0: invalid start byte")
-    >>> rejection(b'{"user_id": "u"}')[1]
-    'invalid_field'
-    """
-    try:
-        raw.decode("utf-8")
-    except UnicodeDecodeError as err:
-        return None, "not_utf8", str(err)
-    try:
-        return decode_example(raw), "", ""
-    except ValidationError as err:
-        errors = err.errors()
-        if any(e["type"] == "json_invalid" for e in errors):
-            return None, "bad_json", errors[0]["msg"]
-        return None, "invalid_field", "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or 'record'}: {e['msg']}" for e in errors)
 
 
 class TrainerFunction(ProcessFunction):
@@ -156,8 +126,9 @@ class TrainerFunction(ProcessFunction):
         from models.trainer import OnlineTrainer
 
         torch.set_num_threads(1)
-        self.stats = StatsFile(stats_dir(JOB, self.settings), "trainer", 0,
-                               runtime_context.get_metrics_group())
+        metrics = runtime_context.get_metrics_group()
+        self.counters = {name: metrics.counter(name)
+                         for name in ("examples", "duplicates", "dead_letters")}
         self.trainer: OnlineTrainer = OnlineTrainer(self.settings)
         self.publisher: DeltaPublisher = DeltaPublisher(self.trainer, self.settings)
         self.restored_version = self.publisher.resume(SnapshotStore.from_settings(self.settings))
@@ -175,19 +146,20 @@ class TrainerFunction(ProcessFunction):
         self.opened = True
 
     def process_element(self, value: bytes, ctx: ProcessFunction.Context) -> Iterator[Any]:
-        example, reason, detail = rejection(value)
-        self.stats.tick()
-        if example is None:
-            self.stats.add("dead_letters")
-            yield DEAD_LETTERS, dead_letter(value, reason, detail, self.settings.topic_examples)
+        try:
+            example = decode_example(value)
+        except DecodeError as err:
+            self.counters["dead_letters"].inc()
+            yield DEAD_LETTERS, dead_letter(value, err.reason, err.detail,
+                                            self.settings.topic_examples)
             return
-        self.stats.add("examples")
+        self.counters["examples"].inc()
         with self.lock:
             duplicates = self.loop.duplicates
             self.send(self.loop.add((example,)))
             dropped = self.loop.duplicates - duplicates
         if dropped:
-            self.stats.add("duplicates", dropped)
+            self.counters["duplicates"].inc(dropped)
 
     def tick_until_closed(self) -> None:
         """Every tick: learn a partial batch, publish what is due, rewrite the status."""
@@ -204,7 +176,6 @@ class TrainerFunction(ProcessFunction):
         self.send(self.loop.close())
         self.updates.flush()
         self.write_status()
-        self.stats.close()
 
     def send(self, messages: list[bytes]) -> None:
         """Send a version's messages and wait until Kafka has them."""
@@ -266,4 +237,4 @@ def build_training(env: StreamExecutionEnvironment, settings: Settings,
 
 
 build_job = build_training
-"""The name :mod:`jobs.launch` runs (``python -m jobs run training``)."""
+"""The name :mod:`jobs.launch` runs (``streamrank job run training``)."""

@@ -1,32 +1,42 @@
-"""The one typed configuration of streamrank.
+"""The one typed configuration of streamrank, in sections.
 
-Every field can be overridden by an environment variable ``STREAMRANK_<FIELD>`` (upper case),
-e.g. ``STREAMRANK_KAFKA_BOOTSTRAP=10.0.0.5:9092``. Defaults run the local single-machine stack.
-The CLI loads it once and passes it down; library code takes a ``Settings`` argument and never
-reads ``os.environ`` itself.
+Each section is a small typed model of the knobs one part reads; :class:`Settings` composes
+them all (it *is* each section, so a :class:`Settings` goes wherever a section is asked for)
+and loads every field from the environment as ``STREAMRANK_<FIELD>`` (upper case), e.g.
+``STREAMRANK_KAFKA_BOOTSTRAP=10.0.0.5:9092``. Defaults run the local single-machine stack.
+The CLI loads the root once and passes it down; library code takes the section it needs (or a
+few values) and never reads ``os.environ`` itself.
+
+>>> s = Settings(attribution_window_ms=60_000)
+>>> isinstance(s, FeatureSettings), s.attribution_window_ms
+(True, 60000)
+>>> FeatureSettings().attribution_window_ms == 10 * MINUTE_MS
+True
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
-from pydantic import SecretStr
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 MINUTE_MS = 60_000
 HOUR_MS = 60 * MINUTE_MS
+ENV_PREFIX = "STREAMRANK_"
 
 
-class Settings(BaseSettings):
-    """All settings; field docs say what each one means."""
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
-    model_config = SettingsConfigDict(env_prefix="STREAMRANK_", extra="forbid", frozen=True)
 
-    # --- local stack -----------------------------------------------------------------------
+class StackSettings(_Section):
+    """Where the local stack listens and keeps its run-time data."""
+
     run_dir: Path = Path(".streamrank")
     """Run-time data: logs, pids, broker and Redis data, checkpoints, snapshots, reports."""
-    kafka_bootstrap: str = "127.0.0.1:9092"
     kafka_controller_port: int = 9093
     redis_url: str = "redis://127.0.0.1:6379/0"
     flink_rest: str = "127.0.0.1:8081"
@@ -34,8 +44,25 @@ class Settings(BaseSettings):
     sample_log: Path = REPO_ROOT / "data" / "taobao_user_behavior_sample.csv"
     """The real Taobao sample (in the repository, ``data/``) that replay, evaluate, the demo and
     benchmarks default to."""
+    snapshot_store: str = ""
+    """fsspec URL of the model snapshot store; empty means ``<run_dir>/snapshots``."""
 
-    # --- topics ----------------------------------------------------------------------------
+    @property
+    def snapshot_url(self) -> str:
+        """The snapshot store as an fsspec URL."""
+        return self.snapshot_store or str((self.run_dir / "snapshots").resolve())
+
+    def path(self, *parts: str) -> Path:
+        """A path inside the run directory (its parent created on demand)."""
+        p = self.run_dir.joinpath(*parts)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        return p
+
+
+class KafkaSettings(_Section):
+    """The broker and the topics."""
+
+    kafka_bootstrap: str = "127.0.0.1:9092"
     topic_events: str = "events"
     topic_dlq: str = "events.dlq"
     topic_examples: str = "training.examples"
@@ -46,16 +73,19 @@ class Settings(BaseSettings):
     """Partitions of ``events`` (and ``training.examples``, ``features.rows``); keyed by user_id."""
     topic_retention_bytes: int = 1 << 30
     """Retention per partition (by size: records carry event times, often old ones)."""
+    max_message_bytes: int = 900_000
+    """Model messages above this are chunked (Kafka's default limit is 1 MiB)."""
 
-    # --- event validation --------------------------------------------------------------------
+
+class FeatureSettings(_Section):
+    """Event validation, event time, features and the label join (the reference's knobs)."""
+
     max_event_bytes: int = 16_384
     """Records larger than this go to the dead-letter topic as oversize."""
     min_event_time_ms: int = 946_684_800_000
     """Event times before 2000-01-01 are absurd and dead-lettered."""
     max_future_ms: int = 24 * HOUR_MS
     """Event times further than this ahead of the wall clock are dead-lettered."""
-
-    # --- event time, features and labels -----------------------------------------------------
     max_out_of_orderness_ms: int = 5_000
     """Bounded out-of-orderness of the watermark."""
     allowed_lateness_ms: int = MINUTE_MS
@@ -68,23 +98,39 @@ class Settings(BaseSettings):
     """Negatives are sampled uniformly from the items of the next N clicks of the log."""
     sampling_seed: int = 7
     feature_state_ttl_ms: int = 48 * HOUR_MS
-    """Keyed feature state idle this long (event time) is dropped."""
+    """Keyed feature state idle this long (event time) is dropped; Feast's views keep rows as
+    long."""
+
+
+class JobSettings(_Section):
+    """How the Flink jobs and the Feast writer run."""
+
+    job_parallelism: int = 1
+    checkpoint_interval_ms: int = 2_000
+    """The training job's checkpoints (its Kafka offsets)."""
+    features_checkpoint_interval_ms: int = Field(
+        10_000, validation_alias=AliasChoices(
+            "features_checkpoint_interval_ms", f"{ENV_PREFIX}FEATURES_CHECKPOINT_INTERVAL_MS",
+            f"{ENV_PREFIX}FEATURES_FAST_CHECKPOINT_INTERVAL_MS"))
+    """The ``features`` job's checkpoints: its heap state (mostly the impressions waiting for
+    their labels) is written whole at each one, a quarter of its CPU at 2 s. Its sinks send
+    as records come, so this bounds only the replay after a failure and how often the source
+    commits its offsets. (``STREAMRANK_FEATURES_FAST_CHECKPOINT_INTERVAL_MS`` is read too.)"""
+    source_idle_timeout_ms: int = 30_000
+    """A Kafka partition of ``events`` with no record for this long stops holding the
+    watermark back (a slower partition's events may then arrive ``late``)."""
     feast_batch_rows: int = 1_000
     feast_flush_ms: int = 50
     """The Feast writer waits at most this long for more rows before it writes (a poll of
     rows costs one script call per view: small batches are cheap)."""
     feast_commit_ms: int = 5_000
     """The Feast writer writes the offline log and commits its offsets this often."""
-    job_parallelism: int = 1
-    checkpoint_interval_ms: int = 2_000
-    features_fast_checkpoint_interval_ms: int = 10_000
-    """The ``features-fast`` job's checkpoints: its heap state (mostly the impressions waiting
-    for their labels) is written whole at each one, a quarter of its CPU at 2 s. Its sinks
-    send as records come, so this bounds only the replay after a failure and how often the
-    source commits its offsets."""
 
-    # --- model, trainer and deltas ------------------------------------------------------------
-    model_id: str = "streamrank-deepfm"
+
+class TrainerSettings(_Section):
+    """The model, the online trainer and the deltas it publishes."""
+
+    model_id: str = "streamrank-wide-deep"
     embedding_dim: int = 16
     hash_buckets: int = 200_003
     """Rows per hashed ID embedding table (bounds memory)."""
@@ -112,13 +158,12 @@ class Settings(BaseSettings):
     """A full snapshot every this many versions."""
     dense_every: int = 1
     """Dense tensors travel in every Nth delta (sparse rows in every one)."""
-    snapshot_store: str = ""
-    """fsspec URL of the snapshot store; empty means ``<run_dir>/snapshots``."""
     delta_hmac_key: SecretStr | None = None
-    max_message_bytes: int = 900_000
-    """Model messages above this are chunked (Kafka's default limit is 1 MiB)."""
 
-    # --- scorer --------------------------------------------------------------------------------
+
+class ScorerSettings(_Section):
+    """The scorers: serving, batching, the feature read and the guard."""
+
     admin_token: SecretStr | None = None
     """When set, ``/admin/...`` requests need ``Authorization: Bearer <token>``."""
     device: str = "auto"
@@ -147,18 +192,37 @@ class Settings(BaseSettings):
     scorer_history: int = 200
     """Versions of deltas a scorer keeps to rebuild a version for pin/rollback."""
 
-    @property
-    def snapshot_url(self) -> str:
-        """The snapshot store as an fsspec URL."""
-        return self.snapshot_store or str((self.run_dir / "snapshots").resolve())
 
-    def path(self, *parts: str) -> Path:
-        """A path inside the run directory (created on demand)."""
-        p = self.run_dir.joinpath(*parts)
-        p.parent.mkdir(parents=True, exist_ok=True)
-        return p
+class Settings(BaseSettings, StackSettings, KafkaSettings, FeatureSettings, JobSettings,
+               TrainerSettings, ScorerSettings):
+    """All settings: every section's fields, each overridable by ``STREAMRANK_<FIELD>``."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", frozen=True,
+                                      populate_by_name=True)
 
 
 def load_settings(**overrides: object) -> Settings:
     """Settings from defaults, ``STREAMRANK_*`` environment variables, then ``overrides``."""
     return Settings(**overrides)  # type: ignore[arg-type]
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """``STREAMRANK_*`` variables that reproduce ``settings`` in a child process (secrets
+    included: a child needs them; never log the result).
+
+    >>> env = settings_env(Settings(topic_events="events-x", run_dir=Path("/srv/run")))
+    >>> env["STREAMRANK_TOPIC_EVENTS"], env["STREAMRANK_RUN_DIR"]
+    ('events-x', '/srv/run')
+    """
+    env: dict[str, str] = {}
+    for field in Settings.model_fields:
+        value = getattr(settings, field)
+        if value is None:
+            continue
+        if isinstance(value, SecretStr):
+            value = value.get_secret_value()
+        elif isinstance(value, Path):
+            value = value.resolve()
+        env[f"{ENV_PREFIX}{field.upper()}"] = (json.dumps(value) if isinstance(value, dict | list)
+                                               else str(value))
+    return env

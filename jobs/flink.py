@@ -1,4 +1,4 @@
-"""How streamrank's PyFlink jobs run: one configured environment, Kafka sources and sinks, stats.
+"""How streamrank's Flink jobs run: one configured environment, Kafka sources and sinks.
 
 Choices (figures from ``bench/bench_ingest.py`` on this 2-core machine):
 
@@ -30,17 +30,14 @@ Choices (figures from ``bench/bench_ingest.py`` on this 2-core machine):
 
 from __future__ import annotations
 
-import json
 import os
 import sysconfig
-import threading
-import time
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 from pyflink.common import Configuration, Types
 from pyflink.common.serialization import ByteArraySchema
-from pyflink.datastream import DataStream, OutputTag, StreamExecutionEnvironment
+from pyflink.datastream import StreamExecutionEnvironment
 from pyflink.datastream.connectors import DeliveryGuarantee, Sink
 from pyflink.datastream.connectors.kafka import (
     KafkaOffsetsInitializer,
@@ -50,7 +47,7 @@ from pyflink.datastream.connectors.kafka import (
 )
 from pyflink.java_gateway import get_gateway
 
-from streamrank.config import Settings
+from config import Settings
 
 ExecutionMode = Literal["thread", "process"]
 DEFAULT_MODE: ExecutionMode = "thread"
@@ -59,7 +56,6 @@ JAR_DIR = PROJECT_ROOT / "ops" / "jars" / "flink"
 JARS = ("flink-connector-kafka-5.0.0-2.2.jar", "kafka-clients-4.1.1.jar")
 BYTES = Types.PRIMITIVE_ARRAY(Types.BYTE())
 """Type of raw Kafka values in a DataStream (Java ``byte[]``, Python ``bytes``)."""
-STATS_INTERVAL_S = 1.0
 
 
 def jar_urls() -> list[str]:
@@ -95,13 +91,14 @@ def flink_options(
     *,
     mode: ExecutionMode = DEFAULT_MODE,
     restore_from: Path | None = None,
+    rest_port: int | None = None,
 ) -> dict[str, str]:
     """The Flink configuration of a streamrank job.
 
-    >>> from streamrank.config import Settings
-    >>> opts = flink_options("ingest", Settings(run_dir=Path("/srv/run")))
+    >>> from config import Settings
+    >>> opts = flink_options("features", Settings(run_dir=Path("/srv/run")))
     >>> opts["execution.checkpointing.dir"], opts["python.execution-mode"]
-    ('file:///srv/run/checkpoints/ingest', 'thread')
+    ('file:///srv/run/checkpoints/features', 'thread')
     >>> "execution.state-recovery.path" in opts
     False
     """
@@ -128,6 +125,8 @@ def flink_options(
     }
     if restore_from is not None:
         opts["execution.state-recovery.path"] = restore_from.resolve().as_uri()
+    if rest_port is not None:  # an embedded run's web UI and REST API (metrics)
+        opts["rest.port"] = opts["rest.bind-port"] = str(rest_port)
     return opts
 
 
@@ -137,6 +136,7 @@ def create_env(
     *,
     mode: ExecutionMode = DEFAULT_MODE,
     restore: bool = False,
+    rest_port: int | None = None,
 ) -> StreamExecutionEnvironment:
     """A streaming environment for ``job`` configured by :func:`flink_options`.
 
@@ -157,7 +157,8 @@ def create_env(
     if mode == "thread":
         os.environ.setdefault("_python_worker_execution_mode", "process")
     config = Configuration()
-    for key, value in flink_options(job, settings, mode=mode, restore_from=restore_from).items():
+    for key, value in flink_options(job, settings, mode=mode, restore_from=restore_from,
+                                     rest_port=rest_port).items():
         config.set_string(key, value)
     return StreamExecutionEnvironment.get_execution_environment(config)
 
@@ -232,146 +233,7 @@ def kafka_sink(
     return builder.build()
 
 
-def side_output(stream: DataStream, tag: OutputTag) -> DataStream:
-    """The ``tag`` side output of a Python operator, for a Java sink.
-
-    PyFlink's ``get_side_output`` appends an identity Python ``map`` (one more Python operator
-    to start, and a JVM-Python round trip per record); a sink of ``tag``'s Java type needs none.
-    """
-    return DataStream(stream._j_data_stream.getSideOutput(tag.get_java_output_tag()))
-
-
 def discarding_sink() -> Sink:
     """A sink that drops its input: the end of a branch whose work is done in its functions."""
     return Sink(get_gateway().jvm.org.apache.flink.streaming.api.functions.sink.v2
                 .DiscardingSink())
-
-
-def subtask_index(runtime_context: Any) -> int:
-    """The index of the running subtask.
-
-    PyFlink 2.3's thread-mode context calls ``RuntimeContext.getIndexOfThisSubtask()``, which
-    Flink 2 moved to ``getTaskInfo()``; fall back to that.
-    """
-    try:
-        return runtime_context.get_index_of_this_subtask()
-    except AttributeError:
-        return runtime_context._runtime_context.getTaskInfo().getIndexOfThisSubtask()
-
-
-# --- stats files ---------------------------------------------------------------------------
-
-
-def stats_dir(job: str, settings: Settings) -> Path:
-    """Where the subtasks of ``job`` write their counters (one JSON file per part/subtask)."""
-    return settings.run_dir.resolve() / "metrics" / job
-
-
-class StatsFile:
-    """Counters of one part of a job in one subtask, kept in Flink metrics and in
-    ``<stats_dir>/<part>-<subtask>.json``.
-
-    The task thread calls :meth:`add` (dict updates and a clock read) and :meth:`tick`; at most
-    once a second they pass the new counts to a Flink counter and meter per key (each call
-    crosses into the JVM, so not per record). A daemon thread rewrites the JSON file every
-    second, also while no records arrive, and :meth:`close` writes the final counts. The file
-    holds ``counts``, ``per_s`` (over the last second), ``first_ms``/``last_ms`` (wall time of
-    each key's first and latest count) and ``updated_ms``.
-    """
-
-    def __init__(self, directory: Path, part: str, subtask: int, metrics: Any = None) -> None:
-        directory.mkdir(parents=True, exist_ok=True)
-        self.path = directory / f"{part}-{subtask}.json"
-        self.counts: dict[str, int] = {}
-        self.first: dict[str, float] = {}
-        self.last: dict[str, float] = {}
-        self._metrics = metrics
-        self._reported: dict[str, int] = {}
-        self._flink: dict[str, tuple[Any, Any]] = {}
-        self._due = time.time() + STATS_INTERVAL_S
-        self._stop = threading.Event()
-        self._writer = threading.Thread(target=self._write_every_interval, daemon=True,
-                                        name=f"stats-{part}-{subtask}")
-        self._writer.start()
-
-    def add(self, key: str, n: int = 1) -> None:
-        """Count ``n`` more ``key``."""
-        now = time.time()
-        if key not in self.counts:
-            self.first[key] = now
-        self.counts[key] = self.counts.get(key, 0) + n
-        self.last[key] = now
-        if now >= self._due:
-            self.report()
-
-    def tick(self) -> None:
-        """Report to Flink if a second has passed (call once per record)."""
-        if time.time() >= self._due:
-            self.report()
-
-    def report(self) -> None:
-        """Pass the counts since the last report to the Flink counters and meters."""
-        self._due = time.time() + STATS_INTERVAL_S
-        if self._metrics is None:
-            return
-        for key, total in list(self.counts.items()):
-            delta = total - self._reported.get(key, 0)
-            if delta:
-                if key not in self._flink:
-                    name = key.replace(".", "_")
-                    self._flink[key] = (self._metrics.counter(name),
-                                        self._metrics.meter(f"{name}_per_s", 10))
-                counter, meter = self._flink[key]
-                counter.inc(delta)
-                meter.mark_event(delta)
-                self._reported[key] = total
-
-    def close(self) -> None:
-        """Stop the writer; report and write the final counts."""
-        self._stop.set()
-        self._writer.join()
-        self.report()
-
-    def _write_every_interval(self) -> None:
-        last, last_t = dict(self.counts), time.monotonic()
-        while not self._stop.wait(STATS_INTERVAL_S):
-            last, last_t = self._write(last, last_t)
-        self._write(last, last_t)
-
-    def _write(self, last: dict[str, int], last_t: float) -> tuple[dict[str, int], float]:
-        counts, now = dict(self.counts), time.monotonic()
-        elapsed = max(now - last_t, 1e-9)
-        rates = {k: (n - last.get(k, 0)) / elapsed for k, n in counts.items()}
-        body = {"counts": counts, "per_s": rates,
-                "first_ms": {k: int(t * 1000) for k, t in dict(self.first).items()},
-                "last_ms": {k: int(t * 1000) for k, t in dict(self.last).items()},
-                "updated_ms": int(time.time() * 1000)}
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(body))
-        tmp.replace(self.path)
-        return counts, now
-
-
-def read_stats(job: str, settings: Settings, *, stale_s: float = 3.0) -> dict[str, Any]:
-    """The stats files of all parts and subtasks of ``job`` combined: ``counts`` and ``per_s``
-    summed by key (rates of files not rewritten for ``stale_s``, i.e. of a stopped job, count
-    as 0), the earliest ``first_ms`` and latest ``last_ms`` by key, and ``updated_ms``."""
-    out: dict[str, Any] = {"counts": {}, "per_s": {}, "first_ms": {}, "last_ms": {},
-                           "updated_ms": 0}
-    now_ms = time.time() * 1000
-    for path in sorted(stats_dir(job, settings).glob("*.json")):
-        try:
-            part = json.loads(path.read_text())
-        except (OSError, ValueError):
-            continue
-        fresh = now_ms - part["updated_ms"] <= stale_s * 1000
-        out["updated_ms"] = max(out["updated_ms"], part["updated_ms"])
-        for key, n in part["counts"].items():
-            out["counts"][key] = out["counts"].get(key, 0) + n
-            rate = part["per_s"].get(key, 0.0) if fresh else 0.0
-            out["per_s"][key] = out["per_s"].get(key, 0.0) + rate
-        for key, t in part["first_ms"].items():
-            out["first_ms"][key] = min(t, out["first_ms"].get(key, t))
-        for key, t in part["last_ms"].items():
-            out["last_ms"][key] = max(t, out["last_ms"].get(key, t))
-    return out

@@ -16,7 +16,7 @@ import signal
 import time
 from pathlib import Path
 
-from streamrank.config import Settings
+from config import Settings
 
 JOB_PREFIX = "job-"
 """Pid files of detached job runs are named ``job-<name>.pid``."""

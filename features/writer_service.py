@@ -34,7 +34,7 @@ from types import FrameType
 from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
 
 from connectors.admin import end_offsets
-from connectors.errors import DecodeError
+from connectors.errors import DecodeError, source
 from connectors.events import dead_letter
 from connectors.feature_rows import decode_row
 from connectors.kafka_config import consumer_config
@@ -42,7 +42,7 @@ from connectors.producer import TopicProducer
 from features.rows import FeatureRow
 from features.store import open_store
 from features.writer import FeatureWriter
-from streamrank.config import Settings
+from config import Settings
 
 GROUP = "streamrank-feast-writer"
 """The writer's consumer group (its committed offsets are where a restart resumes)."""
@@ -129,8 +129,8 @@ class FeastRowWriter:
 
     def _dead_letter(self, m: Message, err: DecodeError) -> None:
         raw = m.value() or b""
-        source = f"{m.topic()}[{m.partition()}]@{m.offset()}"
-        self._dlq.send_raw(dead_letter(raw, err.reason, err.detail, source), m.key())
+        self._dlq.send_raw(dead_letter(raw, err.reason, err.detail,
+                                       source(m.topic(), m.partition(), m.offset())), m.key())
         self.run.dead_letters += 1
 
     def close(self) -> None:

@@ -1,5 +1,5 @@
-"""The ``features-fast`` job: events -> validation/DLQ -> feature rows and training examples,
-with no Python on the per-event path.
+"""The ``features`` job: events -> validation/DLQ -> feature rows and training examples, with no
+Python on the per-event path.
 
 Graph (every operator is Java, from ``ops/flink-udfs``; this module only wires them through
 PyFlink's JVM gateway)::
@@ -13,8 +13,9 @@ Three tasks: the item stage and the user stage are behind a shuffle each; each s
 sink is chained to it, and the label join, keyed as the user stage is, is chained to the user
 stage (``DataStreamUtils.reinterpretAsKeyedStream``: no shuffle, no copy of the records).
 
-It follows the pure reference, :class:`features.examples.ExampleBuilder`, as the Python
-``features`` job (:mod:`jobs.features_job`) does, stage for stage:
+It follows the pure reference, :class:`features.example_builder.ExampleBuilder`, stage for
+stage; the golden suite (``tests/golden``: pytest against the reference, JUnit against the
+Java stages) holds both to the same expected outputs:
 
 * **Validate** (chained to the source): :func:`connectors.events.decode_event`'s checks and
   reason codes in one pass over the bytes, and ``late`` against the watermark; the dead letter
@@ -38,22 +39,23 @@ than ``feature_state_ttl_ms`` after its key's latest one sees a fresh state; an 
 timer (rounded to the hour) frees a key's state once the watermark has passed its latest event
 by the TTL plus the allowed lateness.
 
-**Checkpoints** every ``settings.features_fast_checkpoint_interval_ms`` (the heap state is
+**Checkpoints** every ``settings.features_checkpoint_interval_ms`` (the heap state is
 written whole at each one); network buffers wait at most :data:`BUFFER_TIMEOUT_MS`; the Kafka
-sinks batch as :data:`jobs.runtime.SINK_PRODUCER` says.
+sinks batch as :data:`jobs.flink.SINK_PRODUCER` says.
 
 **Object reuse** is on: no Java function keeps or changes a record it has emitted to a
 chained operator, so records pass between chained operators without a copy.
 
 Watermarks are made per Kafka partition by ``EagerWatermarks``: bounded out-of-orderness,
 emitted with each event that raises the maximum (not every 200 ms), so lateness follows every
-event as :class:`~features.labels.LabelJoiner` does.
+event as :class:`~features.labels.LabelJoiner` does. A partition with no record for
+``source_idle_timeout_ms`` stops holding the watermark back.
 
 Semantics equal the Python reference (``features/``) when the job sees the events in the
 order of the log: one ``events`` partition, or a log whose late events are late in any
-interleaving (see the README, "features-fast"). Rows go to ``settings.topic_feature_rows`` in
+interleaving (``docs/design.md``). Rows go to ``settings.topic_feature_rows`` in
 the encoding of :func:`connectors.feature_rows.encode_row` (the Feast writer,
-:mod:`jobs.feast_writer`, consumes them), examples to ``settings.topic_examples`` (at least
+:mod:`features.writer_service`, consumes them), examples to ``settings.topic_examples`` (at least
 once: the trainer de-duplicates by ``example_id``).
 """
 
@@ -67,13 +69,11 @@ from pyflink.datastream import DataStream, StreamExecutionEnvironment
 from pyflink.datastream.connectors import DeliveryGuarantee
 from pyflink.java_gateway import get_gateway
 
+from config import Settings
 from connectors.admin import ensure_topics
-from jobs.ingest import IDLE_TIMEOUT_MS
-from jobs.runtime import (PROJECT_ROOT, SINK_PRODUCER, discarding_sink, group_id, kafka_sink,
-                          kafka_source)
-from streamrank.config import Settings
+from jobs.flink import PROJECT_ROOT, SINK_PRODUCER, group_id, kafka_sink, kafka_source
 
-JOB = "features-fast"
+JOB = "features"
 BUFFER_TIMEOUT_MS = 10
 """How long a network buffer between the job's tasks may wait to fill (Flink's default is
 100 ms, on each of the two shuffles a user row passes): fresher rows for slightly more
@@ -108,7 +108,7 @@ def build_validated(env: StreamExecutionEnvironment, settings: Settings, *, job:
     fn = _functions()
     source = kafka_source(settings, input_topic(settings), group_id(job), bounded=bounded)
     strategy = WatermarkStrategy(fn.EagerWatermarks.strategy(
-        settings.max_out_of_orderness_ms, IDLE_TIMEOUT_MS))
+        settings.max_out_of_orderness_ms, settings.source_idle_timeout_ms))
     raw = env.from_source(source, strategy, "events")
     valid = raw._j_data_stream.process(fn.Validate(
         settings.min_event_time_ms, settings.max_future_ms, settings.max_event_bytes,
@@ -130,14 +130,15 @@ def rows_sink(settings: Settings) -> Any:
     return builder.build()
 
 
-def build_features(env: StreamExecutionEnvironment, settings: Settings, *, job: str = JOB,
-                   bounded: bool = False) -> None:
-    """The whole path: validation, feature rows and training examples."""
+def build_job(env: StreamExecutionEnvironment, settings: Settings, *,
+              bounded: bool = False) -> None:
+    """The ``features`` job (see the module docstring): validation, feature rows and training
+    examples."""
     ensure_topics(settings, {settings.topic_feature_rows: settings.events_partitions})
-    env.enable_checkpointing(settings.features_fast_checkpoint_interval_ms)
+    env.enable_checkpointing(settings.features_checkpoint_interval_ms)
     env.set_buffer_timeout(BUFFER_TIMEOUT_MS)
     fn = _functions()
-    valid = build_validated(env, settings, job=job, bounded=bounded)
+    valid = build_validated(env, settings, job=JOB, bounded=bounded)
     items = valid.keyBy(fn.Keys.item()).process(
         fn.ItemStage(settings.allowed_lateness_ms, settings.feature_state_ttl_ms)) \
         .name("item features")
@@ -154,16 +155,3 @@ def build_features(env: StreamExecutionEnvironment, settings: Settings, *, job: 
     DataStream(examples).sink_to(kafka_sink(settings, settings.topic_examples)) \
         .name("training examples")
 
-
-def build_job(env: StreamExecutionEnvironment, settings: Settings, *,
-              bounded: bool = False) -> None:
-    """The ``features-fast`` job (see the module docstring)."""
-    build_features(env, settings, job=JOB, bounded=bounded)
-
-
-def build_validation_only(env: StreamExecutionEnvironment, settings: Settings, *,
-                          bounded: bool = False) -> None:
-    """Validation alone (DLQ and a discarding sink of the valid events): what the benchmark
-    measures as the ingest step."""
-    valid = build_validated(env, settings, job=f"{JOB}-validate", bounded=bounded)
-    DataStream(valid).sink_to(discarding_sink()).name("valid events")
