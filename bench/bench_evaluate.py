@@ -18,9 +18,9 @@ from pathlib import Path
 
 import torch
 
+from config import Settings
 from connectors.logs import CsvMapping
 from models.evaluate import MODELS, evaluate
-from config import Settings
 
 
 def main() -> None:

@@ -7,7 +7,7 @@ their own, so that their ratio holds on a noisy machine: the old path builds a D
 calls ``FeatureStore.write_to_online_store``; the protos path builds Feast's protos directly and
 calls the provider's ``online_write_batch``; "Feast alone" is that call with the protos
 prebuilt: the ceiling of any write that goes through Feast's Redis store. The new one
-(``FeatureWriter`` now, :class:`features.online_write.RedisRowWriter`) writes the same bytes in
+(``FeastStoreWriter`` now, :class:`features.online_write.RedisOnlineWriter`) writes the same bytes in
 one server-side script call per batch.
 
 Needs Redis at ``STREAMRANK_REDIS_URL`` (``streamrank stack up``). Works in a private run
@@ -35,15 +35,15 @@ from feast import FeatureStore, FeatureView, FileSource, PushSource
 from rich.console import Console
 from rich.table import Table
 
+from config import Settings, load_settings
 from connectors.events import Event
 from connectors.logs import read_log
 from features.feature_repo import repo
 from features.online import read_features
-from features.rows import ITEM_VIEW, Coalescer, FeatureComputer, FeatureRow
+from features.online_write import RedisOnlineWriter
+from features.rows import ITEM_VIEW, FeatureComputer, FeatureRow
 from features.store import apply_repo
-from features.online_write import RedisRowWriter
-from features.writer import FeatureWriter, ViewSpec, rows_frame, view_specs
-from config import Settings, load_settings
+from features.writer import Coalescer, FeastStoreWriter, ViewSpec, rows_frame, view_specs
 
 FLUSH_MS = 200
 SPEEDS = (1, 60, 600)
@@ -61,8 +61,8 @@ def tagged(events: list[Event], tag: str) -> list[Event]:
                                  "category_id": tag + (e.category_id or "")}) for e in events]
 
 
-class DataFrameWriter(FeatureWriter):
-    """FeatureWriter with its earlier write path, for comparison: one DataFrame per view through
+class DataFrameWriter(FeastStoreWriter):
+    """FeastStoreWriter with its earlier write path, for comparison: one DataFrame per view through
     ``FeatureStore.write_to_online_store``, and a parquet file per view per flush."""
 
     def __init__(self, store: FeatureStore, settings: Settings) -> None:
@@ -72,8 +72,8 @@ class DataFrameWriter(FeatureWriter):
         self._store.write_to_online_store(spec.view.name, rows_frame(spec, rows))
 
 
-class ProviderWriter(FeatureWriter):
-    """FeatureWriter through Feast's provider (``online_write_batch`` with prebuilt protos):
+class ProviderWriter(FeastStoreWriter):
+    """FeastStoreWriter through Feast's provider (``online_write_batch`` with prebuilt protos):
     its path before the server-side script, and still its path off a single Redis."""
 
     def __init__(self, store: FeatureStore, settings: Settings) -> None:
@@ -90,8 +90,8 @@ def online_table(store: FeatureStore, rows: list[FeatureRow], per_method: int) -
     """
     provider, config = store.provider, store.config
     methods = ("old: DataFrame + write_to_online_store", "protos + online_write_batch",
-               "Feast alone (protos prebuilt)", "new: one script call (RedisRowWriter)")
-    script = RedisRowWriter.for_store(store)
+               "Feast alone (protos prebuilt)", "new: one script call (RedisOnlineWriter)")
+    script = RedisOnlineWriter.for_store(store)
     assert script is not None, "the script path needs Feast's store on a single Redis"
     table = Table(title=f"Online write rows/s, wall (CPU us per row of this process), "
                         f"new keys, {per_method:,} rows per cell, methods taking turns")
@@ -167,13 +167,13 @@ def coalescing_table(
 def writer_table(
     store: FeatureStore, settings: Settings, events: list[Event], tag: str, segments: int = 20
 ) -> Table:
-    """FeatureComputer rows through the old and the new FeatureWriter (coalescing, online and
+    """FeatureComputer rows through the old and the new FeastStoreWriter (coalescing, online and
     offline writes), each on keys of its own (``tag`` + its number), taking turns segment by
     segment. CPU time is this process's alone (Redis's own work is not in it): the steadier
     figure on a busy machine."""
     writers = {"old (DataFrame path)": DataFrameWriter(store, settings),
                "protos (provider path)": ProviderWriter(store, settings),
-               "new (script path)": FeatureWriter(store, settings)}
+               "new (script path)": FeastStoreWriter(store, settings)}
     inputs = [replay_rows(tagged(events, f"{tag}w{n}-")) for n in range(len(writers))]
     gc.collect()
     gc.freeze()
@@ -189,7 +189,7 @@ def writer_table(
                 writer.flush()
             wall[n] += time.perf_counter() - started
             cpu[n] += time.process_time() - started_cpu
-    table = Table(title=f"FeatureWriter end to end, {len(events):,} events "
+    table = Table(title=f"FeastStoreWriter end to end, {len(events):,} events "
                         f"(batch {settings.feast_batch_rows:,} rows, taking turns)")
     for column in ("path", "events/s", "rows in/s", "CPU ms per 1k events", "rows written",
                    "flushes", "offline files", "flush time share", "speed-up (wall, CPU)"):

@@ -35,18 +35,17 @@ import time
 from itertools import islice
 from pathlib import Path
 
+from bench_features_job import encoded, fresh_settings, print_steps, services, steps
+from bench_ingest import Record, cpu_between, produce, run_sampled
 from rich.console import Console
 from rich.table import Table
 
-from bench_features_job import encoded, fresh_settings, print_steps, services, steps
-from bench_ingest import Record, cpu_between, produce, run_sampled
+from config import Settings, settings_env
 from connectors.admin import delete_topics, topic_specs
 from connectors.events import Event
 from connectors.logs import read_log
 from features.impressions import with_impressions
 from jobs.features_fast import JOB
-from config import settings_env
-from config import Settings
 
 REDIS_DB = 11
 
@@ -82,10 +81,10 @@ def child(job: str, report: Path) -> None:
     (ms) it ended at to ``report``; ``validate`` is the validation alone of features-fast."""
     import importlib
 
+    from config import load_settings
     from jobs.features_fast import build_validation_only
     from jobs.launch import JOBS
     from jobs.runtime import create_env
-    from config import load_settings
 
     settings = load_settings()
     env = create_env(f"bench-{job}", settings)

@@ -61,27 +61,27 @@ from typing import Any
 
 import numpy as np
 import psutil
+from bench_ingest import Record, record
 from confluent_kafka import Consumer, TopicPartition
 from redis import Redis
 from rich.console import Console
 from rich.progress import track
 from rich.table import Table
 
-from bench_ingest import Record, record
+from config import Settings, load_settings
 from connectors.admin import delete_topics, end_offsets, ensure_topics, topic_specs
 from connectors.events import Event
-from connectors.training_examples import decode_example
 from connectors.kafka_config import consumer_config
 from connectors.logs import read_log
 from connectors.producer import EventProducer
-from features.rows import ITEM_VIEW, USER_VIEW, feeds_state
+from connectors.training_examples import decode_example
 from features.impressions import with_impressions
+from features.rows import ITEM_VIEW, USER_VIEW, feeds_state
 from features.state import HOUR_MS
 from features.store import apply_repo, open_store
 from features.verify import example_differences, reference, row_differences
 from jobs.feast_writer import GROUP as WRITER_GROUP
 from jobs.launch import run_job, running_pid, settings_env, stop_job
-from config import Settings, load_settings
 from streamrank.processes import read_pid
 
 console = Console(width=160)

@@ -30,13 +30,12 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from config import Settings, settings_env
 from connectors.admin import delete_topics, ensure_topics
 from connectors.events import Event, decoder, encode_event
 from connectors.logs import read_log
 from connectors.producer import EventProducer, UnknownTopic
-from config import settings_env
 from jobs.runtime import read_stats
-from config import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
 Record = tuple[bytes, bytes, int]

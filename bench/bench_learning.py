@@ -22,8 +22,8 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from models.evaluate import SEGMENTS, LogSpec, evaluate_logs
 from config import Settings
+from models.evaluate import SEGMENTS, LogSpec, evaluate_logs
 
 console = Console(width=150)
 MODELS = ("online", "ftrl", "frozen", "most_popular")

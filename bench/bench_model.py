@@ -22,9 +22,9 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
+from config import load_settings
 from models.ranker import DENSE_INPUTS, RECENT, SERVING_POSITION, WIDE_FIELDS, Batch, Ranker
 from models.scorer.batcher import forward
-from config import load_settings
 
 SIZES = [1, 8, 64, 512, 4_096, 32_768, 131_072]
 

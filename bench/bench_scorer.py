@@ -31,9 +31,9 @@ import time
 import uuid
 import zlib
 from dataclasses import dataclass, field
-from multiprocessing.synchronize import Event
-from multiprocessing.queues import Queue
 from itertools import islice
+from multiprocessing.queues import Queue
+from multiprocessing.synchronize import Event
 from pathlib import Path
 
 import httpx
@@ -48,20 +48,23 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.bench_ingest import tree_cpu_s  # noqa: E402
 from bench.bench_model import measure  # noqa: E402
+from config import Settings, load_settings  # noqa: E402
 from connectors.admin import delete_topics, ensure_topics  # noqa: E402
 from connectors.logs import read_log  # noqa: E402
 from connectors.model_updates import ModelUpdatePublisher  # noqa: E402
 from connectors.snapshot_store import SnapshotStore  # noqa: E402
-from features.examples import ExampleBuilder  # noqa: E402
+from features.example_builder import ExampleBuilder  # noqa: E402
 from features.impressions import with_impressions  # noqa: E402
-from features.rows import Coalescer, FeatureComputer  # noqa: E402
+from features.rows import FeatureComputer  # noqa: E402
 from features.store import apply_repo  # noqa: E402
-from features.writer import FeatureWriter  # noqa: E402
-from models.publisher import DeltaPublisher  # noqa: E402
+from features.writer import (
+    Coalescer,  # noqa: E402
+    FeastStoreWriter,  # noqa: E402
+)
 from models.ranker import Ranker  # noqa: E402
 from models.trainer import OnlineTrainer  # noqa: E402
+from models.versions import VersionCutter  # noqa: E402
 from streamrank import stack  # noqa: E402
-from config import Settings, load_settings  # noqa: E402
 from streamrank.scorer_process import ScorerProcess, start_scorer  # noqa: E402
 
 P99_LIMIT_MS = 50.0
@@ -217,7 +220,7 @@ def prepare(settings: Settings, rows: int, tmp: Path) -> tuple[Workload, list]:
     raw, _ = read_log(head, "taobao", settings=settings)
     events = list(with_impressions(raw, settings))
     store = apply_repo(settings)
-    writer, computer, pending = FeatureWriter(store, settings), FeatureComputer(), Coalescer()
+    writer, computer, pending = FeastStoreWriter(store, settings), FeatureComputer(), Coalescer()
     for e in events:
         for row in computer.apply(e):
             pending.add(row)
@@ -242,7 +245,7 @@ def stream_deltas(settings: Settings, examples: list, every_s: float, go: Event,
     those deltas."""
     torch.set_num_threads(1)
     trainer = OnlineTrainer(settings)
-    publisher = DeltaPublisher(trainer, settings, SnapshotStore.from_settings(settings))
+    publisher = VersionCutter(trainer, settings, SnapshotStore.from_settings(settings))
     published: dict[int, int] = {}
     with ModelUpdatePublisher(settings) as channel:
         at = 0

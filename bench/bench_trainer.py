@@ -1,7 +1,7 @@
 """Trainer throughput and delta size: ``python bench/bench_trainer.py [--examples N] [--out DIR]``.
 
 Examples are the real ones: the shared Taobao sample (or ``--log``) through the same impression
-rule and feature code as the jobs (:mod:`features.impressions`, :mod:`features.examples`).
+rule and feature code as the jobs (:mod:`features.impressions`, :mod:`features.example_builder`).
 Measured, with the default model (``Settings()``: hash_buckets, embedding_dim, batch_size):
 
 * trainer throughput: ``learn_many`` and the training loop's ``progressive`` (score + online
@@ -28,17 +28,17 @@ from pydantic import SecretStr
 from rich.console import Console
 from rich.table import Table
 
-from connectors.training_examples import TrainingExample
+from config import Settings
 from connectors.logs import read_log
-from features.examples import build_examples
+from connectors.training_examples import TrainingExample
+from features.example_builder import build_examples
 from features.impressions import with_impressions
 from models.delta import ROWS_SUFFIX, decode_message, hmac_key
 from models.follower import ModelFollower
 from models.loop import TrainingLoop
-from models.publisher import DeltaPublisher
 from models.ranker import Ranker
 from models.trainer import OnlineTrainer
-from config import Settings
+from models.versions import VersionCutter
 
 console = Console()
 
@@ -71,7 +71,7 @@ def delta_sizes(settings: Settings, examples: Sequence[TrainingExample],
                 per_version: int) -> dict[str, float]:
     """A version every ``per_version`` examples: sizes and times of deltas and the snapshot."""
     trainer = OnlineTrainer(settings)
-    publisher = DeltaPublisher(trainer, settings)
+    publisher = VersionCutter(trainer, settings)
     follower = ModelFollower(Ranker.from_settings(settings), hmac_key(settings))
     rows: dict[str, list[float]] = {"bytes": [], "encode_ms": [], "apply_ms": [], "rows": []}
     snapshot: dict[str, float] = {}

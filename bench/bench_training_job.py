@@ -9,7 +9,7 @@ code as the jobs (``bench_trainer.real_examples``). Three rows, on the same exam
   ``batch_size`` (score, online metrics, learn), in this process;
 * **trainer + decode + publisher**: what the job's task does, minus Flink and Kafka: decode each
   record and hand it to the same :class:`~models.loop.TrainingLoop` (de-duplication, batches,
-  versions cut by :class:`~models.publisher.DeltaPublisher` at the configured interval,
+  versions cut by :class:`~models.versions.VersionCutter` at the configured interval,
   encoded and signed; snapshots to a snapshot store in a temporary dir);
 * **training job**: the examples preloaded into a fresh ``training.examples`` topic, then
   ``python -m jobs run training --bounded`` in a child process. "examples/s" runs from the
@@ -35,22 +35,21 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
+from bench_ingest import cpu_between, run_sampled
+from bench_trainer import real_examples
 from pydantic import SecretStr
 from rich.console import Console
 from rich.table import Table
 
-from bench_ingest import cpu_between, run_sampled
-from bench_trainer import real_examples
+from config import Settings, settings_env
 from connectors.admin import delete_topics, ensure_topics
-from connectors.training_examples import TrainingExample, decode_example, encode_example
 from connectors.snapshot_store import SnapshotStore
-from config import settings_env
+from connectors.training_examples import TrainingExample, decode_example, encode_example
 from jobs.runtime import read_stats
 from jobs.training_job import JOB, status_path
 from models.loop import TrainingLoop
-from models.publisher import DeltaPublisher
 from models.trainer import OnlineTrainer
-from config import Settings
+from models.versions import VersionCutter
 
 console = Console(width=150)
 
@@ -72,7 +71,7 @@ def trainer_with_publisher(settings: Settings, records: Sequence[bytes]) -> dict
     the job's task does."""
     trainer = OnlineTrainer(settings)
     with tempfile.TemporaryDirectory(prefix="bench-training-store-") as store_dir:
-        publisher = DeltaPublisher(trainer, settings, SnapshotStore(store_dir))
+        publisher = VersionCutter(trainer, settings, SnapshotStore(store_dir))
         loop = TrainingLoop(trainer, settings, publisher)
         t0, c0 = time.perf_counter(), time.process_time()
         for record in records:

@@ -8,14 +8,14 @@ from contextlib import contextmanager
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
+from config import KafkaSettings
 from connectors.kafka_config import admin_config, consumer_config
-from config import Settings
 
 ADMIN_GROUP = "streamrank-admin"
 """The consumer group of offset queries (it never commits)."""
 
 
-def topic_specs(settings: Settings) -> dict[str, int]:
+def topic_specs(settings: KafkaSettings) -> dict[str, int]:
     """Topic name -> partitions. ``model.deltas`` has one partition so versions stay ordered."""
     return {
         settings.topic_events: settings.events_partitions,
@@ -26,12 +26,12 @@ def topic_specs(settings: Settings) -> dict[str, int]:
     }
 
 
-def topic_config(settings: Settings, topic: str | None = None) -> dict[str, str]:
+def topic_config(settings: KafkaSettings, topic: str | None = None) -> dict[str, str]:
     """Per-topic settings. Retention is by size, not time: records carry their event time as
     their Kafka timestamp, and a replay of an old log would otherwise be deleted at once. The
     feature-row topic is compacted instead: the latest row of each key is what counts.
 
-    >>> topic_config(Settings(), "features.rows")["cleanup.policy"]
+    >>> topic_config(KafkaSettings(), "features.rows")["cleanup.policy"]
     'compact'
     """
     config = {
@@ -44,7 +44,7 @@ def topic_config(settings: Settings, topic: str | None = None) -> dict[str, str]
     return config
 
 
-def ensure_topics(settings: Settings, specs: dict[str, int] | None = None) -> list[str]:
+def ensure_topics(settings: KafkaSettings, specs: dict[str, int] | None = None) -> list[str]:
     """Create the missing topics (replication factor 1 locally); return those created."""
     admin = AdminClient(admin_config(settings))
     wanted = specs or topic_specs(settings)
@@ -65,7 +65,7 @@ def ensure_topics(settings: Settings, specs: dict[str, int] | None = None) -> li
     return created
 
 
-def delete_topics(settings: Settings, names: list[str]) -> None:
+def delete_topics(settings: KafkaSettings, names: list[str]) -> None:
     """Delete topics (used by tests for their own uniquely named topics)."""
     admin = AdminClient(admin_config(settings))
     for fut in admin.delete_topics(names).values():
@@ -73,7 +73,7 @@ def delete_topics(settings: Settings, names: list[str]) -> None:
 
 
 @contextmanager
-def _partitions(settings: Settings, topic: str,
+def _partitions(settings: KafkaSettings, topic: str,
                 group_id: str = ADMIN_GROUP) -> Iterator[tuple[Consumer, list[TopicPartition]]]:
     """A consumer of ``group_id`` (it reads and commits nothing) and ``topic``'s partitions."""
     consumer = Consumer(consumer_config(settings, group_id, **{"enable.auto.commit": False}))
@@ -84,23 +84,18 @@ def _partitions(settings: Settings, topic: str,
         consumer.close()
 
 
-def _watermarks(settings: Settings, topic: str) -> dict[int, tuple[int, int]]:
+def _watermarks(settings: KafkaSettings, topic: str) -> dict[int, tuple[int, int]]:
     """The (low, high) offsets of each partition of ``topic``."""
     with _partitions(settings, topic) as (consumer, parts):
         return {tp.partition: consumer.get_watermark_offsets(tp, timeout=10) for tp in parts}
 
 
-def topic_size(settings: Settings, topic: str) -> int:
-    """Records currently in ``topic``: the sum over partitions of high minus low offsets."""
-    return sum(high - low for low, high in _watermarks(settings, topic).values())
-
-
-def end_offsets(settings: Settings, topic: str) -> dict[int, int]:
+def end_offsets(settings: KafkaSettings, topic: str) -> dict[int, int]:
     """The end offset of each partition of ``topic`` (the offset its next record will get)."""
     return {p: high for p, (_, high) in _watermarks(settings, topic).items()}
 
 
-def caught_up(settings: Settings, topic: str, group_id: str, ends: dict[int, int]) -> bool:
+def caught_up(settings: KafkaSettings, topic: str, group_id: str, ends: dict[int, int]) -> bool:
     """Whether ``group_id`` has committed offsets at or past ``ends`` on every partition."""
     with _partitions(settings, topic, group_id) as (consumer, parts):
         committed = {tp.partition: tp.offset for tp in consumer.committed(parts, timeout=10)}

@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from connectors.errors import DecodeError, rejected
 
 if TYPE_CHECKING:
-    from config import Settings
+    from config import FeatureSettings
 
 EventType = Literal["impression", "click", "add_to_cart", "favourite", "purchase", "search"]
 EVENT_TYPES: tuple[str, ...] = EventType.__args__  # type: ignore[attr-defined]
@@ -87,7 +87,7 @@ def decode_event(
     return event
 
 
-def decoder(settings: Settings) -> Callable[[bytes | str], Event]:
+def decoder(settings: FeatureSettings) -> Callable[[bytes | str], Event]:
     """:func:`decode_event` with the limits of ``settings``."""
     return partial(decode_event, min_time_ms=settings.min_event_time_ms,
                    max_future_ms=settings.max_future_ms, max_bytes=settings.max_event_bytes)

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from config import Settings
+from config import KafkaSettings
 
 
-def admin_config(settings: Settings) -> dict[str, Any]:
+def admin_config(settings: KafkaSettings) -> dict[str, Any]:
     """AdminClient settings."""
     return {"bootstrap.servers": settings.kafka_bootstrap}
 
 
-def producer_config(settings: Settings, **overrides: Any) -> dict[str, Any]:
+def producer_config(settings: KafkaSettings, **overrides: Any) -> dict[str, Any]:
     """An idempotent producer (acks=all, ordered per partition) batching for throughput."""
     return {
         "bootstrap.servers": settings.kafka_bootstrap,
@@ -27,7 +27,7 @@ def producer_config(settings: Settings, **overrides: Any) -> dict[str, Any]:
     }
 
 
-def consumer_config(settings: Settings, group_id: str, **overrides: Any) -> dict[str, Any]:
+def consumer_config(settings: KafkaSettings, group_id: str, **overrides: Any) -> dict[str, Any]:
     """A consumer reading from the earliest offset with its own group."""
     return {
         "bootstrap.servers": settings.kafka_bootstrap,

@@ -43,9 +43,9 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from config import FeatureSettings
 from connectors.errors import DecodeError, explain
 from connectors.events import EVENT_TYPES, Event, EventType, decode_event, encode_event
-from config import Settings
 
 LogFormat = Literal["taobao", "csv", "jsonl"]
 LOG_FORMATS: tuple[str, ...] = LogFormat.__args__  # type: ignore[attr-defined]
@@ -221,7 +221,7 @@ def _is_number(text: str) -> bool:
 class _Bounds:
     """The plausible event-time range (same rule as the contract's ``absurd_time``)."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: FeatureSettings) -> None:
         self.low = settings.min_event_time_ms
         self.high = int(time.time() * 1000) + settings.max_future_ms
 
@@ -296,7 +296,7 @@ def _row_event(
 
 
 def _jsonl_events(
-    path: Path, settings: Settings, report: ParseReport
+    path: Path, settings: FeatureSettings, report: ParseReport
 ) -> Iterator[tuple[int, Event]]:
     now_ms = int(time.time() * 1000)
     with path.open("rb") as f:
@@ -372,7 +372,7 @@ def read_log(
     fmt: LogFormat,
     mapping: CsvMapping | None = None,
     *,
-    settings: Settings,
+    settings: FeatureSettings,
     max_rows_in_memory: int = MAX_ROWS_IN_MEMORY,
     tmp_dir: str | None = None,
 ) -> tuple[Iterator[Event], ParseReport]:

@@ -31,9 +31,9 @@ from types import TracebackType
 
 from confluent_kafka import Consumer, KafkaError, KafkaException
 
+from config import KafkaSettings
 from connectors.kafka_config import consumer_config
 from connectors.producer import TopicProducer
-from config import Settings
 
 CHUNK_HEADER = "streamrank-chunk"
 Headers = list[tuple[str, str | bytes | None]]
@@ -130,7 +130,7 @@ class ModelUpdatePublisher(TopicProducer):
 
     topic_setting = "topic_deltas"
 
-    def __init__(self, settings: Settings, topic: str | None = None, **overrides: object) -> None:
+    def __init__(self, settings: KafkaSettings, topic: str | None = None, **overrides: object) -> None:
         super().__init__(settings, topic, **overrides)
         self.max_bytes = settings.max_message_bytes
 
@@ -149,7 +149,7 @@ class ModelUpdateSubscriber:
     every scorer sees every update. Use as a context manager (or call :meth:`close`).
     """
 
-    def __init__(self, settings: Settings, topic: str | None = None, group_id: str | None = None,
+    def __init__(self, settings: KafkaSettings, topic: str | None = None, group_id: str | None = None,
                  **overrides: object) -> None:
         self.topic = topic or settings.topic_deltas
         group = group_id or f"streamrank-follower-{uuid.uuid4().hex[:12]}"

@@ -9,9 +9,9 @@ from typing import Self
 
 from confluent_kafka import KafkaError, Message, Producer
 
+from config import KafkaSettings
 from connectors.events import Event, encode_event
 from connectors.kafka_config import producer_config
-from config import Settings
 
 
 class DeliveryFailed(RuntimeError):
@@ -32,7 +32,7 @@ class TopicProducer:
 
     topic_setting = "topic_events"
 
-    def __init__(self, settings: Settings, topic: str | None = None, **overrides: object) -> None:
+    def __init__(self, settings: KafkaSettings, topic: str | None = None, **overrides: object) -> None:
         self.topic = topic or getattr(settings, self.topic_setting)
         self._producer = Producer(producer_config(settings, **overrides))
         topic_md = self._producer.list_topics(self.topic, timeout=10).topics.get(self.topic)

@@ -29,7 +29,7 @@ import uuid
 
 import fsspec
 
-from config import Settings
+from config import StackSettings
 
 KEEP_SNAPSHOTS = 5
 """Snapshots kept by default (older ones and their checkpoints are deleted)."""
@@ -49,7 +49,7 @@ class SnapshotStore:
         self.fs.makedirs(self.root, exist_ok=True)
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> SnapshotStore:
+    def from_settings(cls, settings: StackSettings) -> SnapshotStore:
         """The store at ``settings.snapshot_url``."""
         return cls(settings.snapshot_url)
 

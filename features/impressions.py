@@ -50,8 +50,8 @@ import random
 from collections import deque
 from collections.abc import Iterable, Iterator
 
+from config import FeatureSettings
 from connectors.events import Event
-from config import Settings
 
 SAMPLING_TRIES = 8
 """Draws allowed per wanted negative before giving up on it."""
@@ -102,7 +102,7 @@ class ClickWindow:
         return list(chosen.values())
 
 
-def with_impressions(events: Iterable[Event], settings: Settings) -> Iterator[Event]:
+def with_impressions(events: Iterable[Event], settings: FeatureSettings) -> Iterator[Event]:
     """The events with the impression rule applied (see the module docstring).
 
     Output order: a synthetic request's impressions (at ``t - 1`` ms) come right before its

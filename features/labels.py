@@ -56,9 +56,9 @@ from bisect import insort
 from collections import deque
 from dataclasses import asdict, dataclass
 
+from config import FeatureSettings
 from connectors.events import Event
 from connectors.training_examples import TrainingExample
-from config import Settings
 
 _NEVER = -(2**63)
 
@@ -105,7 +105,7 @@ class _Pending:
 class LabelJoiner:
     """Joins impressions with their labels; see the module docstring for the rules."""
 
-    def __init__(self, settings: Settings, *, follow_events: bool = True) -> None:
+    def __init__(self, settings: FeatureSettings, *, follow_events: bool = True) -> None:
         self._follow = follow_events
         self._window = settings.attribution_window_ms
         self._lag = settings.max_out_of_orderness_ms

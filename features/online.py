@@ -6,14 +6,14 @@ One ``get_online_features`` call fetches the user row, every candidate's item ro
 ``ranker`` feature service from the registry on every request).
 Each row is turned back into state as of its own event timestamp (:mod:`features.rows`) and
 read at the request time as the example builder reads its state for an impression
-(:class:`features.examples.ExampleBuilder`): the state expiry :func:`features.state.alive`
+(:class:`features.example_builder.ExampleBuilder`): the state expiry :func:`features.state.alive`
 (``feature_state_ttl_ms``), then :func:`~features.state.user_features` for the user, and the
 numpy ports of :func:`~features.state.item_features` and
 :func:`~features.state.user_category_features` (:mod:`features.columns`) for all candidates
 at once; counters decay and recency grow exactly as if the state were read in the job. The
 user's recent clicked items and categories (the model's pooled history) are the user row's
 ``last_items``/``last_categories``, newest first, as
-:meth:`~features.examples.ExampleBuilder.recent` gives them to an example. A missing or expired
+:meth:`~features.example_builder.ExampleBuilder.recent` gives them to an example. A missing or expired
 row reads as a fresh state; ``uc_affinity`` and ``uc_in_last_categories`` come from the
 current user row; a candidate without a category has no (user, category) state.
 

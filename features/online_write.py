@@ -4,7 +4,7 @@ Python work: the write half of :mod:`features.online`.
 Feast's ``RedisOnlineStore.online_write_batch`` builds an ``EntityKey`` proto and a ``Value``
 proto per feature per row, hashes each field name per row, reads every row's stored
 timestamp in one pipeline and writes it in a second: ≈ 150 µs of CPU per row in the writer,
-most of the Feast writer's time. :class:`RedisRowWriter` writes the same hashes (keys from
+most of the Feast writer's time. :class:`RedisOnlineWriter` writes the same hashes (keys from
 :func:`features.online.redis_key`, field names hashed once per view, doubles serialised as a
 ``Value`` by hand, other types through the ``Value`` proto) in one server-side script call per
 batch (:data:`HSET_NEWER`) that keeps Feast's rule: a row older than the stored one is not
@@ -22,8 +22,8 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from feast import FeatureStore, FeatureView
-from feast.infra.online_stores.redis import RedisOnlineStore, _versioned_fv_name
 from feast.infra.online_stores.helpers import _mmh3
+from feast.infra.online_stores.redis import RedisOnlineStore, _versioned_fv_name
 from feast.protos.feast.types.Value_pb2 import Value
 from feast.type_map import PYTHON_LIST_VALUE_TYPE_TO_PROTO_VALUE as LIST_TYPES
 from feast.type_map import PYTHON_SCALAR_VALUE_TYPE_TO_PROTO_VALUE as SCALAR_TYPES
@@ -159,7 +159,7 @@ def _field(view: str, feature: str) -> bytes:
     return _mmh3(f"{view}:{feature}")
 
 
-class RedisRowWriter:
+class RedisOnlineWriter:
     """Writes a view's coalesced rows to Feast's Redis online store (module docstring)."""
 
     def __init__(self, store: FeatureStore, client: Redis) -> None:
@@ -170,7 +170,7 @@ class RedisRowWriter:
         self._script = client.register_script(HSET_NEWER)
 
     @classmethod
-    def for_store(cls, store: FeatureStore) -> RedisRowWriter | None:
+    def for_store(cls, store: FeatureStore) -> RedisOnlineWriter | None:
         """The writer for ``store``, or None where only Feast's own write applies: another
         online store, a Redis cluster, another entity key serialisation version."""
         online = store._get_provider().online_store  # noqa: SLF001 - Feast's configured store

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
+from config import FeatureSettings
 from connectors.events import Event
 from features.schema import USER_FEATURES
 from features.state import (
@@ -48,7 +49,6 @@ from features.state import (
     user_category_features,
     user_features,
 )
-from config import Settings
 
 USER_VIEW = "user_features"
 ITEM_VIEW = "item_features"
@@ -202,7 +202,7 @@ def feeds_state(event: Event) -> bool:
     return not event.synthetic
 
 
-DEFAULT_TTL_MS: int = Settings.model_fields["feature_state_ttl_ms"].default
+DEFAULT_TTL_MS: int = FeatureSettings.model_fields["feature_state_ttl_ms"].default
 """``settings.feature_state_ttl_ms`` by default."""
 
 
@@ -252,7 +252,7 @@ class FeatureComputer:
 
     Calls the same per-key functions (:func:`update_user`, :func:`update_item`,
     :func:`update_user_category`) that the keyed Flink operators call. It does not drop
-    duplicates or late events: :class:`features.examples.ExampleBuilder` does, before.
+    duplicates or late events: :class:`features.example_builder.ExampleBuilder` does, before.
     """
 
     def __init__(self, ttl_ms: int = DEFAULT_TTL_MS) -> None:
@@ -285,41 +285,3 @@ class FeatureComputer:
                 del table[k]
             n += len(stale)
         return n
-
-
-class Coalescer:
-    """Pending rows per (view, key): the newest event time wins, a tie goes to the later row.
-
-    >>> c = Coalescer()
-    >>> for t, n in [(5, "b"), (9, "c"), (7, "a")]:
-    ...     _ = c.add(FeatureRow("user_features", ("u",), {"n": n}, t))
-    >>> len(c), c.rows()["user_features"][0].values
-    (1, {'n': 'c'})
-    """
-
-    def __init__(self) -> None:
-        self._rows: dict[str, dict[tuple[str, ...], FeatureRow]] = {}
-        self._count = 0
-
-    def __len__(self) -> int:
-        return self._count
-
-    def add(self, row: FeatureRow) -> bool:
-        """Take one row; True if it is now the pending row of its key."""
-        by_key = self._rows.setdefault(row.view, {})
-        old = by_key.get(row.key)
-        if old is None:
-            self._count += 1
-        elif row.event_time_ms < old.event_time_ms:
-            return False
-        by_key[row.key] = row
-        return True
-
-    def rows(self) -> dict[str, list[FeatureRow]]:
-        """The pending rows by view."""
-        return {view: list(by_key.values()) for view, by_key in self._rows.items() if by_key}
-
-    def clear(self) -> None:
-        """Drop every pending row."""
-        self._rows.clear()
-        self._count = 0

@@ -9,14 +9,14 @@ Choices (Feast 0.67):
 * ``entity_key_serialization_version: 3`` (versions below 3 are deprecated).
 * Registry ``cache_ttl_seconds: 3600`` in ``sync`` mode: readers and writers use the cached
   registry and notice a re-apply by the file's mtime; nothing refreshes it per write
-  (:class:`features.writer.FeatureWriter` resolves its views once: build a new one after a
+  (:class:`features.writer.FeastStoreWriter` resolves its views once: build a new one after a
   re-apply that changes a view's schema).
 * ``skip_dedup: true``: Feast's Redis writer would otherwise read every key's stored timestamp
   before writing (a second round trip) and drop a row whose timestamp equals the stored one,
   which loses same-instant updates (Taobao times have one-second resolution) and late events
   (rows carry the key's latest event time). Each key's rows come in order from one partition
   of ``features.rows`` (its key is the row's key) to one Feast writer (:mod:`jobs.feast_writer`),
-  and never go back in time, and :class:`features.writer.FeatureWriter` keeps the
+  and never go back in time, and :class:`features.writer.FeastStoreWriter` keeps the
   newest row of a key within a batch.
 * ``key_ttl_seconds``: a Redis key expires after ``feature_state_ttl_ms`` without a write.
   Feast sends one EXPIRE per written row for it: about a fifth of its own per-row write work
@@ -26,6 +26,7 @@ Choices (Feast 0.67):
 from __future__ import annotations
 
 import copy
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
@@ -33,8 +34,8 @@ from urllib.parse import unquote, urlparse
 import yaml
 from feast import FeatureStore, FileSource, RepoConfig
 
-from features.feature_repo import repo
 from config import Settings
+from features.feature_repo import repo
 
 REPO_DIR = Path(repo.__file__).resolve().parent
 """The feature repository (``features/feature_repo``)."""
@@ -129,9 +130,16 @@ def open_store(settings: Settings) -> FeatureStore:
 
 def repo_objects(settings: Settings) -> list[Any]:
     """The entities, feature views and feature service of ``features/feature_repo``, with the
-    views' batch sources rooted in the run directory."""
+    views' batch sources rooted in the run directory and their TTL ``feature_state_ttl_ms``
+    (the repo's own declarations keep :data:`features.feature_repo.repo.TTL`, the default).
+
+    >>> views = repo_objects(Settings(run_dir=Path("/tmp/run"), feature_state_ttl_ms=3_600_000))
+    >>> {str(v.ttl) for v in views if hasattr(v, "ttl")}
+    {'1:00:00'}
+    """
     views = copy.deepcopy([repo.user_features, repo.item_features, repo.user_category_features])
     for view in views:
+        view.ttl = timedelta(milliseconds=settings.feature_state_ttl_ms)
         source = view.batch_source
         assert isinstance(source, FileSource)  # shared with the view's push source
         source.file_options.uri = str(offline_dir(settings) / source.file_options.uri)

@@ -1,7 +1,7 @@
 """Checks of a run against the pure reference: what the online store and the examples topic
 should hold for a log, and where they differ (used by the equality tests and benchmarks).
 
-* :func:`reference` runs :class:`features.examples.ExampleBuilder` over a log in arrival order:
+* :func:`reference` runs :class:`features.example_builder.ExampleBuilder` over a log in arrival order:
   the last row of each (view, key) and every example by ``example_id``.
 * :func:`online_rows` reads rows back through Feast's ``get_online_features``.
 * :func:`row_differences` / :func:`example_differences` compare: counts exactly, floats to
@@ -21,9 +21,10 @@ import math
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
+from config import Settings
 from connectors.events import Event
 from connectors.training_examples import TrainingExample
-from features.examples import ExampleBuilder
+from features.example_builder import ExampleBuilder
 from features.rows import (
     ITEM_VIEW,
     JOIN_KEYS,
@@ -34,7 +35,6 @@ from features.rows import (
     FeatureRow,
 )
 from features.schema import ITEM_FEATURES, USER_FEATURES
-from config import Settings
 
 if TYPE_CHECKING:
     from feast import FeatureStore

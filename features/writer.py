@@ -7,7 +7,7 @@ events). A batch is flushed when ``settings.feast_batch_rows`` distinct rows are
 ``settings.feast_flush_ms`` have passed since its first row.
 
 Online writes on Feast's Redis store (not a cluster) are one server-side script call per view
-per flush that writes Feast's own layout (:class:`features.online_write.RedisRowWriter`: the
+per flush that writes Feast's own layout (:class:`features.online_write.RedisOnlineWriter`: the
 same keys, fields and value bytes as Feast's ``online_write_batch``, ≈ 3-4x less CPU per row;
 ``bench/bench_feast.py``). Elsewhere they go through Feast's provider: one
 ``Provider.online_write_batch`` call per view per flush, the call
@@ -20,7 +20,7 @@ writer.
 
 The offline log (parquet part files in each view's batch-source directory; Feast's own
 ``write_to_offline_store`` rewrites the whole file on every call) is buffered as arrow record
-batches and written, one file per view, by :meth:`FeatureWriter.flush` (and so on close) or
+batches and written, one file per view, by :meth:`FeastStoreWriter.flush` (and so on close) or
 once ``offline_flush_rows`` rows are buffered or the oldest is ``offline_flush_ms`` old. Durability: the log runs behind the online store by up to those
 bounds, and rows still buffered when the process dies never reach it unless the job replays
 the events behind them (those after its last checkpoint), so a crash can leave up to
@@ -49,8 +49,8 @@ import uuid
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from functools import cached_property
 from datetime import datetime, timedelta, timezone
+from functools import cached_property
 from pathlib import Path
 from typing import Any, cast
 
@@ -62,9 +62,9 @@ from feast.protos.feast.types.EntityKey_pb2 import EntityKey as EntityKeyProto
 from feast.protos.feast.types.Value_pb2 import Value as ValueProto
 from feast.types import from_feast_to_pyarrow_type
 
-from features.online_write import RedisRowWriter, value_converter
-from features.rows import Coalescer, FeatureRow
-from config import Settings
+from config import JobSettings
+from features.online_write import RedisOnlineWriter, value_converter
+from features.rows import FeatureRow
 
 TIMESTAMP_FIELD = "event_timestamp"
 RECENT_LAGS = 10_000
@@ -75,12 +75,50 @@ Row = tuple[EntityKeyProto, dict[str, ValueProto], datetime, datetime | None]
 """One row as ``online_write_batch`` takes it: entity key, values, event time, created time."""
 
 
+class Coalescer:
+    """Pending rows per (view, key): the newest event time wins, a tie goes to the later row.
+
+    >>> c = Coalescer()
+    >>> for t, n in [(5, "b"), (9, "c"), (7, "a")]:
+    ...     _ = c.add(FeatureRow("user_features", ("u",), {"n": n}, t))
+    >>> len(c), c.rows()["user_features"][0].values
+    (1, {'n': 'c'})
+    """
+
+    def __init__(self) -> None:
+        self._rows: dict[str, dict[tuple[str, ...], FeatureRow]] = {}
+        self._count = 0
+
+    def __len__(self) -> int:
+        return self._count
+
+    def add(self, row: FeatureRow) -> bool:
+        """Take one row; True if it is now the pending row of its key."""
+        by_key = self._rows.setdefault(row.view, {})
+        old = by_key.get(row.key)
+        if old is None:
+            self._count += 1
+        elif row.event_time_ms < old.event_time_ms:
+            return False
+        by_key[row.key] = row
+        return True
+
+    def rows(self) -> dict[str, list[FeatureRow]]:
+        """The pending rows by view."""
+        return {view: list(by_key.values()) for view, by_key in self._rows.items() if by_key}
+
+    def clear(self) -> None:
+        """Drop every pending row."""
+        self._rows.clear()
+        self._count = 0
+
+
 @dataclass
 class WriterStats:
-    """Counts of a :class:`FeatureWriter` since it was built."""
+    """Counts of a :class:`FeastStoreWriter` since it was built."""
 
     rows_received: int = 0
-    """Rows handed to :meth:`FeatureWriter.add`."""
+    """Rows handed to :meth:`FeastStoreWriter.add`."""
     rows_written: dict[str, int] = field(default_factory=dict)
     """Rows written to the online store per view (after coalescing)."""
     batches: int = 0
@@ -171,7 +209,7 @@ def rows_frame(spec: ViewSpec, rows: list[FeatureRow]) -> pd.DataFrame:
     return pd.DataFrame(columns)
 
 
-class FeatureWriter:
+class FeastStoreWriter:
     """Coalesces feature rows and writes them through Feast in micro-batches.
 
     Cheap to construct (reads the cached registry once) and free of Flink and Kafka: the Feast
@@ -184,7 +222,7 @@ class FeatureWriter:
     def __init__(
         self,
         store: FeatureStore,
-        settings: Settings,
+        settings: JobSettings,
         clock: Callable[[], float] = time.monotonic,
         *,
         offline_flush_rows: int = OFFLINE_FLUSH_ROWS,
@@ -193,7 +231,7 @@ class FeatureWriter:
         self._store = store
         self._provider = store.provider
         self._views = view_specs(store)
-        self._redis = RedisRowWriter.for_store(store)
+        self._redis = RedisOnlineWriter.for_store(store)
         self._batch_rows = settings.feast_batch_rows
         self._flush_ms = settings.feast_flush_ms
         self._offline_rows = offline_flush_rows
@@ -292,7 +330,7 @@ class FeatureWriter:
 
     def _write_online(self, spec: ViewSpec, rows: list[FeatureRow]) -> None:
         """One view's coalesced rows into the online store: one script call on Feast's Redis
-        (:class:`features.online_write.RedisRowWriter`), else one provider call."""
+        (:class:`features.online_write.RedisOnlineWriter`), else one provider call."""
         if self._redis is not None:
             self._redis.write(spec.view.name, rows)
             return

@@ -9,7 +9,7 @@ Reads ``settings.topic_feature_rows`` (rows of any features job, wire format in
    topic, partition and offset; the writer goes on);
 2. coalesces them per (view, key) (newest event time wins, a tie goes to the later offset) and
    writes them to Feast's Redis online store in one pipelined round trip per view, in Feast's
-   own layout, through Feast's provider (:class:`features.writer.FeatureWriter`);
+   own layout, through Feast's provider (:class:`features.writer.FeastStoreWriter`);
 3. every ``feast_commit_ms`` writes the rows buffered since to the offline parquet log, then
    commits the consumed offsets (synchronously).
 
@@ -33,6 +33,7 @@ from types import FrameType
 
 from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
 
+from config import Settings
 from connectors.admin import end_offsets
 from connectors.errors import DecodeError, source
 from connectors.events import dead_letter
@@ -41,8 +42,7 @@ from connectors.kafka_config import consumer_config
 from connectors.producer import TopicProducer
 from features.rows import FeatureRow
 from features.store import open_store
-from features.writer import FeatureWriter
-from config import Settings
+from features.writer import FeastStoreWriter
 
 GROUP = "streamrank-feast-writer"
 """The writer's consumer group (its committed offsets are where a restart resumes)."""
@@ -64,7 +64,7 @@ class WriterRun:
     """Per partition: the next offset to read (what was committed last)."""
 
 
-class FeastRowWriter:
+class WriterService:
     """Consumes feature rows and keeps Feast in step (see the module docstring)."""
 
     def __init__(self, settings: Settings) -> None:
@@ -74,7 +74,7 @@ class FeastRowWriter:
             "enable.auto.commit": False, "fetch.min.bytes": 1_000_000, "fetch.wait.max.ms": 50,
             "session.timeout.ms": SESSION_TIMEOUT_MS}))
         self._consumer.subscribe([self._topic])
-        self._writer = FeatureWriter(open_store(settings), settings, offline_flush_rows=1 << 62,
+        self._writer = FeastStoreWriter(open_store(settings), settings, offline_flush_rows=1 << 62,
                                      offline_flush_ms=float("inf"))
         self._dlq = TopicProducer(settings, settings.topic_dlq)
         self._pending: dict[int, int] = {}
@@ -151,7 +151,7 @@ def run(settings: Settings, *, bounded: bool = False,
 
         previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     ends = end_offsets(settings, settings.topic_feature_rows) if bounded else None
-    writer = FeastRowWriter(settings)
+    writer = WriterService(settings)
     try:
         while not stop.is_set():
             if writer.poll() == 0 and ends is not None and writer.caught_up(ends):

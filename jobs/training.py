@@ -19,7 +19,7 @@ at 0.45 of the trainer's rate with it.) In it:
   duplicate ``example_id``s (bounded: the last ``dedup_window_examples``; the examples sink
   of the features job is at-least-once, see :mod:`models.loop`), buffers mini-batches of
   ``batch_size``, runs each through progressive validation (score, online metrics, learn) and
-  cuts versions with :class:`~models.publisher.DeltaPublisher`; each is sent to
+  cuts versions with :class:`~models.versions.VersionCutter`; each is sent to
   ``topic_deltas`` (:class:`~connectors.model_updates.ModelUpdatePublisher`, flushed per
   version; snapshots also land in the snapshot store). A tick every
   ``min(1 s, delta_interval_s)`` (a daemon thread of the task, under the same lock as the
@@ -32,7 +32,7 @@ at 0.45 of the trainer's rate with it.) In it:
   version if anything was learned since the last one.
 * **Versions** only go up, also across restarts: the trainer resumes from the store's latest
   snapshot and the first version it cuts is a full snapshot with a new number
-  (:meth:`~models.publisher.DeltaPublisher.resume`).
+  (:meth:`~models.versions.VersionCutter.resume`).
 * **Thread mode** (PyFlink 2.3): the trainer must be the only Python function of its task.
   PyFlink follows a side output with a Python identity map; chained into the trainer's task it
   runs on the same thread under a second interpreter thread state, and importing torch there
@@ -85,16 +85,16 @@ from pyflink.datastream import (
 )
 
 from config import Settings
-from connectors.events import dead_letter
 from connectors.errors import DecodeError
+from connectors.events import dead_letter
 from connectors.training_examples import decode_example
 from jobs.flink import BYTES, discarding_sink, group_id, kafka_sink, kafka_source
 
 if TYPE_CHECKING:
     from connectors.model_updates import ModelUpdatePublisher
     from models.loop import TrainingLoop
-    from models.publisher import DeltaPublisher
     from models.trainer import OnlineTrainer
+    from models.versions import VersionCutter
 
 JOB = "training"
 DEAD_LETTERS = OutputTag("dead-letters", BYTES)
@@ -122,15 +122,15 @@ class TrainerFunction(ProcessFunction):
         from connectors.model_updates import ModelUpdatePublisher
         from connectors.snapshot_store import SnapshotStore
         from models.loop import TrainingLoop
-        from models.publisher import DeltaPublisher
         from models.trainer import OnlineTrainer
+        from models.versions import VersionCutter
 
         torch.set_num_threads(1)
         metrics = runtime_context.get_metrics_group()
         self.counters = {name: metrics.counter(name)
                          for name in ("examples", "duplicates", "dead_letters")}
         self.trainer: OnlineTrainer = OnlineTrainer(self.settings)
-        self.publisher: DeltaPublisher = DeltaPublisher(self.trainer, self.settings)
+        self.publisher: VersionCutter = VersionCutter(self.trainer, self.settings)
         self.restored_version = self.publisher.resume(SnapshotStore.from_settings(self.settings))
         self.updates: ModelUpdatePublisher = ModelUpdatePublisher(self.settings)
         self.loop: TrainingLoop = TrainingLoop(self.trainer, self.settings, self.publisher)

@@ -1,9 +1,9 @@
 """Baselines the torch ranker is evaluated against.
 
-Both implement :class:`~models.base.OnlineRanker` and are built like
-:class:`~models.trainer.OnlineTrainer`, as ``cls(settings)``.
+Both implement :class:`~models.base.OnlineRanker`; neither takes settings (their
+hyper-parameters are River's defaults and stated below).
 
-* :class:`FtrlBaseline` — River's logistic regression trained by FTRL-Proximal on one-hot user,
+* :class:`RiverFtrlBaseline` — River's logistic regression trained by FTRL-Proximal on one-hot user,
   item and category IDs plus the ``log1p``'d dense features (clicks only: p_purchase is NaN).
   IDs are not hashed: one weight per ID seen, and a ``learn_one`` costs O(features of the
   example) (see :class:`FtrlLogisticRegression`, River's arithmetic in plain Python).
@@ -23,7 +23,6 @@ from connectors.training_examples import TrainingExample
 from features.schema import DENSE_FEATURES
 from features.state import HOUR_MS, Decayed
 from models.ranker import SPARSE_FIELDS
-from config import Settings
 
 FTRL_ALPHA, FTRL_BETA, FTRL_L1, FTRL_L2 = 0.05, 1.0, 0.0, 1.0
 """FTRL-Proximal's hyper-parameters (River's defaults)."""
@@ -105,16 +104,15 @@ class FtrlLogisticRegression:
             n[i] = ni + gi**2
 
 
-class FtrlBaseline:
+class RiverFtrlBaseline:
     """:class:`FtrlLogisticRegression` (River's FTRL-Proximal semantics), one example at a
     time.
 
-    Built like every ranker, from ``settings`` (it has no settings of its own yet). The
-    features of a batch scored by :meth:`predict_many` are kept for the :meth:`learn_many` of
+    The features of a batch scored by :meth:`predict_many` are kept for the :meth:`learn_many` of
     the same batch that follows (progressive validation computes them once).
     """
 
-    def __init__(self, settings: Settings | None = None) -> None:
+    def __init__(self) -> None:
         self.model = FtrlLogisticRegression()
         self._cached: tuple[Sequence[TrainingExample], list[dict[str, float]]] | None = None
 
@@ -144,15 +142,14 @@ class MostPopular:
 
     >>> x = TrainingExample(example_id="e", user_id="u", item_id="i", event_time=0, click=1,
     ...                     purchase=0, features={})
-    >>> pop = MostPopular(Settings())
+    >>> pop = MostPopular()
     >>> before = pop.predict_many([x])[0, 0]
     >>> pop.learn_many([x] * 9)
     >>> round(float(before), 4), float(pop.predict_many([x])[0, 0])
     (0.0909, 0.5)
     """
 
-    def __init__(self, settings: Settings | None = None,
-                 half_life_ms: int = POPULARITY_HALF_LIFE_MS) -> None:
+    def __init__(self, half_life_ms: int = POPULARITY_HALF_LIFE_MS) -> None:
         self.half_life_ms = half_life_ms
         self.clicks: dict[str, Decayed] = {}
 

@@ -49,7 +49,7 @@ import torch
 from pydantic import SecretStr
 from torch import Tensor
 
-from config import Settings
+from config import TrainerSettings
 
 FORMAT = "streamrank-update/1"
 ROWS_SUFFIX = ".__rows__"
@@ -89,7 +89,7 @@ class ModelUpdate:
     tensors: dict[str, Tensor] = field(default_factory=dict, repr=False)
 
 
-def hmac_key(settings: Settings) -> bytes | None:
+def hmac_key(settings: TrainerSettings) -> bytes | None:
     """The signing key of ``settings`` as bytes (None when signing is off).
 
     Tolerates a plain ``str`` (``Settings.model_copy(update=...)`` skips validation).

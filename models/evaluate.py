@@ -2,7 +2,7 @@
 
 The log is read (:mod:`connectors.logs`), given impressions where it has none
 (:mod:`features.impressions`) and turned into training examples with the features as of each
-impression (:mod:`features.examples`) — the same code paths ``replay`` and the streaming jobs
+impression (:mod:`features.example_builder`) — the same code paths ``replay`` and the streaming jobs
 use. One pass builds the examples into a temporary spool file (bounded memory; it also counts
 them, which fixes the freeze point); they are then read back in event-time order in mini-batches
 of ``settings.batch_size``: every model scores a batch before any model learns from it. Models:
@@ -44,20 +44,20 @@ from typing import Any, cast
 
 import numpy as np
 from rich.console import Console
-from scipy.stats import rankdata
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from scipy.stats import rankdata
 
+from config import Settings
 from connectors.events import Event
-from connectors.training_examples import TrainingExample, decode_example, encode_example
 from connectors.logs import CsvMapping, LogFormat, ParseReport, read_log
-from features.examples import ExampleBuilder
+from connectors.training_examples import TrainingExample, decode_example, encode_example
+from features.example_builder import ExampleBuilder
 from features.impressions import with_impressions
 from models.base import OnlineRanker
-from models.baselines import FtrlBaseline, MostPopular
+from models.baselines import MostPopular, RiverFtrlBaseline
 from models.loop import TrainingLoop
 from models.trainer import ROLLING_WINDOW, BinnedAUC, OnlineTrainer, log_loss
-from config import Settings
 
 FREEZE_FRACTION = 0.2
 """The frozen model stops learning after this share of the examples."""
@@ -119,7 +119,7 @@ class EvaluationResult:
 
     log: ParseReport
     counters: dict[str, int]
-    """What building the examples did (see :class:`features.examples.ExampleBuilder`)."""
+    """What building the examples did (see :class:`features.example_builder.ExampleBuilder`)."""
     examples: int
     frozen_at: int
     """Examples seen when the frozen model stopped learning."""
@@ -257,9 +257,9 @@ def progressive(
         online = OnlineTrainer(settings)
         loop = TrainingLoop(online, settings)
     if "ftrl" in names:
-        learners["ftrl"] = FtrlBaseline(settings)
+        learners["ftrl"] = RiverFtrlBaseline()
     if "most_popular" in names:
-        learners["most_popular"] = MostPopular(settings)
+        learners["most_popular"] = MostPopular()
     freeze_at = math.ceil(n * FREEZE_FRACTION)
     frozen: OnlineRanker | None = None
     frozen_at = n

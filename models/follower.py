@@ -27,10 +27,10 @@ from dataclasses import dataclass, replace
 from enum import StrEnum
 
 import torch
+from torch import Tensor, nn
 
 from models.delta import ModelUpdate, UpdateRejected, apply_update, decode_message
 from models.ranker import Ranker
-from torch import Tensor, nn
 
 
 class Status(StrEnum):

@@ -9,7 +9,7 @@ The one loop that the training job (:mod:`jobs.training_job`), ``evaluate``
   ``settings.batch_size`` goes through :meth:`progressive`;
 * :meth:`progressive` scores one batch, updates the online metrics and learns from it
   (:meth:`~models.trainer.OnlineTrainer.progressive`), then asks the publisher, when there is
-  one, whether a version is due (:meth:`~models.publisher.DeltaPublisher.maybe_publish`);
+  one, whether a version is due (:meth:`~models.versions.VersionCutter.maybe_publish`);
 * :meth:`tick` (a timer, when the input goes quiet) learns a partial batch and publishes what
   is due; :meth:`close` learns what is buffered and cuts a final version if anything was
   learned since the last one.
@@ -44,10 +44,10 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
+from config import TrainerSettings
 from connectors.training_examples import TrainingExample
-from models.publisher import DeltaPublisher
 from models.trainer import OnlineTrainer
-from config import Settings
+from models.versions import VersionCutter
 
 
 class RecentIds:
@@ -86,8 +86,8 @@ class TrainingLoop:
     ``publisher``, ``buffer`` (examples waiting for a full batch), ``duplicates`` (dropped).
     """
 
-    def __init__(self, trainer: OnlineTrainer, settings: Settings,
-                 publisher: DeltaPublisher | None = None) -> None:
+    def __init__(self, trainer: OnlineTrainer, settings: TrainerSettings,
+                 publisher: VersionCutter | None = None) -> None:
         self.trainer = trainer
         self.publisher = publisher
         self.batch_size = settings.batch_size

@@ -59,10 +59,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from config import TrainerSettings
 from connectors.training_examples import TrainingExample
 from features.schema import DENSE_FEATURES
 from features.state import LAST_N
-from config import Settings
 
 SPARSE_FIELDS: tuple[str, ...] = ("user_id", "item_id", "category_id")
 """The deep part's hashed ID fields, in the order of the sparse index columns."""
@@ -386,7 +386,7 @@ class Ranker(nn.Module):
         self.over = OverArch(num_vectors * embedding_dim + num_vectors * (num_vectors - 1) // 2)
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> Ranker:
+    def from_settings(cls, settings: TrainerSettings) -> Ranker:
         """The default model of ``settings`` (hash_buckets, embedding_dim, deep)."""
         return cls(settings.hash_buckets, settings.embedding_dim, deep=settings.deep)
 

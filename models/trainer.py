@@ -43,6 +43,7 @@ import torch.nn.functional as F
 from river import drift, metrics
 from torch import Tensor
 
+from config import TrainerSettings
 from connectors.training_examples import TrainingExample
 from models.ranker import (
     SERVING_POSITION,
@@ -53,7 +54,6 @@ from models.ranker import (
     encode_batch,
     wide_inputs,
 )
-from config import Settings
 
 ROLLING_WINDOW = 10_000
 """Examples in the rolling metrics' window."""
@@ -202,7 +202,7 @@ class WideFtrl:
     are gathered once into Python floats and written back once; state is float64.
     """
 
-    def __init__(self, wide: WideArch, settings: Settings) -> None:
+    def __init__(self, wide: WideArch, settings: TrainerSettings) -> None:
         self.alpha, self.beta = settings.wide_alpha, settings.wide_beta
         self.l1, self.l2 = settings.wide_l1, settings.wide_l2
         self.intercept_lr = settings.wide_intercept_lr
@@ -328,7 +328,7 @@ class OnlineTrainer:
     ``drift_detected`` (ADWIN drifts seen by :meth:`progressive`), ``dense_changed``.
     """
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: TrainerSettings) -> None:
         self.settings = settings
         # Adagrad builds sparse gradients; opting out of invariant checks (torch's default)
         # explicitly keeps torch from warning about it.

@@ -54,10 +54,9 @@ def _fail(message: str, code: int = 2) -> typer.Exit:
 def stack_up() -> None:
     """Start Kafka and Redis (if not running), wait until both answer, create the topics,
     register the Feast feature repo and start the Feast writer in the background."""
-    from streamrank import stack
-
     from features.store import apply_repo
     from jobs.launch import run_job, running_pid
+    from streamrank import stack
 
     settings = _settings()
     with console.status("starting the local stack"):
@@ -377,7 +376,8 @@ def serve(
     device: Annotated[Optional[str], typer.Option(help="auto | cpu | cuda (default STREAMRANK_DEVICE)")] = None,
 ) -> None:
     """Run a scorer: POST /rank, /healthz, /metrics, /admin/...; follows model.deltas."""
-    from models.scorer.app import resolve_device, serve as run_scorer
+    from models.scorer.app import resolve_device
+    from models.scorer.app import serve as run_scorer
 
     settings = _settings()
     try:

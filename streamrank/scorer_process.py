@@ -13,8 +13,7 @@ from typing import Any
 
 import httpx
 
-from config import settings_env
-from config import Settings
+from config import Settings, settings_env
 
 START_S = 90.0
 

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
-from jobs import processes
 from config import Settings
+from jobs import processes
 
 ROOT = Path(__file__).resolve().parent.parent
 KAFKA_LIBS = ROOT / "ops" / "jars" / "kafka"

@@ -7,8 +7,8 @@ from collections.abc import Iterator
 
 import pytest
 
+from config import Settings, load_settings
 from streamrank import stack
-from streamrank.config import Settings, load_settings
 
 
 @pytest.fixture(scope="session")

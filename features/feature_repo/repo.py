@@ -30,6 +30,8 @@ from features.rows import (
 from features.schema import ITEM_FEATURES, USER_FEATURES
 
 TTL = timedelta(hours=48)
+"""The views' TTL as declared (feature_state_ttl_ms's default); :func:`features.store.repo_objects`
+sets the configured one."""
 TIMESTAMP_FIELD = "event_timestamp"
 
 user = Entity(name="user", join_keys=["user_id"], value_type=ValueType.STRING,

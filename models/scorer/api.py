@@ -61,23 +61,6 @@ class RankRequest(BaseModel):
         return [ItemRef(item_id=i) if isinstance(i, str) else i for i in self.items]
 
 
-class RankedItem(BaseModel):
-    """One item of the answer."""
-
-    item_id: str
-    p_click: float
-    p_purchase: float
-    score: float
-
-
-class RankResponse(BaseModel):
-    """Items best first, the one model version that scored all of them, degraded flag."""
-
-    model_version: int
-    items: list[RankedItem]
-    degraded: bool = False
-
-
 class PinRequest(BaseModel):
     """``POST /admin/pin``."""
 

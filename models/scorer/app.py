@@ -34,18 +34,18 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
+from config import Settings
 from connectors.snapshot_store import SnapshotStore
 from features.online import OnlineFeatureReader, SdkFeatureReader, no_inputs
 from features.store import open_store
-from models.scorer.api import PinRequest, RankRequest
 from models.ranker import Batch
+from models.scorer.api import PinRequest, RankRequest
 from models.scorer.batcher import Batcher
 from models.scorer.candidates import encode_candidates
 from models.scorer.metrics import ScorerMetrics
 from models.scorer.registry import register, unregister
 from models.scorer.reloader import Reloader
 from models.scorer.service import ModelService, VersionUnavailable
-from config import Settings
 
 log = logging.getLogger(__name__)
 PREPARE_THREADS = 4

@@ -15,11 +15,11 @@ import threading
 import uuid
 from collections.abc import Callable
 
+from config import Settings
 from connectors.model_updates import ModelUpdateSubscriber
 from models.delta import UpdateRejected, read_metadata
 from models.follower import Outcome, Status
 from models.scorer.service import ModelService
-from config import Settings
 
 log = logging.getLogger(__name__)
 POLL_S = 0.02

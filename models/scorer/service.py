@@ -27,11 +27,11 @@ from dataclasses import dataclass
 
 import torch
 
+from config import Settings
 from connectors.snapshot_store import SnapshotStore
 from models.delta import UpdateRejected, hmac_key, read_metadata
 from models.follower import ModelFollower, Outcome, Status
 from models.ranker import Ranker
-from config import Settings
 
 Served = tuple[int, Ranker]
 AUC_METRIC = "click_auc_rolling"

@@ -15,9 +15,8 @@ from typing import Any
 
 import pytest
 
-from config import settings_env
+from config import Settings, settings_env
 from jobs.flink import latest_checkpoint
-from config import Settings
 
 WAIT_S = 300.0
 

@@ -1,4 +1,4 @@
-"""The Feast store end to end on the live Redis: apply, write through FeatureWriter, read back."""
+"""The Feast store end to end on the live Redis: apply, write through FeastStoreWriter, read back."""
 
 from __future__ import annotations
 
@@ -9,14 +9,14 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from feast import FeatureStore
+from feast.protos.feast.serving.ServingService_pb2 import FieldStatus
 from feast.value_type import ValueType
 from redis import Redis
 
+from config import Settings
 from connectors.events import Event
-from feast.protos.feast.serving.ServingService_pb2 import FieldStatus
-
 from features.online import FEATURE_REFS, read_features, redis_key
-from features.online_write import RedisRowWriter
+from features.online_write import RedisOnlineWriter
 from features.rows import (
     ITEM_VIEW,
     USER_CATEGORY_STORED,
@@ -27,11 +27,17 @@ from features.rows import (
     FeatureRow,
 )
 from features.schema import DENSE_FEATURES, ITEM_FEATURES, USER_FEATURES
-from features.state import HOUR_MS, ItemState, UserCategoryState, UserState
-from features.state import item_features, user_category_features, user_features
+from features.state import (
+    HOUR_MS,
+    ItemState,
+    UserCategoryState,
+    UserState,
+    item_features,
+    user_category_features,
+    user_features,
+)
 from features.store import apply_repo, feast_dir, offline_dir
-from features.writer import FeatureWriter, ViewSpec, rows_frame, view_specs
-from config import Settings
+from features.writer import FeastStoreWriter, ViewSpec, rows_frame, view_specs
 
 pytestmark = pytest.mark.integration
 
@@ -74,7 +80,7 @@ def test_apply_is_idempotent_and_registers_the_repo(run):
 
 def test_written_rows_read_back_by_feature_name(run, tag):
     settings, store = run
-    writer = FeatureWriter(store, settings)
+    writer = FeastStoreWriter(store, settings)
     user, item, category = tag + "u", tag + "i", tag + "c"
     user_values = {"u_clicks_1h": 1.5, "u_clicks_24h": 2.25, "u_carts_24h": 0.0,
                    "u_purchases_24h": 1.0, "u_impressions_24h": 7.0, "u_secs_since_last": 0.0,
@@ -99,7 +105,7 @@ def test_written_rows_read_back_by_feature_name(run, tag):
 
 def test_newest_event_time_wins_end_to_end(run, tag):
     settings, store = run
-    writer = FeatureWriter(store, settings)
+    writer = FeastStoreWriter(store, settings)
     items = [tag + str(k) for k in range(3)]
     for order in ([30, 10, 20], [10, 30, 20], [20, 10, 30]):
         item = items.pop()
@@ -121,7 +127,7 @@ def test_newest_event_time_wins_end_to_end(run, tag):
 def test_flush_triggers_on_size_and_on_age(run, tag):
     settings, store = run
     now = [0.0]
-    writer = FeatureWriter(store, settings.model_copy(update={"feast_batch_rows": 4,
+    writer = FeastStoreWriter(store, settings.model_copy(update={"feast_batch_rows": 4,
                                                               "feast_flush_ms": 200}),
                            clock=lambda: now[0])
     row = {"uc_clicks_24h": 1.0, "uc_purchases_24h": 0.0, "uc_affinity": 0.5}
@@ -139,7 +145,7 @@ def test_flush_triggers_on_size_and_on_age(run, tag):
 
 def test_offline_log_holds_the_written_rows_for_point_in_time_reads(run, tag):
     settings, store = run
-    writer = FeatureWriter(store, settings)
+    writer = FeastStoreWriter(store, settings)
     item = tag + "i"
     for t in (1, 2):  # two flushes: two parquet files, two versions of the row
         writer.add(ITEM_VIEW, (item,), {n: float(t) for n in [
@@ -168,7 +174,7 @@ def test_read_features_equals_the_job_state_read_at_request_time(run, tag):
     sample = pd.read_csv(settings.sample_log, header=None,
                          nrows=3_000, dtype=str, names=["u", "i", "c", "b", "ts"])
     kinds = {"pv": "click", "cart": "add_to_cart", "fav": "favourite", "buy": "purchase"}
-    computer, writer = FeatureComputer(), FeatureWriter(store, settings)
+    computer, writer = FeatureComputer(), FeastStoreWriter(store, settings)
     for n, r in enumerate(sample.itertuples()):
         event = Event(event_id=str(n), event_type=kinds[r.b], user_id=tag + r.u,
                       item_id=tag + r.i, category_id=tag + r.c, event_time=int(r.ts) * 1000)
@@ -196,7 +202,7 @@ def test_read_features_equals_the_job_state_read_at_request_time(run, tag):
 
 
 def test_writer_rows_and_write_to_online_store_rows_read_back_the_same(run, tag):
-    """The same rows, written by FeatureWriter and by write_to_online_store under keys of
+    """The same rows, written by FeastStoreWriter and by write_to_online_store under keys of
     their own, are indistinguishable to get_online_features and to the store's own reads."""
     settings, store = run
     computer = FeatureComputer()
@@ -208,7 +214,7 @@ def test_writer_rows_and_write_to_online_store_rows_read_back_the_same(run, tag)
                                       event_time=T0 + 1_500 * n))}
     rows = {side: [r._replace(key=tuple(f"{side}-{k}" for k in r.key))
                    for r in computed.values()] for side in ("fast", "frame")}
-    writer = FeatureWriter(store, settings)
+    writer = FeastStoreWriter(store, settings)
     writer.add_rows(rows["fast"])
     assert writer.flush() == len(computed) == 8
     specs = view_specs(store)
@@ -240,7 +246,7 @@ def test_writer_rows_and_write_to_online_store_rows_read_back_the_same(run, tag)
 def test_offline_log_waits_for_its_bounds_or_an_explicit_flush(run, tag):
     settings, store = run
     now = [0.0]
-    writer = FeatureWriter(store, settings.model_copy(update={"feast_batch_rows": 2}),
+    writer = FeastStoreWriter(store, settings.model_copy(update={"feast_batch_rows": 2}),
                            clock=lambda: now[0], offline_flush_rows=4, offline_flush_ms=1_000)
     values = {name: 1.0 for name in ["i_impressions_24h", "i_clicks_1h", "i_clicks_24h",
                                      "i_purchases_24h", "i_ctr", "i_cvr", "i_secs_since_last"]}
@@ -279,11 +285,11 @@ def _random_values(spec: ViewSpec, rng: random.Random) -> dict[str, object]:
 
 
 def test_the_fast_online_write_stores_the_bytes_feast_stores(run, tag):
-    """RedisRowWriter writes the hashes Feast's own online_write_batch writes, byte for byte,
+    """RedisOnlineWriter writes the hashes Feast's own online_write_batch writes, byte for byte,
     with the same key expiry, for random rows of every view."""
     settings, store = run
     rng = random.Random(11)
-    fast = RedisRowWriter.for_store(store)
+    fast = RedisOnlineWriter.for_store(store)
     assert fast is not None
     client = Redis.from_url(settings.redis_url)
     project = store.config.project
@@ -307,7 +313,7 @@ def test_the_fast_online_write_keeps_the_newest_row(run, tag):
     later of two rows of one millisecond holds the later state; Feast's own write keeps the
     first)."""
     settings, store = run
-    fast = RedisRowWriter.for_store(store)
+    fast = RedisOnlineWriter.for_store(store)
     spec = view_specs(store)[ITEM_VIEW]
     rng = random.Random(3)
     key = (tag + "i1",)

@@ -19,17 +19,16 @@ import pytest
 from confluent_kafka import Consumer, TopicPartition
 from redis import Redis
 
+from config import Settings, settings_env
 from connectors.admin import delete_topics, end_offsets, ensure_topics, topic_specs
 from connectors.feature_rows import encode_row
 from connectors.kafka_config import consumer_config
 from connectors.producer import TopicProducer
+from features import writer_service
 from features.rows import FeatureRow
 from features.store import apply_repo, offline_dir, open_store
 from features.verify import STORED, reference, row_differences
-from features import writer_service
 from features.writer_service import GROUP
-from config import settings_env
-from config import Settings
 from tests.shop_logs import spanning_log
 
 pytestmark = pytest.mark.integration
@@ -63,7 +62,7 @@ def send(settings: Settings, rows: list[FeatureRow], extra: list[bytes] = ()) ->
 
 def all_rows(settings: Settings) -> list[FeatureRow]:
     """Every row the reference emits for a small log, in order (many per key)."""
-    from features.examples import ExampleBuilder
+    from features.example_builder import ExampleBuilder
 
     builder, out = ExampleBuilder(settings), []
     for event in spanning_log(users=4, minutes=30, seed=3):

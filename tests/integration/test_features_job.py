@@ -5,7 +5,7 @@ For each log, one pass over the records in the order they were produced gives wh
 must write: the dead letters (:func:`connectors.events.decode_event`'s reason, or ``late`` /
 duplicate as :class:`features.labels.LabelJoiner` decides), and the feature rows (coalesced
 per key as the Feast writer does: newest event time wins) and examples of
-:meth:`features.examples.ExampleBuilder.step`. The job's outputs must equal them: DLQ reasons and
+:meth:`features.example_builder.ExampleBuilder.step`. The job's outputs must equal them: DLQ reasons and
 originals in order, every row (counts exactly, floats to 1e-9, lists exactly), every example
 (with its price and recent clicked items and categories) as a set by ``example_id``.
 
@@ -33,18 +33,18 @@ from pathlib import Path
 import pytest
 from confluent_kafka import Consumer
 
+from config import Settings
 from connectors.admin import delete_topics, end_offsets, ensure_topics
 from connectors.errors import DecodeError
 from connectors.events import Event, decoder, encode_event
-from connectors.training_examples import TrainingExample, decode_example
 from connectors.kafka_config import consumer_config
 from connectors.logs import read_log
 from connectors.producer import EventProducer
-from features.examples import ExampleBuilder
+from connectors.training_examples import TrainingExample, decode_example
+from features.example_builder import ExampleBuilder
 from features.impressions import with_impressions
-from features.rows import Coalescer
+from features.writer import Coalescer
 from jobs.features import JOB
-from config import Settings
 from tests.integration.child_jobs import ChildJob
 
 pytestmark = pytest.mark.integration

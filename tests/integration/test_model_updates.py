@@ -7,15 +7,15 @@ import time
 import pytest
 import torch
 
-from connectors.admin import topic_size
-from connectors.training_examples import TrainingExample
+from config import Settings
+from connectors.admin import end_offsets
 from connectors.model_updates import ModelUpdatePublisher, ModelUpdateSubscriber
+from connectors.training_examples import TrainingExample
 from models.delta import hmac_key, read_metadata
 from models.follower import ModelFollower, Status
-from models.publisher import DeltaPublisher
 from models.ranker import Ranker
 from models.trainer import OnlineTrainer
-from config import Settings
+from models.versions import VersionCutter
 
 pytestmark = pytest.mark.integration
 torch.set_num_threads(1)
@@ -44,7 +44,7 @@ def test_deltas_through_kafka_reach_the_trainers_version(topics: Settings) -> No
         "hash_buckets": 20_011, "embedding_dim": 8, "batch_size": 64, "snapshot_every": 4,
         "dense_every": 1, "delta_hmac_key": "integration-key"})
     trainer = OnlineTrainer(settings)
-    publisher = DeltaPublisher(trainer, settings)
+    publisher = VersionCutter(trainer, settings)
     sent: list[bytes] = []
     records = 0
     with ModelUpdatePublisher(settings) as channel:
@@ -55,7 +55,7 @@ def test_deltas_through_kafka_reach_the_trainers_version(topics: Settings) -> No
                 records += channel.publish(settings.model_id, message)
     assert max(map(len, sent)) > settings.max_message_bytes
     assert records > len(sent)  # the snapshots went as chunks
-    assert topic_size(settings, settings.topic_deltas) == records
+    assert sum(end_offsets(settings, settings.topic_deltas).values()) == records
 
     received, dropped = receive(settings, len(sent))
     assert received == sent and dropped == 0

@@ -9,9 +9,9 @@ import pytest
 from confluent_kafka import Consumer
 from typer.testing import CliRunner
 
-from connectors.admin import topic_size
-from streamrank.cli import app
 from config import Settings
+from connectors.admin import end_offsets
+from streamrank.cli import app
 
 pytestmark = pytest.mark.integration
 SAMPLE = Settings().sample_log
@@ -41,7 +41,8 @@ def test_replay_delivers_every_row(topics: Settings) -> None:
     assert result.exit_code == 0, result.output
     assert "1 bad" in result.output and "line " in result.output
 
-    events = _consume_all(topics, topics.topic_events, topic_size(topics, topics.topic_events))
+    size = sum(end_offsets(topics, topics.topic_events).values())
+    events = _consume_all(topics, topics.topic_events, size)
     by_type = Counter(e["event_type"] for e in events)
     behaviours = Counter(r[3] for r in valid)
     assert by_type["click"] == behaviours["pv"]

@@ -24,28 +24,27 @@ import pytest
 import redis
 import torch
 
+from config import Settings, settings_env
 from connectors.events import Event
-from connectors.training_examples import TrainingExample
 from connectors.logs import read_log
 from connectors.model_updates import ModelUpdatePublisher
 from connectors.snapshot_store import SnapshotStore
-from features.examples import ExampleBuilder
+from connectors.training_examples import TrainingExample
+from features.example_builder import ExampleBuilder
 from features.impressions import with_impressions
 from features.online import read_inputs
-from features.rows import Coalescer, FeatureComputer, feeds_state
+from features.rows import FeatureComputer, feeds_state
 from features.schema import DENSE_FEATURES
 from features.state import alive
 from features.store import apply_repo
-from features.writer import FeatureWriter
-from config import settings_env
+from features.writer import Coalescer, FeastStoreWriter
 from models.delta import decode_message, encode_delta, hmac_key
-from models.publisher import DeltaPublisher
 from models.ranker import SERVING_POSITION, encode_batch
 from models.scorer.api import RankRequest
 from models.scorer.app import Scorer
 from models.scorer.registry import admin_call
 from models.trainer import OnlineTrainer
-from config import Settings
+from models.versions import VersionCutter
 from streamrank.scorer_process import ScorerProcess, start_scorer
 
 pytestmark = pytest.mark.integration
@@ -73,7 +72,7 @@ class Trainer:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.model = OnlineTrainer(settings)
-        self.publisher = DeltaPublisher(self.model, settings, SnapshotStore.from_settings(settings))
+        self.publisher = VersionCutter(self.model, settings, SnapshotStore.from_settings(settings))
         self.channel = ModelUpdatePublisher(settings)
         self.published: list[int] = []
         self._k = 0
@@ -163,7 +162,7 @@ def test_scorers_converge_and_score_like_the_trainer(settings, trainer, scorers)
     prices = [None if k % 6 == 0 else 0.5 + k for k in range(40)]
     t = 1_700_000_000_000
     store = apply_repo(settings)
-    writer, computer = FeatureWriter(store, settings), FeatureComputer()
+    writer, computer = FeastStoreWriter(store, settings), FeatureComputer()
     for n, (item, cat) in enumerate([("i5", "c0"), ("i12", "c2"), ("i33", "c3")]):
         writer.add_rows(computer.apply(Event(
             event_id=f"h{n}", event_type="click", user_id="u3", item_id=item, category_id=cat,
@@ -379,7 +378,7 @@ def test_served_inputs_equal_the_training_examples_on_replayed_events(settings, 
             if e.event_type == "impression" and e.event_time not in real_times][:3]
     assert cuts, "no impression time to cut at"
     store = apply_repo(settings)
-    writer, computer, pending = FeatureWriter(store, settings), FeatureComputer(ttl_ms), Coalescer()
+    writer, computer, pending = FeastStoreWriter(store, settings), FeatureComputer(ttl_ms), Coalescer()
     scorer = Scorer(settings.model_copy(update={"item_cache_ttl_ms": 0.0}), "cpu", follow=False)
     at = compared = with_history = priced = expired = 0
     for cut in cuts:

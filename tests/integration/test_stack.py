@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from jobs.launch import run_job, running_pid
-from jobs import processes, stack
 from config import Settings
+from jobs import processes, stack
+from jobs.launch import run_job, running_pid
 
 pytestmark = pytest.mark.integration
 

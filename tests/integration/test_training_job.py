@@ -17,18 +17,18 @@ import torch
 from confluent_kafka import Consumer, Producer
 from pydantic import SecretStr
 
-from connectors.training_examples import encode_example
+from config import Settings
 from connectors.kafka_config import consumer_config, producer_config
 from connectors.logs import read_log
 from connectors.model_updates import ModelUpdateSubscriber
 from connectors.snapshot_store import SnapshotStore
-from features.examples import build_examples
+from connectors.training_examples import encode_example
+from features.example_builder import build_examples
 from features.impressions import with_impressions
 from jobs.training import JOB, status_path
 from models.delta import ModelUpdate, decode_message, hmac_key, read_metadata
 from models.follower import ModelFollower, Status
 from models.ranker import Ranker
-from config import Settings
 from tests.integration.child_jobs import ChildJob, wait_for
 
 pytestmark = pytest.mark.integration

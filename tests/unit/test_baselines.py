@@ -10,13 +10,20 @@ import pytest
 import torch
 from river import linear_model, optim
 
+from config import Settings
 from connectors.training_examples import TrainingExample
 from features.state import HOUR_MS
 from models.base import OnlineRanker
-from models.baselines import (FTRL_ALPHA, FTRL_BETA, FTRL_L1, FTRL_L2, FtrlBaseline, MostPopular,
-                              river_features)
+from models.baselines import (
+    FTRL_ALPHA,
+    FTRL_BETA,
+    FTRL_L1,
+    FTRL_L2,
+    MostPopular,
+    RiverFtrlBaseline,
+    river_features,
+)
 from models.trainer import FrozenRanker, OnlineTrainer
-from config import Settings
 
 torch.set_num_threads(1)
 SETTINGS = Settings(hash_buckets=1009, embedding_dim=8, batch_size=64, learning_rate=0.1)
@@ -51,8 +58,8 @@ def frozen() -> OnlineRanker:
 RANKERS: dict[str, Callable[[], OnlineRanker]] = {
     "trainer": lambda: OnlineTrainer(SETTINGS),
     "frozen": frozen,
-    "ftrl": lambda: FtrlBaseline(SETTINGS),
-    "most_popular": lambda: MostPopular(SETTINGS),
+    "ftrl": lambda: RiverFtrlBaseline(),
+    "most_popular": lambda: MostPopular(),
 }
 
 
@@ -116,12 +123,12 @@ def test_rankers_learn_which_items_are_liked(name: str) -> None:
 
 
 def test_ftrl_has_no_purchase_head() -> None:
-    assert np.isnan(FtrlBaseline(SETTINGS).predict_many(stream(3))[:, 1]).all()
+    assert np.isnan(RiverFtrlBaseline().predict_many(stream(3))[:, 1]).all()
 
 
 def test_ftrl_matches_rivers_own_logistic_regression() -> None:
     """The faster dot product leaves the model as River's: same predictions, same weights."""
-    ours = FtrlBaseline(SETTINGS)
+    ours = RiverFtrlBaseline()
     river = linear_model.LogisticRegression(
         optimizer=optim.FTRLProximal(alpha=FTRL_ALPHA, beta=FTRL_BETA, l1=FTRL_L1, l2=FTRL_L2))
     xs = stream(600, seed=3)
@@ -162,7 +169,7 @@ def lookups_of_an_unrelated_weight(model: linear_model.LogisticRegression) -> in
 
 def test_ftrl_learning_looks_up_only_the_examples_weights() -> None:
     """A learn_one costs O(features of the example), not O(weights seen)."""
-    assert lookups_of_an_unrelated_weight(FtrlBaseline(SETTINGS).model) == 0
+    assert lookups_of_an_unrelated_weight(RiverFtrlBaseline().model) == 0
     # River 0.23's own LogisticRegression looks up every weight on every call
     assert lookups_of_an_unrelated_weight(
         linear_model.LogisticRegression(optimizer=optim.FTRLProximal())) == 50
@@ -176,7 +183,7 @@ def test_river_features_one_hot_ids_and_log_dense() -> None:
 
 
 def test_most_popular_decays_with_event_time() -> None:
-    pop = MostPopular(SETTINGS)
+    pop = MostPopular()
     click = stream(1)[0].model_copy(update={"click": 1, "event_time": 0, "item_id": "hot"})
     pop.learn_many([click] * 20)
     fresh = pop.predict_many([click])[0, 0]

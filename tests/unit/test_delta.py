@@ -11,8 +11,9 @@ from typing import Any
 import pytest
 import torch
 
-from connectors.training_examples import TrainingExample
+from config import Settings
 from connectors.snapshot_store import SnapshotStore
+from connectors.training_examples import TrainingExample
 from models.delta import (
     ROWS_SUFFIX,
     ModelUpdate,
@@ -23,10 +24,9 @@ from models.delta import (
     encode_delta,
     read_metadata,
 )
-from models.publisher import DeltaPublisher
 from models.ranker import Ranker
 from models.trainer import OnlineTrainer
-from config import Settings
+from models.versions import VersionCutter
 
 torch.set_num_threads(1)
 KEY = b"shared-secret"
@@ -175,7 +175,7 @@ def kinds(messages: list[bytes]) -> list[tuple[str, int, int]]:
 def test_cadence_snapshots_and_dense_every(tmp_path: Path) -> None:
     settings = SETTINGS.model_copy(update={"dense_every": 2})
     trainer = OnlineTrainer(settings)
-    publisher = DeltaPublisher(trainer, settings, SnapshotStore(str(tmp_path)))
+    publisher = VersionCutter(trainer, settings, SnapshotStore(str(tmp_path)))
     assert publisher.maybe_publish() == []  # nothing learned yet
     sent: list[bytes] = []
     for i in range(6):
@@ -193,7 +193,7 @@ def test_cadence_snapshots_and_dense_every(tmp_path: Path) -> None:
 def test_time_interval_cuts_a_version() -> None:
     now = [0.0]
     trainer = OnlineTrainer(SETTINGS)
-    publisher = DeltaPublisher(trainer, SETTINGS, clock=lambda: now[0])
+    publisher = VersionCutter(trainer, SETTINGS, clock=lambda: now[0])
     trainer.learn_many(examples(10))
     assert not publisher.due()
     now[0] = SETTINGS.delta_interval_s
@@ -206,14 +206,14 @@ def test_time_interval_cuts_a_version() -> None:
 def test_versions_continue_upward_after_a_restart(tmp_path: Path) -> None:
     store = SnapshotStore(str(tmp_path))
     trainer = OnlineTrainer(SETTINGS)
-    publisher = DeltaPublisher(trainer, SETTINGS, store)
+    publisher = VersionCutter(trainer, SETTINGS, store)
     before: list[bytes] = []
     for i in range(6):  # snapshots 1 and 4, deltas up to 6
         trainer.learn_many(examples(100, 100 * i))
         before += publisher.publish()
 
     restarted = OnlineTrainer(SETTINGS)
-    again = DeltaPublisher(restarted, SETTINGS)
+    again = VersionCutter(restarted, SETTINGS)
     assert again.resume(store) == 4
     snap = decode_message(store.get(4), None)
     assert all(torch.equal(restarted.model.state_dict()[k], v) for k, v in snap.tensors.items())
@@ -231,7 +231,7 @@ def test_versions_continue_upward_after_a_restart(tmp_path: Path) -> None:
 
 def test_resume_from_an_empty_store_starts_at_one(tmp_path: Path) -> None:
     trainer = OnlineTrainer(SETTINGS)
-    publisher = DeltaPublisher(trainer, SETTINGS)
+    publisher = VersionCutter(trainer, SETTINGS)
     assert publisher.resume(SnapshotStore(str(tmp_path))) == 0
     trainer.learn_many(examples(10))
     assert kinds(publisher.publish()) == [("snapshot", 1, 0)]

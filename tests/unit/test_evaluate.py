@@ -10,8 +10,9 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from config import Settings
 from connectors.logs import read_log
-from features.examples import build_examples
+from features.example_builder import build_examples
 from features.impressions import with_impressions
 from models.evaluate import (
     MODELS,
@@ -27,7 +28,6 @@ from models.evaluate import (
 )
 from models.trainer import OnlineTrainer, log_loss
 from streamrank.cli import app
-from config import Settings
 
 torch.set_num_threads(1)
 SETTINGS = Settings(batch_size=64, hash_buckets=1_009, embedding_dim=4)

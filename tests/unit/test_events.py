@@ -6,9 +6,9 @@ import json
 
 import pytest
 
+from config import Settings
 from connectors.errors import DecodeError
 from connectors.events import Event, dead_letter, decode_event, decoder, encode_event
-from config import Settings
 
 NOW = 1_511_658_000_000
 GOOD = {"event_id": "e1", "event_type": "purchase", "user_id": "u1", "item_id": "i1",

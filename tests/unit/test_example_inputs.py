@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import torch
 
+from config import Settings
 from connectors.events import Event
 from connectors.training_examples import TrainingExample, decode_example, encode_example
-from features.examples import build_examples
+from features.example_builder import build_examples
 from models.ranker import DENSE_INPUTS, encode_batch, hash_id
-from config import Settings
 
 SETTINGS = Settings()
 

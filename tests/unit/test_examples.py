@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
+from config import Settings
 from connectors.events import Event
-from features.examples import ExampleBuilder, ItemTimeline, build_examples
+from features.example_builder import ExampleBuilder, ItemTimeline, build_examples
 from features.schema import DENSE_FEATURES
 from features.state import HOUR_MS, NO_HISTORY_S, PRIOR_CTR
-from config import Settings
 
 T0 = 1_511_658_000_000
 SETTINGS = Settings()

@@ -15,13 +15,13 @@ from feast.infra.passthrough_provider import PassthroughProvider
 from feast.utils import make_tzaware
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from config import Settings
 from connectors.events import Event
 from features.feature_repo import repo
 from features.rows import (
     ITEM_VIEW,
     USER_CATEGORY_VIEW,
     USER_VIEW,
-    Coalescer,
     FeatureComputer,
     FeatureRow,
     item_state,
@@ -36,8 +36,7 @@ from features.state import (
     user_category_features,
     user_features,
 )
-from features.writer import rows_frame, view_spec
-from config import Settings
+from features.writer import Coalescer, rows_frame, view_spec
 
 SAMPLE = Settings().sample_log
 ROWS = 20_000
@@ -205,7 +204,7 @@ def _stored(rows: list) -> list[tuple[bytes, dict[str, bytes], bytes]]:
 @pytest.mark.parametrize("fv", [repo.user_features, repo.item_features,
                                 repo.user_category_features], ids=lambda fv: fv.name)
 def test_writer_protos_equal_feasts_own_dataframe_conversion(computed, fv):
-    """What FeatureWriter hands to online_write_batch is what write_to_online_store would."""
+    """What FeastStoreWriter hands to online_write_batch is what write_to_online_store would."""
     _, last = computed
     rows = [r for (view, _), r in last.items() if view == fv.name][:1_500]
     first = rows[0]

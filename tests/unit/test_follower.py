@@ -8,13 +8,13 @@ import pytest
 import torch
 from pydantic import SecretStr
 
+from config import Settings
 from connectors.training_examples import TrainingExample
 from models.delta import read_metadata
 from models.follower import ModelFollower, Status
-from models.publisher import DeltaPublisher
 from models.ranker import Ranker, encode_batch
 from models.trainer import OnlineTrainer
-from config import Settings
+from models.versions import VersionCutter
 
 torch.set_num_threads(1)
 KEY = b"k3y"
@@ -35,7 +35,7 @@ Stream = tuple[OnlineTrainer, list[bytes], list[dict[str, torch.Tensor]]]
 def publish(versions: int, settings: Settings = SETTINGS) -> Stream:
     """A trainer's messages for ``versions`` versions and its weights at each one."""
     trainer = OnlineTrainer(settings)
-    publisher = DeltaPublisher(trainer, settings)
+    publisher = VersionCutter(trainer, settings)
     messages, states = [], []
     for v in range(versions):
         trainer.learn_many(examples(128, 128 * v))

@@ -7,10 +7,10 @@ from collections import Counter, defaultdict
 
 import pytest
 
+from config import Settings
 from connectors.events import Event
 from connectors.logs import read_log
 from features.impressions import with_impressions
-from config import Settings
 
 SETTINGS = Settings()
 

@@ -8,13 +8,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from config import Settings
 from connectors.events import Event
 from connectors.logs import read_log
-from features.examples import build_examples
+from features.example_builder import build_examples
 from features.impressions import with_impressions
 from features.labels import LabelJoiner
 from features.state import DAY_MS, HOUR_MS
-from config import Settings
 
 RULES = Settings(attribution_window_ms=1_000, max_out_of_orderness_ms=0, allowed_lateness_ms=500)
 T0 = 1_511_658_000_000

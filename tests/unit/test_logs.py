@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from connectors.logs import MAX_REPORTED, TAOBAO, CsvMapping, read_log
 from config import Settings
+from connectors.logs import MAX_REPORTED, TAOBAO, CsvMapping, read_log
 
 FIXTURES = Path(__file__).parents[1] / "fixtures" / "logs"
 SETTINGS = Settings()

@@ -5,12 +5,12 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from config import Settings
 from connectors.training_examples import TrainingExample
 from models.delta import decode_message
 from models.loop import RecentIds, TrainingLoop
-from models.publisher import DeltaPublisher
 from models.trainer import OnlineTrainer
-from config import Settings
+from models.versions import VersionCutter
 
 torch.set_num_threads(1)
 SETTINGS = Settings(hash_buckets=1009, embedding_dim=4, batch_size=32,
@@ -67,7 +67,7 @@ def test_the_job_path_learns_what_evaluate_learns() -> None:
 
 def test_versions_fall_due_by_examples_and_close_cuts_the_last() -> None:
     trainer = OnlineTrainer(SETTINGS)
-    loop = TrainingLoop(trainer, SETTINGS, DeltaPublisher(trainer, SETTINGS))
+    loop = TrainingLoop(trainer, SETTINGS, VersionCutter(trainer, SETTINGS))
     messages = loop.add(examples(250))  # 7 full batches (224 learned), 26 buffered
     assert [decode_message(m, None).version for m in messages] == [1]  # due at 128
     assert len(loop.buffer) == 26

@@ -12,17 +12,17 @@ import pytest
 import torch
 from pydantic import SecretStr, ValidationError
 
-from connectors.training_examples import TrainingExample
+from config import Settings
 from connectors.snapshot_store import SnapshotStore
+from connectors.training_examples import TrainingExample
 from models.delta import decode_message, encode_delta
 from models.follower import Status
-from models.publisher import DeltaPublisher
 from models.ranker import Batch, Ranker, encode_batch
 from models.scorer.api import RankRequest
 from models.scorer.batcher import Batcher, forward
 from models.scorer.service import ModelService, VersionUnavailable
 from models.trainer import OnlineTrainer
-from config import Settings
+from models.versions import VersionCutter
 
 torch.set_num_threads(1)
 KEY = b"k3y"
@@ -42,7 +42,7 @@ def examples(n: int, start: int = 0) -> list[TrainingExample]:
 
 def stream(versions: int, store: SnapshotStore) -> tuple[list[bytes], list[dict[str, torch.Tensor]]]:
     trainer = OnlineTrainer(SETTINGS)
-    publisher = DeltaPublisher(trainer, SETTINGS, store)
+    publisher = VersionCutter(trainer, SETTINGS, store)
     messages, states = [], []
     for v in range(versions):
         trainer.learn_many(examples(128, 128 * v))

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
+from config import Settings
 from connectors.training_examples import TrainingExample
 from models.ranker import Ranker, hash_id
 from models.trainer import BinnedAUC, LossMeans, OnlineTrainer
-from config import Settings
 
 torch.set_num_threads(1)
 SETTINGS = Settings(hash_buckets=1009, embedding_dim=8, batch_size=64, learning_rate=0.1, seed=3)

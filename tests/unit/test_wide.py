@@ -9,11 +9,11 @@ import pytest
 import torch
 from river import linear_model, optim
 
+from config import Settings
 from connectors.training_examples import TrainingExample
 from features.schema import DENSE_FEATURES
 from models.ranker import DENSE_INPUTS, WIDE_FIELDS, Ranker, encode_batch
 from models.trainer import OnlineTrainer
-from config import Settings
 
 torch.set_num_threads(1)
 BUCKETS = 10_007

@@ -19,7 +19,7 @@ import org.apache.flink.util.Collector;
 /**
  * Keyed by user, after the item stage (which dropped the duplicates): for an impression, reads
  * the user and user x category features as of the impression (before it is applied) and the
- * user's last clicked items and categories ({@code features.examples.ExampleBuilder}'s
+ * user's last clicked items and categories ({@code features.example_builder.ExampleBuilder}'s
  * {@code user_side} and {@code recent}); applies every event that feeds state
  * ({@code features.rows.update_user}, {@code update_user_category}, each to a fresh state when
  * the key's expired, {@code features.state.alive}) and sends the user row and the user x

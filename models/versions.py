@@ -12,7 +12,7 @@ Rules (``settings``):
   publisher (fresh or resumed). Snapshots also go to the snapshot store, with the trainer's
   checkpoint (optimiser state, ``torch.save`` format; local trusted storage, never the wire).
 * Versions only go up, also across restarts: every version is recorded in the store as
-  published *before* its bytes are handed out, and :meth:`DeltaPublisher.resume` continues
+  published *before* its bytes are handed out, and :meth:`VersionCutter.resume` continues
   after the highest recorded one. A crash between recording and sending skips a number; a
   number is never reused for other weights.
 """
@@ -22,6 +22,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
+from config import TrainerSettings
 from connectors.snapshot_store import SnapshotStore
 from models.delta import (
     ModelUpdate,
@@ -32,17 +33,16 @@ from models.delta import (
     snapshot_tensors,
 )
 from models.trainer import OnlineTrainer
-from config import Settings
 
 
-class DeltaPublisher:
+class VersionCutter:
     """Decides when to cut a version of ``trainer`` and encodes it (see the module docstring).
 
     ``version`` is the last version cut (0 before any). ``clock`` (seconds, monotonic) is
     injectable for tests.
     """
 
-    def __init__(self, trainer: OnlineTrainer, settings: Settings,
+    def __init__(self, trainer: OnlineTrainer, settings: TrainerSettings,
                  store: SnapshotStore | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.trainer = trainer

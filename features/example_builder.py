@@ -42,6 +42,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from operator import itemgetter
 
+from config import FeatureSettings
 from connectors.events import Event
 from connectors.training_examples import TrainingExample
 from features.labels import NO_RECENT, LabelJoiner, Recent
@@ -58,8 +59,6 @@ from features.state import (
     user_category_features,
     user_features,
 )
-from config import Settings
-
 
 _NO_ITEM = ItemState()
 """The (immutable) state of an item with no history."""
@@ -131,7 +130,7 @@ class ItemTimeline:
 class ExampleBuilder:
     """Keeps the feature state and the label join over one event stream."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: FeatureSettings) -> None:
         self.joiner = LabelJoiner(settings)
         self.state = StateCounters()
         self._ttl = settings.feature_state_ttl_ms
@@ -221,6 +220,6 @@ class ExampleBuilder:
         self.state.evicted_keys += self.computer.evict(cutoff) + self._items.evict(cutoff)
 
 
-def build_examples(events: Iterable[Event], settings: Settings) -> Iterator[TrainingExample]:
+def build_examples(events: Iterable[Event], settings: FeatureSettings) -> Iterator[TrainingExample]:
     """The training examples of a time-ordered event stream (see the module docstring)."""
     return ExampleBuilder(settings).run(events)
