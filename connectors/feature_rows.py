@@ -4,11 +4,10 @@ by every features job that feeds the Feast writer.
 * **Key**: UTF-8 JSON array ``[view, *key]``, e.g. ``["user_category_features","u1","c7"]``
   (the topic is compacted: the latest row of each key is kept).
 * **Value**: UTF-8 JSON object ``{"view": str, "key": [str, ...], "event_time_ms": int,
-  "values": {...}}``: a :class:`features.rows.FeatureRow`; ``values`` maps feature names to
+  "values": {...}}``: a :class:`FeatureRow`; ``values`` maps feature names to
   numbers or lists of IDs. Floats travel as their shortest round-trip text, so a decoded row
   holds exactly the floats that were encoded.
 
->>> from features.rows import FeatureRow
 >>> row = FeatureRow("user_category_features", ("u1", "c7"), {"uc_clicks_24h": 0.1 + 0.2}, 5)
 >>> key, value = encode_row(row)
 >>> key
@@ -26,14 +25,22 @@ connectors.errors.DecodeError: invalid_field: feature row lacks key, event_time_
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
 from connectors.errors import DecodeError
-from features.rows import FeatureRow
 
 _FIELDS = ("view", "key", "event_time_ms", "values")
+
+
+class FeatureRow(NamedTuple):
+    """One feature-row update: a view, its entity key, the values, and their as-of time (ms)."""
+
+    view: str
+    key: tuple[str, ...]
+    values: dict[str, Any]
+    event_time_ms: int
 _COMPACT = (",", ":")
 
 

@@ -28,10 +28,11 @@ Feature views (names and join keys; declared in ``features/feature_repo``):
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import Any
 
 from config import FeatureSettings
 from connectors.events import Event
+from connectors.feature_rows import FeatureRow
 from features.schema import USER_FEATURES
 from features.state import (
     DAY_MS,
@@ -78,15 +79,6 @@ True
 """
 
 Values = dict[str, Any]
-
-
-class FeatureRow(NamedTuple):
-    """One feature-row update: a view, its entity key, the values, and their as-of time (ms)."""
-
-    view: str
-    key: tuple[str, ...]
-    values: Values
-    event_time_ms: int
 
 
 def user_row(state: UserState, t: int) -> Values:

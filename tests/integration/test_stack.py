@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from config import Settings
-from jobs import processes, stack
+from jobs import processes
+from streamrank import stack
 from jobs.launch import run_job, running_pid
 
 pytestmark = pytest.mark.integration
