@@ -18,13 +18,13 @@ from pathlib import Path
 
 import torch
 
-from config import Settings
+from config import load_settings
 from connectors.logs import CsvMapping
 from models.evaluate import MODELS, evaluate
 
 
 def main() -> None:
-    settings = Settings()
+    settings = load_settings()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--log", type=Path, default=settings.sample_log)
     parser.add_argument("--format", default="taobao", choices=["taobao", "csv", "jsonl"])

@@ -1,40 +1,56 @@
-"""Features path benchmark: sustained events/s of the whole feature path at stepped offered
-rates, freshness produce -> visible through Feast, CPU per event per stage; and (``--equality``)
-the whole-sample comparison with the pure reference.
+"""Feature path benchmark: the feature jobs at stepped rates, bounded, and against the reference.
 
-    .venv/bin/python bench/bench_features_job.py [--job features|features-fast]
-        [--rates 250,500,1000,2000] [--step-s 60] [--warmup-s 0] [--keep-going]
+Sustained events/s of the ``features`` job (or of ``validate``, its validation alone) at
+stepped offered rates, freshness produce -> visible through Feast, CPU per event per stage;
+(``--bounded``) both jobs on a preloaded topic; (``--equality``) the whole-sample comparison
+with the pure reference.
+
+    .venv/bin/python bench/bench_features_job.py [--job features|validate]
+        [--rates 5000,10000,20000] [--step-s 60] [--warmup-s 60] [--keep-going]
         [--rows N] [--redis-db 11] [--out DIR]
-    .venv/bin/python bench/bench_features_job.py --equality [--job ...] [--rows N]
+    .venv/bin/python bench/bench_features_job.py --bounded [--events 300000] [--out DIR]
+    .venv/bin/python bench/bench_features_job.py --equality [--rows N]
 
-The events are real: the Taobao sample (``data/``) through the impression rule, in event-time
-order (repeated with new event IDs and shifted times when a run needs more). Fresh topics, a
-private run directory and Redis database (Feast's online store).
+The events are real: the Taobao sample (``data/``, its first ``--rows`` rows, default all)
+through the impression rule, in event-time order (repeated with new event IDs and shifted times
+when a run needs more). Fresh topics, a private run directory and Redis database (Feast's
+online store).
 
-**Steps** (default): the job (``--job``: the Python ``features`` job or the Java
-``features-fast``) and the Feast writer run detached, unbounded, as in production. For each
-offered rate, a producer sends pre-encoded events at that rate for ``--step-s`` seconds; every
-second the bench samples the job's lag (events produced minus the position of its Kafka
-source, from the source's ``currentOffset`` metrics on the job's REST endpoint) and the writer's (rows on ``features.rows`` minus the rows it
-has committed). A rate is *sustained* when neither lag grows over the step (the last 10 s of
-the step end no more than 2 s of events above its first 10 s for the job, 4 s for the
-writer). The steps go up until one is not sustained. Per step it also prints:
+**Steps** (default): the job and, for ``features``, the Feast writer run detached, unbounded,
+as in production. This process sends pre-encoded events at the first rate for ``--warmup-s``
+seconds (not measured: the JIT's warm-up), then at each offered rate for ``--step-s`` seconds;
+every second it samples the job's lag (events produced minus the position of its Kafka source,
+from the source's ``currentOffset`` metrics on the job's REST endpoint) and the writer's (rows
+on ``features.rows`` minus the rows it has committed). A rate is *sustained* when neither lag
+grows over the step (the last 10 s of the step end no more than 2 s of events above its first
+10 s for the job, 4 s for the writer). The steps go up until one is not sustained
+(``--keep-going``: all of them). Per step it also prints:
 
-* **freshness**: twice a second a sent event (one that feeds state) is timed from its delivery
-  to Kafka until Feast's ``get_online_features`` returns, for its user and for its item, a row
-  whose event timestamp has reached the event's time (polled every 20 ms; p50/p99);
+* **freshness** (``features``): twice a second a sent event (one that feeds state) is timed
+  from its delivery to Kafka until Feast's ``get_online_features`` returns, for its user and
+  for its item, a row whose event timestamp has reached the event's time (polled every 20 ms;
+  p50/p99);
 * **CPU µs per event per stage**: CPU time of the job's threads (``/proc``; Flink's task
   threads are named after their operator chains: source + validation, item stage, user stage
-  (+ label join in features-fast), the Python job's row sink; then the Kafka sinks' network
-  threads, checkpoints, JIT, GC and the rest of the JVM or Python runtime), of the Feast
-  writer process and of the stack's Kafka broker and Redis, over the step, divided by the
-  events the job's source read over it (the broker and Redis also serve this bench's
-  producer and its freshness reads).
+  + label join; then the Kafka sinks' network threads, checkpoints, JIT, GC and the rest of
+  the JVM and Python), of the Feast writer process and of the stack's Kafka broker and Redis,
+  over the step, divided by the events the job's source read over it (the broker and Redis
+  also serve this bench's producer and its freshness reads).
 
-**Equality** (``--equality``): the whole sample (or its first ``--rows`` rows) through a bounded
-run and the writer, then every row of the reference (:func:`features.verify.reference`) read
-back through ``get_online_features`` and every example on ``training.examples`` compared
-(counts exactly, floats to 1e-9); prints the numbers and the first differences.
+**Bounded** (``--bounded``): ``validate`` and ``features`` each run bounded in a child process
+(this script builds the job with the job's own ``build_job``) on the first ``--events`` events
+preloaded into a fresh ``events`` topic (``settings.events_partitions`` partitions). Events/s
+are over the job's net run time as Flink reports it (from its start on the MiniCluster to its
+end, so without the JVM start and the job submission, with the Kafka source's start); CPU
+µs/event over the same interval for the child's process tree; "with start-up" over the child's
+wall time. The producer row is the preloads' rate: one Python process, every record
+acknowledged. Runs of fewer than ~300k events mostly measure the source's start and the JIT's
+warm-up.
+
+**Equality** (``--equality``): the events through a bounded run of ``features`` and the
+writer, then every row of the reference (:func:`features.verify.reference`) read back through
+``get_online_features`` and every example on ``training.examples`` compared (counts exactly,
+floats to 1e-9); prints the numbers and the first differences.
 
 Timings on shared machines are noisy: compare the rows of one run.
 """
@@ -42,100 +58,80 @@ Timings on shared machines are noisy: compare the rows of one run.
 from __future__ import annotations
 
 import argparse
-import http.client
-import json
 import os
 import re
+import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-import urllib.request
 import uuid
 from collections import defaultdict
-from collections.abc import Callable
-from itertools import islice
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from importlib import import_module
 from pathlib import Path
-from typing import Any
 
 import numpy as np
-import psutil
-from bench_ingest import Record, record
 from confluent_kafka import Consumer, TopicPartition
 from redis import Redis
-from rich.console import Console
 from rich.progress import track
-from rich.table import Table
+from support import (
+    Record,
+    SourcePosition,
+    console,
+    fresh_settings,
+    fresh_topics,
+    group_pids,
+    job_command,
+    markdown_table,
+    open_producer,
+    preload,
+    record,
+    run_sampled,
+    running_job,
+    sample_events,
+    table,
+    thread_cpu_s,
+    write_report,
+)
 
 from config import Settings, load_settings
-from connectors.admin import delete_topics, end_offsets, ensure_topics, topic_specs
+from connectors.admin import end_offsets
 from connectors.events import Event
 from connectors.kafka_config import consumer_config
-from connectors.logs import read_log
-from connectors.producer import EventProducer
-from connectors.training_examples import decode_example
-from features.impressions import with_impressions
+from connectors.producer import EventProducer, TopicProducer
+from connectors.training_examples import TrainingExample, decode_example
 from features.rows import ITEM_VIEW, USER_VIEW, feeds_state
 from features.state import HOUR_MS
 from features.store import apply_repo, open_store
 from features.verify import example_differences, reference, row_differences
-from jobs.feast_writer import GROUP as WRITER_GROUP
-from jobs.launch import run_job, running_pid, settings_env, stop_job
-from streamrank.processes import read_pid
+from features.writer_service import GROUP as WRITER_GROUP
+from jobs.flink import create_env
+from jobs.launch import JOBS, detached_env, run_job, running_pid, stop_job
+from jobs.processes import read_pid
 
-console = Console(width=160)
 POLL_S = 0.02
-CLK = os.sysconf("SC_CLK_TCK")
 STAGES = {"Source: events": "ingest (source + validate)", "item features": "item stage",
-          "user features": "user stage + label join", "DataStreamToTab": "row sink",
+          "user features": "user stage + label join",
           "kafka-producer-": "Kafka sinks' network threads", "C1 CompilerThre": "JIT",
           "C2 CompilerThre": "JIT", "GC Thread#": "GC", "G1 ": "GC",
           "AsyncOperations": "checkpoints", "jobmanager-io-t": "checkpoints"}
 """Prefixes of thread names (``/proc`` keeps 15 characters) -> stage: the Flink task threads
 are named after their operator chains."""
+BOUNDED = {"validation alone (validate)": "validate", "whole path (features)": "features"}
 
 
 def stage_of(thread: str) -> str:
-    """The stage a job thread's CPU is counted in."""
+    """The stage a job thread's CPU is counted in.
+
+    >>> stage_of("item features -"), stage_of("Thread-7")
+    ('item stage', 'job: JVM, Python runtime, other')
+    """
     return next((stage for prefix, stage in STAGES.items() if thread.startswith(prefix)),
                 "job: JVM, Python runtime, other")
-
-
-def load_events(settings: Settings, rows: int | None, tmp: Path) -> list[Event]:
-    head = tmp / "head.csv"
-    with settings.sample_log.open() as src:
-        head.write_text("".join(islice(src, rows)))
-    events, _ = read_log(head, "taobao", settings=settings)
-    return list(with_impressions(events, settings))
-
-
-def fresh_settings(base: Settings, run_dir: Path, redis_db: int) -> Settings:
-    tag = uuid.uuid4().hex[:8]
-    settings = base.model_copy(update={
-        "topic_events": f"bench-events-{tag}", "topic_dlq": f"bench-events.dlq-{tag}",
-        "topic_examples": f"bench-examples-{tag}", "topic_deltas": f"bench-deltas-{tag}",
-        "topic_feature_rows": f"bench-rows-{tag}", "run_dir": run_dir, "feast_commit_ms": 1_000,
-        "redis_url": base.redis_url.rsplit("/", 1)[0] + f"/{redis_db}"})
-    ensure_topics(settings)
-    apply_repo(settings)
-    Redis.from_url(settings.redis_url).flushdb()
-    return settings
-
-
-# --- /proc: CPU per thread ----------------------------------------------------------------------
-
-
-def _group_pids(pgid: int) -> list[int]:
-    out = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[2]) == pgid:
-            out.append(int(stat.parent.name))
-    return out
 
 
 def services(base: Settings) -> dict[str, int]:
@@ -144,30 +140,66 @@ def services(base: Settings) -> dict[str, int]:
     return {name: pid for name, pid in pids.items() if pid is not None}
 
 
-def cpu_by_stage(job_pid: int, writer_pid: int,
-                 others: dict[str, int] | None = None) -> dict[str, float]:
-    """CPU seconds so far of each stage's threads, the job's other threads, the writer, and
-    each of ``others`` (name -> pid: the broker, Redis)."""
-    out: dict[str, float] = defaultdict(float)
-    processes = ([(p, "job") for p in _group_pids(job_pid)] + [(writer_pid, "Feast writer")]
-                 + [(pid, name) for name, pid in (others or {}).items()])
-    for pid, group in processes:
-        for task in Path(f"/proc/{pid}/task").glob("*"):
-            try:
-                name = (task / "comm").read_text().rstrip("\n")
-                fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            seconds = (int(fields[11]) + int(fields[12])) / CLK
-            stage = stage_of(name) if group == "job" else group
-            out[stage] += seconds
-    return out
+@contextmanager
+def path_settings(base: Settings, run_dir: Path, redis_db: int) -> Iterator[Settings]:
+    """Settings of a run of the feature path: fresh topics (deleted on exit), Feast's repo
+    applied in ``run_dir``, an emptied Redis database of the bench's own."""
+    settings = fresh_settings(base, run_dir, redis_db=redis_db, feast_commit_ms=1_000)
+    with fresh_topics(settings):
+        apply_repo(settings)
+        Redis.from_url(settings.redis_url).flushdb()
+        yield settings
 
 
-# --- lag and freshness -------------------------------------------------------------------------
+# --- records to send -----------------------------------------------------------------------------
+
+Timed = tuple[str, str, bool]
+"""What freshness needs of a record: its user, its item, whether it feeds state."""
+EVENT_TIME = re.compile(rb'"event_time":(\d+)')
+
+
+def encoded(events: list[Event]) -> tuple[list[Record], list[Timed]]:
+    """The events as records to send, and what freshness needs of each."""
+    return ([record(e) for e in events],
+            [(e.user_id, e.item_id, feeds_state(e)) for e in events])
+
+
+def cycled(records: list[Record], i: int) -> Record:
+    """Record ``i`` of the records repeated without end: each repetition gets new event IDs
+    and times shifted past the previous one (so nothing is a duplicate or late)."""
+    c, k = divmod(i, len(records))
+    value, key, t = records[k]
+    if c == 0:
+        return value, key, t
+    shift = c * (records[-1][2] - records[0][2] + HOUR_MS)
+    value = value.replace(b'"event_id":"', b'"event_id":"c%d-' % c, 1)
+    value = EVENT_TIME.sub(lambda m: b'"event_time":%d' % (int(m.group(1)) + shift), value, 1)
+    return value, key, t + shift
+
+
+def send_at(producer: TopicProducer, batch: list[Record], rate: float,
+            tick: Callable[[float, int], None] | None = None) -> None:
+    """Send ``batch`` at ``rate`` records/s, calling ``tick(now, records sent)`` between
+    sends; then flush."""
+    start = time.monotonic()
+    k = 0
+    while k < len(batch):
+        now = time.monotonic()
+        due = min(len(batch), int((now - start) * rate) + 1)
+        while k < due:
+            producer.send_raw(*batch[k])
+            k += 1
+        if tick is not None:
+            tick(now, k)
+        time.sleep(0.0005)
+    producer.flush()
+
+
+# --- what the steps read of the running path ------------------------------------------------------
 
 
 def committed(settings: Settings, topic: str, group: str) -> int:
+    """Records of ``topic`` that consumer group ``group`` has committed, over its partitions."""
     consumer = Consumer(consumer_config(settings, group, **{"enable.auto.commit": False}))
     try:
         parts = [TopicPartition(topic, p) for p in end_offsets(settings, topic)]
@@ -232,312 +264,347 @@ class Freshness:
             time.sleep(POLL_S)
 
     def close(self) -> None:
+        """Stop polling."""
         self._stop.set()
         self._thread.join()
 
 
-Timed = tuple[str, str, bool]
-"""What freshness needs of a record: its user, its item, whether it feeds state."""
+@dataclass
+class RunningPath:
+    """A detached run of the job, and of the Feast writer when the job writes rows; what the
+    steps read of them."""
+
+    settings: Settings
+    job_pid: int
+    writer_pid: int | None
+    position: SourcePosition
+    fresh: Freshness | None
+    others: dict[str, int]
+    """Other processes whose CPU counts (name -> pid: the broker, Redis)."""
+
+    def cpu(self) -> dict[str, float]:
+        """CPU seconds so far of each stage's threads, the job's other threads, the writer,
+        and each of ``others``."""
+        out: dict[str, float] = defaultdict(float)
+        for pid in group_pids(self.job_pid):
+            for thread, seconds in thread_cpu_s(pid).items():
+                out[stage_of(thread)] += seconds
+        named = dict(self.others)
+        if self.writer_pid is not None:
+            named["Feast writer"] = self.writer_pid
+        for name, pid in named.items():
+            out[name] += sum(thread_cpu_s(pid).values())
+        return out
+
+    def writer_lag(self) -> int:
+        """Rows on the rows topic that the writer has not committed (0 without a writer)."""
+        if self.writer_pid is None:
+            return 0
+        topic = self.settings.topic_feature_rows
+        return (sum(end_offsets(self.settings, topic).values())
+                - committed(self.settings, topic, WRITER_GROUP))
 
 
-def encoded(events: list[Event]) -> tuple[list[Record], list[Timed]]:
-    """The events as records to send, and what freshness needs of each."""
-    return ([record(e) for e in events],
-            [(e.user_id, e.item_id, feeds_state(e)) for e in events])
+@contextmanager
+def running_path(settings: Settings, job: str,
+                 others: dict[str, int]) -> Iterator[RunningPath]:
+    """``job`` (and for ``features`` the writer) run detached until the block ends."""
+    names = [job, "writer"] if job == "features" else [job]
+    try:
+        for name in names:
+            run_job(name, settings, detach=True)
+        job_pid = running_pid(job, settings)
+        assert job_pid is not None
+        rest, job_id = running_job(settings, job)
+        fresh = Freshness(settings) if "writer" in names else None
+        try:
+            yield RunningPath(settings, job_pid, running_pid("writer", settings),
+                              SourcePosition(rest, job_id, settings.topic_events), fresh, others)
+        finally:
+            if fresh is not None:
+                fresh.close()
+    finally:
+        for name in names:
+            stop_job(name, settings)
 
 
-EVENT_TIME = re.compile(rb'"event_time":(\d+)')
+# --- steps ------------------------------------------------------------------------------------------
 
 
-def cycled(records: list[Record], i: int) -> Record:
-    """Record ``i`` of the records repeated without end: each repetition gets new event IDs
-    and times shifted past the previous one (so nothing is a duplicate or late)."""
-    c, k = divmod(i, len(records))
-    value, key, t = records[k]
-    if c == 0:
-        return value, key, t
-    shift = c * (records[-1][2] - records[0][2] + HOUR_MS)
-    value = value.replace(b'"event_id":"', b'"event_id":"c%d-' % c, 1)
-    value = EVENT_TIME.sub(lambda m: b'"event_time":%d' % (int(m.group(1)) + shift), value, 1)
-    return value, key, t + shift
+@dataclass
+class Step:
+    """One offered rate's figures."""
+
+    rate: float
+    """Events/s sent."""
+    read_per_s: float
+    sustained: bool
+    job_lag: tuple[int, int]
+    """The job's lag at the step's start and end (events)."""
+    writer_lag: tuple[int, int]
+    """The writer's lag at the step's start and end (rows)."""
+    fresh: dict[str, tuple[float, float] | None]
+    """Freshness p50 and p99 ms by view (``None``: no event timed)."""
+    cpu_us: dict[str, float]
+    """CPU µs per event read, by stage."""
 
 
-class SourcePosition:
-    """How far a running job's Kafka source has read its topic: the sum over partitions of
-    its ``currentOffset`` metrics, from the job's own REST endpoint (the MiniCluster's, on a
-    port of one of the job's processes, found by asking each port they listen on)."""
+def lag_growth(samples: list[tuple[float, int]], elapsed: float) -> tuple[int, int, float]:
+    """A lag's first and last sample ((seconds into the step, lag) pairs), and how much it
+    grew over the step: the mean of its last 10 s minus that of its first 10 s.
 
-    def __init__(self, pid: int, topic: str, timeout_s: float = 180) -> None:
-        self._topic = topic
-        deadline = time.monotonic() + timeout_s
-        while True:
-            found = self._find(pid)
-            if found is not None:
-                self._base = found
-                break
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"no running Flink job with a source in process {pid}")
-            time.sleep(1.0)
-        self._ids = ""
-
-    @staticmethod
-    def _get(url: str) -> Any:
-        with urllib.request.urlopen(url, timeout=2) as response:
-            return json.load(response)
-
-    def _find(self, pid: int) -> str | None:
-        listening = [c for p in _group_pids(pid) for c in psutil.Process(p).net_connections("tcp")]
-        for conn in listening:
-            if conn.status != psutil.CONN_LISTEN:
-                continue
-            base = f"http://127.0.0.1:{conn.laddr.port}"
-            try:
-                jobs = self._get(f"{base}/jobs/overview")["jobs"]
-            except (OSError, ValueError, KeyError, http.client.HTTPException):
-                continue  # not the REST endpoint
-            for job in jobs:
-                if job["state"] == "RUNNING":
-                    vertices = self._get(f"{base}/jobs/{job['jid']}")["vertices"]
-                    source = next(v for v in vertices if v["name"].startswith("Source: events"))
-                    return f"{base}/jobs/{job['jid']}/vertices/{source['id']}"
-        return None
-
-    def settled(self) -> int:
-        """:meth:`__call__` after a pause of one metrics update: the REST endpoint answers from
-        its cache and refreshes it in the background, so a first query after a quiet spell
-        returns old figures."""
-        self()
-        time.sleep(1.5)
-        return self()
-
-    def __call__(self) -> int:
-        """Records read so far (0 until the source has reported; at most about a second
-        old while queried every second)."""
-        if not self._ids:
-            names = [m["id"] for m in self._get(f"{self._base}/subtasks/metrics")
-                     if m["id"].endswith(".currentOffset") and self._topic in m["id"]]
-            if not names:
-                return 0
-            self._ids = ",".join(names)
-        values = self._get(f"{self._base}/subtasks/metrics?get={self._ids}&agg=sum")
-        # the offset of the last record read (negative: none yet)
-        return int(sum(float(m["sum"]) + 1 for m in values if float(m["sum"]) >= 0))
+    >>> lag_growth([(0.5, 10), (5.0, 20), (30.0, 500), (55.0, 900)], 60.0)
+    (10, 900, 885.0)
+    """
+    first = [lag for t, lag in samples if t < 10] or [0]
+    last = [lag for t, lag in samples if t > elapsed - 10] or [0]
+    return first[0], last[-1], float(np.mean(last) - np.mean(first))
 
 
-def _wait_reading(position: SourcePosition, n: int, timeout_s: float = 180) -> None:
-    deadline = time.monotonic() + timeout_s
-    while position() < n:
-        if time.monotonic() > deadline:
-            raise RuntimeError("the job did not start reading")
-        time.sleep(0.5)
-
-
-def _send_at(producer: EventProducer, batch: list[Record], rate: float,
-             tick: Callable[[float, int], None] | None = None) -> None:
-    """Send ``batch`` at ``rate`` records/s, calling ``tick(now, records sent)`` between
-    sends; then flush."""
+def run_step(path: RunningPath, producer: TopicProducer, records: list[Record],
+             timed: list[Timed], sent: int, rate: float, step_s: float) -> Step:
+    """Send ``rate`` events/s for ``step_s`` (records ``sent`` onwards, cycled), sampling the
+    lags every second and timing an event's freshness twice a second."""
+    batch = [cycled(records, i) for i in range(sent, sent + int(rate * step_s))]
+    if path.fresh is not None:
+        path.fresh.take()
+    cpu0, read0 = path.cpu(), path.position.settled()
+    job_lags: list[tuple[float, int]] = []
+    writer_lags: list[tuple[float, int]] = []
     start = time.monotonic()
-    k = 0
-    while k < len(batch):
-        now = time.monotonic()
-        due = min(len(batch), int((now - start) * rate) + 1)
-        while k < due:
-            producer.send_raw(*batch[k])
-            k += 1
-        if tick is not None:
-            tick(now, k)
-        time.sleep(0.0005)
-    producer.flush()
+    next_timed = next_sample = start
+
+    def tick(now: float, k: int) -> None:
+        nonlocal next_timed, next_sample
+        user, item, feeds = timed[(sent + k - 1) % len(records)]
+        if path.fresh is not None and now >= next_timed and feeds:
+            producer.flush()
+            path.fresh.add(user, item, batch[k - 1][2], time.monotonic())
+            next_timed = now + 0.5
+        if now >= next_sample:
+            job_lags.append((now - start, sent + k - path.position()))
+            writer_lags.append((now - start, path.writer_lag()))
+            next_sample = now + 1.0
+
+    send_at(producer, batch, rate, tick)
+    elapsed = time.monotonic() - start
+    read = path.position.settled() - read0
+    cpu1 = path.cpu()
+    job_first, job_last, job_growth = lag_growth(job_lags, elapsed)
+    writer_first, writer_last, writer_growth = lag_growth(writer_lags, elapsed)
+    delays = path.fresh.take() if path.fresh is not None else {}
+    return Step(
+        rate=len(batch) / elapsed, read_per_s=read / elapsed,
+        sustained=job_growth <= 2 * rate and writer_growth <= 2 * rate * 2,
+        job_lag=(job_first, job_last), writer_lag=(writer_first, writer_last),
+        fresh={view: (float(np.percentile(np.array(d) * 1000, 50)),
+                      float(np.percentile(np.array(d) * 1000, 99))) if d else None
+               for view, d in delays.items()},
+        cpu_us={k: (cpu1[k] - cpu0.get(k, 0.0)) / max(read, 1) * 1e6 for k in cpu1})
 
 
 def steps(settings: Settings, job: str, records: list[Record], timed: list[Timed],
-          rates: list[float], step_s: float, *, warmup_s: float = 0.0,
-          keep_going: bool = False, others: dict[str, int] | None = None
-          ) -> list[dict[str, object]]:
-    """The stepped-rate runs of ``job`` (``features`` or ``features-fast``) and the writer
-    (module docstring); ``records`` are cycled (:func:`cycled`) when a step needs more. The
-    first ``warmup_s`` seconds at the first rate are not measured (the JIT's warm-up);
-    ``keep_going`` runs every rate even after one is not sustained; the CPU of ``others``
-    (name -> pid, e.g. :func:`services`) is counted beside the job's and the writer's."""
-    run_job(job, settings, detach=True)
-    run_job("writer", settings, detach=True)
-    job_pid, writer_pid = running_pid(job, settings), running_pid("writer", settings)
-    assert job_pid and writer_pid
-    results: list[dict[str, object]] = []
-    fresh = Freshness(settings)
-    try:
-        position = SourcePosition(job_pid, settings.topic_events)
-        with EventProducer(settings) as producer:
-            sent = 200  # wait until the job reads events
-            for i in range(sent):
-                producer.send_raw(*records[i])
-            producer.flush()
-            _wait_reading(position, sent)
-            if warmup_s > 0:
-                with console.status(f"warm-up: {rates[0]:,.0f} events/s for {warmup_s:.0f} s"):
-                    warm = int(rates[0] * warmup_s)
-                    _send_at(producer, [cycled(records, i) for i in range(sent, sent + warm)],
-                             rates[0])
-                    sent += warm
-            for rate in rates:
-                n = int(rate * step_s)
-                batch = [cycled(records, i) for i in range(sent, sent + n)]
-                fresh.take()
-                cpu0 = cpu_by_stage(job_pid, writer_pid, others)
-                read0 = position.settled()
-                lags: list[tuple[float, int, int]] = []
-                start = time.monotonic()
-                due_at = {"timed": start, "sample": start}
-
-                def tick(now: float, k: int, base: int = sent,
-                         due_at: dict[str, float] = due_at) -> None:
-                    user, item, feeds = timed[(base + k - 1) % len(records)]
-                    if now >= due_at["timed"] and feeds:
-                        producer.flush()
-                        fresh.add(user, item, batch[k - 1][2], time.monotonic())
-                        due_at["timed"] = now + 0.5
-                    if now >= due_at["sample"]:
-                        job_lag = base + k - position()
-                        rows = sum(end_offsets(settings, settings.topic_feature_rows).values())
-                        writer_lag = rows - committed(settings, settings.topic_feature_rows,
-                                                      WRITER_GROUP)
-                        lags.append((now - start, job_lag, writer_lag))
-                        due_at["sample"] = now + 1.0
-
-                _send_at(producer, batch, rate, tick)
-                elapsed = time.monotonic() - start
-                sent += n
-                read = position.settled() - read0
-                cpu1 = cpu_by_stage(job_pid, writer_pid, others)
-                first = [lag for t, lag, _ in lags if t < 10] or [0]
-                last = [lag for t, lag, _ in lags if t > elapsed - 10] or [0]
-                wfirst = [w for t, _, w in lags if t < 10] or [0]
-                wlast = [w for t, _, w in lags if t > elapsed - 10] or [0]
-                growth = (np.mean(last) - np.mean(first), np.mean(wlast) - np.mean(wfirst))
-                sustained = growth[0] <= 2 * rate and growth[1] <= 2 * rate * 2
-                delays = fresh.take()
-                results.append({
-                    "rate": n / elapsed, "read_per_s": read / elapsed, "sustained": sustained,
-                    "job_lag": (first[0], last[-1]), "writer_lag": (wfirst[0], wlast[-1]),
-                    "fresh": {v: (np.percentile(np.array(d) * 1000, [50, 99]) if d else None)
-                              for v, d in delays.items()},
-                    "timed": {v: len(d) for v, d in delays.items()},
-                    "cpu_us": {k: (cpu1[k] - cpu0.get(k, 0.0)) / max(read, 1) * 1e6
-                               for k in cpu1}})
-                console.print(f"offered {rate:,.0f}/s: read {read / elapsed:,.0f}/s, lag "
-                              f"{first[0]:,} -> {last[-1]:,}, "
-                              f"{'sustained' if sustained else 'NOT sustained'}")
-                if not sustained and not keep_going:
-                    break
-    finally:
-        fresh.close()
-        stop_job(job, settings)
-        stop_job("writer", settings)
+          rates: list[float], step_s: float, *, warmup_s: float, keep_going: bool,
+          others: dict[str, int]) -> list[Step]:
+    """The stepped-rate runs of ``job`` (module docstring); ``keep_going`` runs every rate
+    even after one is not sustained; the CPU of ``others`` (name -> pid, e.g.
+    :func:`services`) is counted beside the job's and the writer's."""
+    results: list[Step] = []
+    with (running_path(settings, job, others) as path,
+          open_producer(settings, settings.topic_events) as producer):
+        sent = 200  # wait until the job reads events
+        for i in range(sent):
+            producer.send_raw(*records[i])
+        producer.flush()
+        path.position.wait_for(sent)
+        if warmup_s > 0:
+            with console.status(f"warm-up: {rates[0]:,.0f} events/s for {warmup_s:.0f} s"):
+                warm = int(rates[0] * warmup_s)
+                send_at(producer, [cycled(records, i) for i in range(sent, sent + warm)],
+                        rates[0])
+                sent += warm
+        for rate in rates:
+            step = run_step(path, producer, records, timed, sent, rate, step_s)
+            sent += int(rate * step_s)
+            results.append(step)
+            console.print(f"offered {rate:,.0f}/s: read {step.read_per_s:,.0f}/s, lag "
+                          f"{step.job_lag[0]:,} -> {step.job_lag[1]:,}, "
+                          f"{'sustained' if step.sustained else 'NOT sustained'}")
+            if not step.sustained and not keep_going:
+                break
     return results
 
 
-def equality(settings: Settings, job: str, events: list[Event]) -> None:
-    """The whole-sample comparison of ``job`` with the reference (module docstring)."""
-    with EventProducer(settings) as producer:
-        producer.send_many(track(events, description="produce"))
-    env = {**os.environ, **settings_env(settings)}
-    t0 = time.monotonic()
-    for name in (job, "writer"):
-        done = subprocess.run([sys.executable, "-m", "jobs", "run", name, "--bounded"], env=env,
-                              capture_output=True, check=False)
-        if done.returncode:
-            raise RuntimeError(done.stdout.decode()[-3000:] + done.stderr.decode()[-3000:])
-    wall = time.monotonic() - t0
-    rows, examples = reference(events, settings)
-    row_bad = row_differences(rows, open_store(settings))
+def print_steps(job: str, results: list[Step], out: Path | None) -> None:
+    """Print the steps' table, and write it to ``out/<job>_steps.md`` with ``out``."""
+    title = f"feature path ({job} job{' + Feast writer' if job == 'features' else ''}), " \
+            "Taobao events, steps of offered rate"
+    stages = sorted({k for r in results for k in r.cpu_us})
+    columns = ["offered/s", "read/s", "sustained", "job lag start→end", "writer lag start→end",
+               "user fresh p50/p99 ms", "item fresh p50/p99 ms",
+               *(f"CPU µs/ev {s}" for s in stages)]
+
+    def ms(p: tuple[float, float] | None) -> str:
+        return "—" if p is None else f"{p[0]:,.0f} / {p[1]:,.0f}"
+
+    rows = [[f"{r.rate:,.0f}", f"{r.read_per_s:,.0f}", "yes" if r.sustained else "no",
+             f"{r.job_lag[0]:,} → {r.job_lag[1]:,}", f"{r.writer_lag[0]:,} → {r.writer_lag[1]:,}",
+             ms(r.fresh.get(USER_VIEW)), ms(r.fresh.get(ITEM_VIEW)),
+             *(f"{r.cpu_us.get(s, 0.0):,.0f}" for s in stages)] for r in results]
+    console.print(table(title, columns, rows))
+    if out:
+        write_report(out, f"{job}_steps.md", [f"## {title}", "", *markdown_table(columns, rows)])
+
+
+# --- bounded runs -------------------------------------------------------------------------------------
+
+
+def bounded_run(job: str, records: list[Record], base: Settings) -> dict[str, float]:
+    """A bounded run of ``job`` over ``records`` in a child process (module docstring); also
+    the preload's events/s."""
+    with tempfile.TemporaryDirectory(prefix="bench-bounded-") as tmp:
+        settings = fresh_settings(base, Path(tmp))
+        report = Path(tmp) / "net-runtime"
+        with fresh_topics(settings):
+            produced = preload(settings, settings.topic_events, records)
+            child = run_sampled([sys.executable, __file__, "--child", job,
+                                 "--report", str(report)], settings)
+        net_ms, end_ms = (float(x) for x in report.read_text().split())
+    cpu = child.cpu_between(end_ms - net_ms, end_ms)
+    return {"events": len(records), "per_s": len(records) / (net_ms / 1000),
+            "cpu_us": cpu / len(records) * 1e6, "wall_s": child.wall_s,
+            "with_startup_per_s": len(records) / child.wall_s, "produced_per_s": produced}
+
+
+def child(job: str, report: Path) -> None:
+    """Run ``job`` bounded in this process and write its net run time (ms) and the wall time
+    (ms) it ended at to ``report``."""
+    settings = load_settings()
+    env = create_env(job, settings)
+    import_module(JOBS[job]).build_job(env, settings, bounded=True)
+    result = env.execute(f"streamrank-{job}")
+    report.write_text(f"{result.get_net_runtime()} {time.time() * 1000}")
+
+
+def bounded(base: Settings, events: list[Event], out: Path | None) -> None:
+    """The bounded runs of :data:`BOUNDED` on the same events, side by side."""
+    load_before = os.getloadavg()[0]
+    records = [record(e) for e in events]
+    runs = {}
+    for name, job in BOUNDED.items():
+        with console.status(f"{name}: {len(records):,} events, bounded"):
+            runs[name] = bounded_run(job, records, base)
+    producer = statistics.median(r["produced_per_s"] for r in runs.values())
+    title = (f"bounded runs, Taobao sample with impressions, parallelism "
+             f"{base.job_parallelism}, {base.events_partitions} partitions, {os.cpu_count()} "
+             f"cores, load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after")
+    columns = ("what", "events", "events/s sustained", "CPU µs/event", "with start-up/s",
+               "wall s")
+    rows = [("producer (EventProducer, 1 process, acked)", f"{len(records):,}",
+             f"{producer:,.0f}", "", "", "")]
+    rows += [(name, f"{r['events']:,.0f}", f"{r['per_s']:,.0f}", f"{r['cpu_us']:.1f}",
+              f"{r['with_startup_per_s']:,.0f}", f"{r['wall_s']:.1f}")
+             for name, r in runs.items()]
+    console.print(table(title, columns, rows))
+    if out:
+        write_report(out, "features_bounded.md", [
+            f"# {title}", "", *markdown_table(columns, rows), "",
+            f"Command: `.venv/bin/python bench/bench_features_job.py --bounded "
+            f"--events {len(records)} --out {out}`"])
+
+
+# --- equality ---------------------------------------------------------------------------------------
+
+
+def topic_examples(settings: Settings) -> list[TrainingExample]:
+    """Every example on the run's examples topic (read until 5 s bring none)."""
     consumer = Consumer(consumer_config(settings, f"bench-{uuid.uuid4().hex[:8]}"))
     consumer.subscribe([settings.topic_examples])
-    got, idle = [], 0
+    got: list[TrainingExample] = []
+    idle = 0
     while idle < 5:
-        batch = [decode_example(m.value()) for m in consumer.consume(5000, 1.0) if not m.error()]
+        batch = [decode_example(value) for m in consumer.consume(5000, 1.0)
+                 if not m.error() and (value := m.value()) is not None]
         got += batch
         idle = 0 if batch else idle + 1
     consumer.close()
+    return got
+
+
+def equality(settings: Settings, events: list[Event]) -> None:
+    """The whole-sample comparison of ``features`` with the reference (module docstring)."""
+    with EventProducer(settings) as producer:
+        producer.send_many(track(events, description="produce"))
+    started = time.monotonic()
+    for name in ("features", "writer"):
+        done = subprocess.run(job_command(name), env=detached_env(settings),
+                              capture_output=True, check=False)
+        if done.returncode:
+            raise RuntimeError(done.stdout.decode()[-3000:] + done.stderr.decode()[-3000:])
+    wall = time.monotonic() - started
+    rows, examples = reference(events, settings)
+    row_bad = row_differences(rows, open_store(settings))
+    got = topic_examples(settings)
     ex_bad = example_differences(examples, got)
-    table = Table(title=f"{job} job vs the reference: {len(events):,} events")
-    for col in ("events", "job + writer wall s", "rows compared", "row differences",
-                "examples (reference)", "examples on the topic", "example differences"):
-        table.add_column(col, justify="right")
-    table.add_row(f"{len(events):,}", f"{wall:,.0f}", f"{len(rows):,}", f"{len(row_bad):,}",
-                  f"{len(examples):,}", f"{len(got):,}", f"{len(ex_bad):,}")
-    console.print(table)
+    console.print(table(
+        f"features job vs the reference: {len(events):,} events",
+        ("events", "job + writer wall s", "rows compared", "row differences",
+         "examples (reference)", "examples on the topic", "example differences"),
+        [(f"{len(events):,}", f"{wall:,.0f}", f"{len(rows):,}", f"{len(row_bad):,}",
+          f"{len(examples):,}", f"{len(got):,}", f"{len(ex_bad):,}")]))
     for line in (row_bad + ex_bad)[:20]:
         console.print(line)
 
 
-def report(job: str, results: list[dict[str, object]]) -> tuple[str, list[str], list[list[str]]]:
-    """The steps as a table: title, columns, rows."""
-    title = f"feature path ({job} job + Feast writer), Taobao events, steps of offered rate"
-    stages = sorted({k for r in results for k in r["cpu_us"]})  # type: ignore[union-attr]
-    columns = ["offered/s", "read/s", "sustained", "job lag start→end", "writer lag start→end",
-               "user fresh p50/p99 ms", "item fresh p50/p99 ms"] + [f"CPU µs/ev {s}" for s in stages]
-    rows = []
-    for r in results:
-        fresh = r["fresh"]
-
-        def ms(view: str) -> str:
-            p = fresh[view]  # type: ignore[index]
-            return "—" if p is None else f"{p[0]:,.0f} / {p[1]:,.0f}"
-
-        jl, wl = r["job_lag"], r["writer_lag"]
-        rows.append([f"{r['rate']:,.0f}", f"{r['read_per_s']:,.0f}",
-                     "yes" if r["sustained"] else "no", f"{jl[0]:,} → {jl[1]:,}",
-                     f"{wl[0]:,} → {wl[1]:,}", ms(USER_VIEW), ms(ITEM_VIEW)]
-                    + [f"{r['cpu_us'].get(s, 0.0):,.0f}" for s in stages])  # type: ignore[union-attr]
-    return title, columns, rows
-
-
-def print_steps(job: str, results: list[dict[str, object]], out: Path | None) -> None:
-    """Print the steps' table, and write it to ``out/<job>_steps.md`` with ``out``."""
-    title, columns, rows = report(job, results)
-    table = Table(title=title)
-    for col in columns:
-        table.add_column(col, justify="right")
-    for row in rows:
-        table.add_row(*row)
-    console.print(table)
-    if out:
-        out.mkdir(parents=True, exist_ok=True)
-        lines = [f"## {title}", "", "| " + " | ".join(columns) + " |",
-                 "|" + "---:|" * len(columns)] + ["| " + " | ".join(r) + " |" for r in rows]
-        (out / f"{job.replace('-', '_')}_steps.md").write_text("\n".join(lines) + "\n")
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--job", choices=("features", "features-fast"), default="features")
-    parser.add_argument("--rates", default="250,500,1000,2000",
-                        help="offered events/s, in steps")
-    parser.add_argument("--step-s", type=float, default=60.0)
-    parser.add_argument("--warmup-s", type=float, default=0.0,
+def parse_args() -> argparse.Namespace:
+    """The command line (module docstring)."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--job", choices=("features", "validate"), default="features")
+    parser.add_argument("--rates", default="5000,10000,20000", help="offered events/s, in steps")
+    parser.add_argument("--step-s", type=float, default=60.0, help="seconds per offered rate")
+    parser.add_argument("--warmup-s", type=float, default=60.0,
                         help="seconds at the first rate, not measured, before the steps")
     parser.add_argument("--keep-going", action="store_true",
                         help="run every rate, even after one is not sustained")
     parser.add_argument("--rows", type=int, default=None, help="sample rows (default: all)")
-    parser.add_argument("--redis-db", type=int, default=11)
-    parser.add_argument("--equality", action="store_true")
-    parser.add_argument("--out", type=Path)
+    parser.add_argument("--redis-db", type=int, default=11,
+                        help="the bench's own Redis database (emptied first)")
+    parser.add_argument("--bounded", action="store_true",
+                        help="bounded runs of validate and features on a preloaded topic")
+    parser.add_argument("--events", type=int, default=300_000,
+                        help="events of the bounded runs")
+    parser.add_argument("--equality", action="store_true",
+                        help="the features job and the writer against the reference")
+    parser.add_argument("--out", type=Path, help="directory for the markdown tables")
+    parser.add_argument("--child", choices=sorted(BOUNDED.values()), help=argparse.SUPPRESS)
+    parser.add_argument("--report", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.equality and args.job != "features":
+        parser.error("--equality compares the features job with the reference")
+    return args
+
+
+def main() -> None:
+    args = parse_args()
+    if args.child:
+        child(args.child, args.report)
+        return
     base = load_settings()
-    with tempfile.TemporaryDirectory(prefix="bench-features-") as tmp:
-        events = load_events(base, args.rows, Path(tmp))
-        settings = fresh_settings(base, Path(tmp) / "run", args.redis_db)
-        try:
-            if args.equality:
-                equality(settings, args.job, events)
-                return
-            records, timed = encoded(events)
-            results = steps(settings, args.job, records, timed,
-                            [float(r) for r in args.rates.split(",")], args.step_s,
-                            warmup_s=args.warmup_s, keep_going=args.keep_going,
-                            others=services(base))
-        finally:
-            delete_topics(settings, list(topic_specs(settings)))
+    with console.status("reading the sample"):
+        events = sample_events(base, args.rows)
+    if args.bounded:
+        bounded(base, events[:args.events], args.out)
+        return
+    with (tempfile.TemporaryDirectory(prefix="bench-features-") as tmp,
+          path_settings(base, Path(tmp) / "run", args.redis_db) as settings):
+        if args.equality:
+            equality(settings, events)
+            return
+        records, timed = encoded(events)
+        results = steps(settings, args.job, records, timed,
+                        [float(r) for r in args.rates.split(",")], args.step_s,
+                        warmup_s=args.warmup_s, keep_going=args.keep_going,
+                        others=services(base))
     print_steps(args.job, results, args.out)
 
 

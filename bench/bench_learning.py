@@ -1,5 +1,7 @@
-"""Learning quality on a suite of logs: the online model against River's FTRL, a frozen copy
-and most-popular, overall and over the first 10 % / 20 % of each stream.
+"""Learning quality on a suite of logs: the online model against River's FTRL and baselines.
+
+The online model, FTRL, a frozen copy and most-popular, overall and over the first 10 % / 20 %
+of each stream.
 
     .venv/bin/python bench/bench_learning.py LOG:FORMAT [LOG:FORMAT ...] [--out DIR]
 
@@ -19,13 +21,11 @@ from pathlib import Path
 from typing import cast
 
 import torch
-from rich.console import Console
-from rich.table import Table
+from support import console, markdown_table, table, write_report
 
-from config import Settings
+from config import load_settings
 from models.evaluate import SEGMENTS, LogSpec, evaluate_logs
 
-console = Console(width=150)
 MODELS = ("online", "ftrl", "frozen", "most_popular")
 
 
@@ -57,13 +57,19 @@ def verdict(segments: dict[str, dict[str, dict[str, float | None]]]) -> str:
             f"overall: {'yes' if better('all', True) else 'no'}")
 
 
+def figures(model: str, segments: dict[str, dict[str, float | None]]) -> list[str]:
+    """A model's row: its AUC, then its log loss, per segment."""
+    return [model, *(f"{segments[k]['click_auc']:.4f}" for k in SEGMENTS),
+            *(f"{segments[k]['click_logloss']:.5f}" for k in SEGMENTS)]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("logs", nargs="+", type=parse_spec, help="PATH:FORMAT")
     parser.add_argument("--out", type=Path, default=None, help="write bench_learning.md here")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    settings = Settings()
+    settings = load_settings()
     started = time.perf_counter()
     results = evaluate_logs(args.logs, settings, out_dir=args.out, progress=True, models=MODELS)
     wall = time.perf_counter() - started
@@ -73,28 +79,16 @@ def main() -> None:
         title = (f"{spec.name}: {result.examples:,} examples, {result.seconds:.0f} s wall "
                  f"(examples {result.stage_seconds['examples']:.0f} s, models "
                  f"{result.stage_seconds['models']:.0f} s)")
-        table = Table(title=title)
-        for i, col in enumerate(columns):
-            table.add_column(col, justify="left" if i == 0 else "right")
-        rows = []
-        for name in MODELS:
-            seg = result.models[name].segments
-            rows.append([name, *(f"{seg[k]['click_auc']:.4f}" for k in SEGMENTS),
-                         *(f"{seg[k]['click_logloss']:.5f}" for k in SEGMENTS)])
-            table.add_row(*rows[-1])
+        rows = [figures(name, result.models[name].segments) for name in MODELS]
         check = verdict({n: result.models[n].segments for n in ("online", "ftrl")})
-        console.print(table, f"online vs FTRL: {check}")
-        lines += [f"## {title}", "", "| " + " | ".join(columns) + " |",
-                  "| --- |" + " ---: |" * (len(columns) - 1),
-                  *("| " + " | ".join(r) + " |" for r in rows), "",
+        console.print(table(title, columns, rows), f"online vs FTRL: {check}")
+        lines += [f"## {title}", "", *markdown_table(columns, rows), "",
                   f"Online vs FTRL: {check}.", ""]
     if args.out is not None:
-        args.out.mkdir(parents=True, exist_ok=True)
         command = " ".join(f"{s.path}:{s.fmt}" for s, _ in results)
-        lines += [f"Command: `.venv/bin/python bench/bench_learning.py {command} "
-                  f"--out {args.out}`", ""]
-        (args.out / "bench_learning.md").write_text("\n".join(lines))
-        console.print(f"wrote {args.out / 'bench_learning.md'}")
+        write_report(args.out, "bench_learning.md", [
+            *lines, f"Command: `.venv/bin/python bench/bench_learning.py {command} "
+            f"--out {args.out}`"])
 
 
 if __name__ == "__main__":

@@ -2,7 +2,8 @@
 
 In one run, on the configured (your) ports, bounded, stopping what it started:
 
-1. the local stack (if not running); a fresh ``model.deltas`` topic and run directory;
+1. the local stack (if not running); fresh topics, run directory and Redis database
+   (:func:`support.fresh_settings`);
 2. the head of the Taobao sample through the impression rule and the feature computation into
    Feast (real rows), and a trainer that learns its examples and publishes a snapshot;
 3. three ``streamrank serve`` processes: A and B read features the scorer's way (one scripted
@@ -26,12 +27,11 @@ import argparse
 import asyncio
 import multiprocessing
 import random
-import sys
 import time
 import uuid
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from itertools import islice
 from multiprocessing.queues import Queue
 from multiprocessing.synchronize import Event
 from pathlib import Path
@@ -41,31 +41,33 @@ import numpy as np
 import orjson
 import redis
 import torch
-from rich.console import Console
-from rich.table import Table
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from bench.bench_ingest import tree_cpu_s  # noqa: E402
-from bench.bench_model import measure  # noqa: E402
-from config import Settings, load_settings  # noqa: E402
-from connectors.admin import delete_topics, ensure_topics  # noqa: E402
-from connectors.logs import read_log  # noqa: E402
-from connectors.model_updates import ModelUpdatePublisher  # noqa: E402
-from connectors.snapshot_store import SnapshotStore  # noqa: E402
-from features.example_builder import ExampleBuilder  # noqa: E402
-from features.impressions import with_impressions  # noqa: E402
-from features.rows import FeatureComputer  # noqa: E402
-from features.store import apply_repo  # noqa: E402
-from features.writer import (
-    Coalescer,  # noqa: E402
-    FeastStoreWriter,  # noqa: E402
+from support import (
+    console,
+    fresh_settings,
+    fresh_topics,
+    sample_events,
+    table,
+    time_passes,
+    tree_cpu_s,
+    write_report,
 )
-from models.ranker import Ranker  # noqa: E402
-from models.trainer import OnlineTrainer  # noqa: E402
-from models.versions import VersionCutter  # noqa: E402
-from streamrank import stack  # noqa: E402
-from streamrank.scorer_process import ScorerProcess, start_scorer  # noqa: E402
+
+from config import Settings, load_settings
+from connectors.model_updates import ModelUpdatePublisher
+from connectors.snapshot_store import SnapshotStore
+from connectors.training_examples import TrainingExample
+from features.example_builder import ExampleBuilder
+from features.rows import FeatureComputer
+from features.store import apply_repo
+from features.writer import Coalescer, FeastStoreWriter
+from models.ranker import Ranker
+from models.scorer.api import RankRequest
+from models.scorer.app import Scorer
+from models.scorer.batcher import forward
+from models.trainer import OnlineTrainer
+from models.versions import VersionCutter
+from streamrank import stack
+from streamrank.scorer_process import ScorerProcess, start_scorer
 
 P99_LIMIT_MS = 50.0
 RATES = {100: [10, 25, 50, 100, 150, 200, 300, 400], 1000: [5, 10, 20, 35, 50, 75, 100]}
@@ -73,7 +75,6 @@ MAX_IN_FLIGHT = 64
 """Requests the generator keeps in flight at most: past that, a scheduled request counts as
 failed (the scorer is saturated), so an overloaded run ends on time."""
 REQUEST_TIMEOUT_S = 5.0
-console = Console()
 
 
 @dataclass
@@ -87,6 +88,7 @@ class Workload:
     rng: random.Random = field(default_factory=lambda: random.Random(1))
 
     def body(self, n: int) -> bytes:
+        """A ``/rank`` body: a random user and ``n`` distinct random items."""
         picked = self.rng.sample(self.items, n)
         return orjson.dumps({"user_id": self.rng.choice(self.users), "as_of_ms": self.as_of_ms,
                              "items": [{"item_id": i, "category_id": c,
@@ -109,6 +111,7 @@ class Run:
     """CPU seconds the scorer's process used during the run."""
 
     def pct(self, q: float, mask: np.ndarray | None = None) -> float:
+        """The ``q`` percentile of latency in ms (of the requests ``mask`` selects)."""
         lat = np.asarray(self.latencies)
         if mask is not None:
             lat = lat[mask]
@@ -116,14 +119,17 @@ class Run:
 
     @property
     def achieved(self) -> float:
+        """Requests/s answered."""
         return len(self.latencies) / self.seconds
 
     @property
     def cpu_ms_per_request(self) -> float:
+        """The scorer's CPU ms per answered request."""
         return self.cpu_s / max(1, len(self.latencies)) * 1e3
 
 
-async def _load(url: str, bodies: list[bytes], rate: float, path: str = "/rank") -> Run:
+async def _load(url: str, bodies: list[bytes], rate: float, path: str) -> Run:
+    """Open loop: send ``bodies`` at ``rate`` (a GET for any path but ``/rank``)."""
     run = Run(rate, len(bodies) / rate)
     limits = httpx.Limits(max_connections=256, max_keepalive_connections=256)
     in_flight = 0
@@ -170,32 +176,32 @@ async def _load(url: str, bodies: list[bytes], rate: float, path: str = "/rank")
     return run
 
 
-def load(scorer: ScorerProcess, work: Workload, n: int, rate: float, seconds: float) -> Run:
-    """Offer ``rate`` requests/s of ``n`` candidates for ``seconds`` (plus a short warm-up)."""
-    asyncio.run(_load(scorer.url, [work.body(n) for _ in range(int(rate * 0.5))], rate))
-    bodies = [work.body(n) for _ in range(int(rate * seconds))]
+def _offer(scorer: ScorerProcess, bodies: Callable[[int], list[bytes]], rate: float,
+           seconds: float, path: str) -> Run:
+    """Offer ``rate`` requests/s of ``bodies(k)`` to ``path`` for ``seconds`` after a warm-up
+    of half a second; the scorer's CPU over the measured run."""
+    asyncio.run(_load(scorer.url, bodies(int(rate * 0.5)), rate, path))
+    measured = bodies(int(rate * seconds))
     cpu = tree_cpu_s(scorer.proc.pid)
-    run = asyncio.run(_load(scorer.url, bodies, rate))
+    run = asyncio.run(_load(scorer.url, measured, rate, path))
     run.cpu_s = tree_cpu_s(scorer.proc.pid) - cpu
     return run
+
+
+def load(scorer: ScorerProcess, work: Workload, n: int, rate: float, seconds: float) -> Run:
+    """Offer ``rate`` requests/s of ``n`` candidates for ``seconds`` (plus a short warm-up)."""
+    return _offer(scorer, lambda k: [work.body(n) for _ in range(k)], rate, seconds, "/rank")
 
 
 def floor(scorer: ScorerProcess, rate: float, seconds: float) -> Run:
     """``GET /healthz`` at ``rate``: what the machine, HTTP and the load generator cost alone."""
-    asyncio.run(_load(scorer.url, [b""] * int(rate * 0.5), rate, "/healthz"))
-    cpu = tree_cpu_s(scorer.proc.pid)
-    run = asyncio.run(_load(scorer.url, [b""] * int(rate * seconds), rate, "/healthz"))
-    run.cpu_s = tree_cpu_s(scorer.proc.pid) - cpu
-    return run
+    return _offer(scorer, lambda k: [b""] * k, rate, seconds, "/healthz")
 
 
-def service_times(settings: Settings, work: Workload, n: int, requests: int) -> dict[str, list[float]]:
+def service_times(settings: Settings, work: Workload, n: int,
+                  requests: int) -> dict[str, list[float]]:
     """Per request, in this process, one after another (no HTTP, no batching): the scorer's
     feature read + encoding + forward pass, with its reader and with the Feast SDK reader."""
-    from models.scorer.api import RankRequest
-    from models.scorer.app import Scorer
-    from models.scorer.batcher import forward
-
     bodies = [work.body(n) for _ in range(requests)]
     out: dict[str, list[float]] = {}
     for name, reader in (("scorer", "redis"), ("Feast SDK", "sdk")):
@@ -212,13 +218,9 @@ def service_times(settings: Settings, work: Workload, n: int, requests: int) -> 
     return out
 
 
-def prepare(settings: Settings, rows: int, tmp: Path) -> tuple[Workload, list]:
+def prepare(settings: Settings, rows: int) -> tuple[Workload, list[TrainingExample]]:
     """Feast rows of the sample's head, the workload drawn from it, and its examples."""
-    head = tmp / "head.csv"
-    with settings.sample_log.open() as src:
-        head.write_text("".join(islice(src, rows)))
-    raw, _ = read_log(head, "taobao", settings=settings)
-    events = list(with_impressions(raw, settings))
+    events = sample_events(settings, rows)
     store = apply_repo(settings)
     writer, computer, pending = FeastStoreWriter(store, settings), FeatureComputer(), Coalescer()
     for e in events:
@@ -237,8 +239,8 @@ def prepare(settings: Settings, rows: int, tmp: Path) -> tuple[Workload, list]:
     return work, examples
 
 
-def stream_deltas(settings: Settings, examples: list, every_s: float, go: Event, halt: Event,
-                  out: Queue) -> None:
+def stream_deltas(settings: Settings, examples: list[TrainingExample], every_s: float,
+                  go: Event, halt: Event, out: Queue) -> None:
     """A trainer in its own process (so that its work does not stall the load generator):
     publishes the version 1 snapshot at once, then, between ``go`` and ``halt``, learns 256
     examples and publishes a delta every ``every_s``; puts {version: publish wall ms} of
@@ -273,7 +275,36 @@ def stream_deltas(settings: Settings, examples: list, every_s: float, go: Event,
     out.put(published)
 
 
+class DeltaStream:
+    """:func:`stream_deltas` in a child process, and its signals."""
+
+    def __init__(self, settings: Settings, examples: list[TrainingExample],
+                 every_s: float) -> None:
+        ctx = multiprocessing.get_context("spawn")
+        self._go, self._halt, self._out = ctx.Event(), ctx.Event(), ctx.Queue()
+        self._proc = ctx.Process(target=stream_deltas, daemon=True, args=(
+            settings, examples, every_s, self._go, self._halt, self._out))
+        self._proc.start()
+
+    def go(self) -> None:
+        """Start the deltas."""
+        self._go.set()
+
+    def halt(self) -> dict[int, int]:
+        """Stop the deltas; {version: publish wall ms} of those published."""
+        self._halt.set()
+        deltas: dict[int, int] = self._out.get(timeout=60)
+        self._proc.join(30)
+        return deltas
+
+    def kill(self) -> None:
+        """End the child if it still runs."""
+        if self._proc.is_alive():
+            self._proc.kill()
+
+
 def wait_version(scorers: list[ScorerProcess], version: int, timeout_s: float = 120.0) -> None:
+    """Return once every scorer serves ``version`` or a later one."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if all(s.version() >= version for s in scorers):
@@ -282,7 +313,182 @@ def wait_version(scorers: list[ScorerProcess], version: int, timeout_s: float = 
     raise TimeoutError(f"scorers did not reach version {version}")
 
 
-def main() -> None:
+Rows = list[tuple[str, ...]]
+"""Result rows: what was measured, then its figures (the markdown report's lines)."""
+
+
+def model_alone(settings: Settings) -> dict[int, dict[str, float]]:
+    """The model's forward pass alone over 100 and 1,000 candidates."""
+    model = Ranker.from_settings(settings).eval().requires_grad_(False)
+    return {n: time_passes(model, torch.device("cpu"), n, "fp32", 1.0, settings.hash_buckets)
+            for n in (100, 1_000)}
+
+
+def in_process(settings: Settings, work: Workload) -> Rows:
+    """Sequential service times in this process, scorer reader and Feast SDK reader."""
+    rows: Rows = []
+    for n in (100, 1_000):
+        for name, times in service_times(settings, work, n, 200 if n == 100 else 60).items():
+            ms = np.asarray(times) * 1e3
+            rows.append((name, f"{n:,}", f"{np.percentile(ms, 50):.2f}",
+                         f"{np.percentile(ms, 99):.2f}"))
+    console.print(table("service time per request in-process, sequential (features + encode "
+                        "+ forward)", ("path", "candidates", "p50 ms", "p99 ms"), rows))
+    return [("service_time", *row) for row in rows]
+
+
+def healthz_floor(a: ScorerProcess, seconds: float) -> Rows:
+    """``GET /healthz`` at 100/s on A."""
+    r = floor(a, 100, seconds)
+    console.print(f"floor: GET /healthz at 100/s on A: p50 {r.pct(50):.1f} ms, "
+                  f"p99 {r.pct(99):.1f} ms, p99.9 {r.pct(99.9):.1f} ms, "
+                  f"scorer CPU {r.cpu_ms_per_request:.2f} ms/request")
+    return [("floor", "GET /healthz (A)", "100/s", f"p50 {r.pct(50):.1f}", f"p99 {r.pct(99):.1f}",
+             f"p99.9 {r.pct(99.9):.1f}", f"cpu {r.cpu_ms_per_request:.2f} ms/request")]
+
+
+def steady(a: ScorerProcess, c: ScorerProcess, work: Workload,
+           seconds: float) -> tuple[Rows, dict[int, Run]]:
+    """100 and 1,000 candidates at 100 requests/s on A and on C; A's runs by candidates."""
+    rows: Rows = []
+    on_a: dict[int, Run] = {}
+    for name, scorer in (("scorer (A)", a), ("Feast SDK (C)", c)):
+        for n in (100, 1_000):
+            r = load(scorer, work, n, 100, seconds)
+            if scorer is a:
+                on_a[n] = r
+            rows.append((name, f"{n:,}", "100", f"{r.achieved:.0f}", f"{r.pct(50):.1f}",
+                         f"{r.pct(99):.1f}", f"{r.pct(99.9):.1f}", str(r.failures),
+                         f"{r.cpu_ms_per_request:.2f}"))
+    console.print(table("/rank, features included (open loop)",
+                        ("path", "candidates", "offered/s", "achieved/s", "p50 ms", "p99 ms",
+                         "p99.9 ms", "failed", "scorer CPU ms/request"), rows))
+    return [("rank", *row) for row in rows], on_a
+
+
+def highest_rates(a: ScorerProcess, c: ScorerProcess, work: Workload, seconds: float) -> Rows:
+    """Rising rates on A and on C until p99 reaches :data:`P99_LIMIT_MS` (or requests fail
+    or fall behind): the highest rate that kept under it."""
+    ladder: Rows = []
+    results: Rows = []
+    for name, scorer in (("scorer (A)", a), ("Feast SDK (C)", c)):
+        for n, rates in RATES.items():
+            best = "none"
+            for rate in rates:
+                r = load(scorer, work, n, rate, min(seconds, 4.0))
+                ok = r.pct(99) < P99_LIMIT_MS and r.failures == 0 and r.achieved >= 0.9 * rate
+                ladder.append((name, f"{n:,}", str(rate), f"{r.achieved:.0f}",
+                               f"{r.pct(99):.1f}" + ("" if ok else " x")))
+                if not ok:
+                    break
+                best = str(rate)
+            results.append(("max_rate", name, f"{n:,}", best))
+    console.print(table(f"rising rates: the highest with p99 < {P99_LIMIT_MS:.0f} ms",
+                        ("path", "candidates", "offered/s", "achieved/s", "p99 ms"), ladder))
+    return results
+
+
+def freshness_ms(deltas: dict[int, int], swaps: list[dict[int, int]]) -> list[int]:
+    """Per delta served by every scorer: ms from its publication to the last scorer's swap.
+
+    >>> freshness_ms({2: 1_000, 3: 2_000}, [{2: 1_050, 3: 2_010}, {2: 1_090}])
+    [90]
+    """
+    served = [(t_pub, [s.get(v) for s in swaps]) for v, t_pub in deltas.items()]
+    return [max(t for t in at if t is not None) - t_pub
+            for t_pub, at in served if all(t is not None for t in at)]
+
+
+def near_swaps(run: Run, swap_ms: list[int], window_ms: float) -> np.ndarray:
+    """Which requests of ``run`` were in flight within ``window_ms`` of a swap (wall ms)."""
+    offset = time.perf_counter() - time.time()  # wall clock -> perf_counter
+    starts, ends = np.asarray(run.starts), np.asarray(run.ends)
+    w = window_ms / 1000.0
+    near = np.zeros(len(starts), dtype=bool)
+    for t in (ms / 1000.0 + offset for ms in swap_ms):
+        near |= (starts <= t + w) & (ends >= t - w)
+    return near
+
+
+def swaps(a: ScorerProcess, b: ScorerProcess, work: Workload, stream: DeltaStream,
+          args: argparse.Namespace, steady_p99: float,
+          alone: dict[int, dict[str, float]]) -> Rows:
+    """100 candidates at ``--swap-rate`` on A while deltas stream: latency around swaps,
+    freshness published -> served by A and B, versions served."""
+    stream.go()
+    run = load(a, work, 100, args.swap_rate, max(args.seconds, 8.0))
+    deltas = stream.halt()
+    wait_version([a, b], max(deltas), 30.0)
+    swapped = [dict((v, ms) for v, ms in s.status()["recent_swaps"]) for s in (a, b)]
+    fresh = freshness_ms(deltas, swapped)
+    near = near_swaps(run, [ms for v, ms in swapped[0].items() if v in deltas],
+                      args.swap_window_ms)
+    published = set(deltas) | {1}
+    rows: Rows = [
+        ("deltas published (rate/s)", f"{len(deltas)} ({len(deltas) / run.seconds:.1f}/s)"),
+        ("requests / failed", f"{len(run.latencies)} / {run.failures}"),
+        ("responses naming an unpublished version",
+         str(sum(v not in published for v in run.versions))),
+        ("distinct versions served", str(len(set(run.versions)))),
+        (f"p99 ms, in flight within {args.swap_window_ms:.0f} ms of a swap "
+         f"({int(near.sum())} req)", f"{run.pct(99, near):.1f}"),
+        (f"p99 ms, the others ({int((~near).sum())} req)", f"{run.pct(99, ~near):.1f}"),
+        ("p99 ms, steady run at 100/s without deltas", f"{steady_p99:.1f}"),
+        ("p99 around swaps / p99 of the others",
+         f"{run.pct(99, near) / run.pct(99, ~near):.2f}x"),
+        ("freshness published -> served by A and B, p50 ms",
+         f"{np.percentile(fresh, 50):.0f}" if fresh else "n/a"),
+        ("freshness p99 ms", f"{np.percentile(fresh, 99):.0f}" if fresh else "n/a"),
+        ("model alone, 100 candidates: p50 ms / candidates/s",
+         f"{alone[100]['p50_ms']:.2f} / {alone[100]['cand_per_s']:,.0f}"),
+        ("model alone, 1,000 candidates: p50 ms / candidates/s",
+         f"{alone[1000]['p50_ms']:.2f} / {alone[1000]['cand_per_s']:,.0f}"),
+    ]
+    console.print(table(f"swaps: deltas every {args.delta_every_s}s during "
+                        f"{args.swap_rate:.0f} requests/s of 100 candidates on A",
+                        ("measure", "value"), rows))
+    return [("swap", *row) for row in rows]
+
+
+def item_cache(scorer: ScorerProcess) -> str:
+    """The scorer's item cache counters, from its ``/metrics``."""
+    metrics = httpx.get(f"{scorer.url}/metrics").text.splitlines()
+    return "; ".join(m for m in metrics if m.startswith("streamrank_item_cache_")
+                     and m.split()[0].endswith("_total"))
+
+
+def measure(settings: Settings, args: argparse.Namespace) -> Rows:
+    """Steps 2 to 6 of the module docstring on a stack with the run's topics."""
+    work, examples = prepare(settings, args.rows)
+    stream = DeltaStream(settings, examples, args.delta_every_s)
+    scorers: list[ScorerProcess] = []
+    try:
+        logs = settings.run_dir / "logs"
+        logs.mkdir(parents=True, exist_ok=True)
+        a = start_scorer(settings, logs / "a.log")
+        b = start_scorer(settings, logs / "b.log")
+        c = start_scorer(settings.model_copy(update={"feature_reader": "sdk"}), logs / "c.log")
+        scorers = [a, b, c]
+        wait_version(scorers, 1)  # the stream's first version: the snapshot
+        console.print(f"scorers A {a.url}, B {b.url} (one scripted read, item cache), "
+                      f"C {c.url} (Feast SDK)")
+        alone = model_alone(settings)
+        results = in_process(settings, work) + healthz_floor(a, args.seconds)
+        rank, on_a = steady(a, c, work, args.seconds)
+        results += rank
+        if not args.no_ladder:
+            results += highest_rates(a, c, work, args.seconds)
+        results += swaps(a, b, work, stream, args, on_a[100].pct(99), alone)
+        console.print("scorer A: " + item_cache(a))
+        return results
+    finally:
+        for scorer in scorers:
+            scorer.stop()
+        stream.kill()
+
+
+def parse_args() -> argparse.Namespace:
+    """The command line (module docstring)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=20_000, help="rows of the sample into Feast")
     parser.add_argument("--seconds", type=float, default=6.0, help="seconds per load run")
@@ -292,158 +498,27 @@ def main() -> None:
     parser.add_argument("--swap-window-ms", type=float, default=20.0)
     parser.add_argument("--no-ladder", action="store_true", help="skip the highest-rate search")
     parser.add_argument("--out", type=Path, default=None, help="write scorer.md here")
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = parse_args()
     torch.set_num_threads(1)
     base = load_settings()
-    tag = uuid.uuid4().hex[:8]
-    run_dir = (base.run_dir / "bench-scorer" / tag).resolve()
-    settings = base.model_copy(update={
-        "run_dir": run_dir, "topic_deltas": f"model.deltas-bench-{tag}",
-        "redis_url": base.redis_url.rsplit("/", 1)[0] + "/11", "snapshot_every": 1_000_000})
-    started = stack.up(settings)
-    ensure_topics(settings)
-    redis.Redis.from_url(settings.redis_url).flushdb()  # the benchmark's own database
-    procs: list[ScorerProcess] = []
-    stream = None
-    results: list[tuple[str, ...]] = []
+    run_dir = (base.run_dir / "bench-scorer" / uuid.uuid4().hex[:8]).resolve()
+    settings = fresh_settings(base, run_dir, redis_db=11, snapshot_every=1_000_000)
+    started = stack.up(settings)  # creates the run's topics too
     try:
-        work, examples = prepare(settings, args.rows, run_dir)
-        ctx = multiprocessing.get_context("spawn")
-        go, halt, out = ctx.Event(), ctx.Event(), ctx.Queue()
-        stream = ctx.Process(target=stream_deltas, daemon=True,
-                             args=(settings, examples, args.delta_every_s, go, halt, out))
-        stream.start()
-        logs = run_dir / "logs"
-        logs.mkdir(parents=True, exist_ok=True)
-        a = start_scorer(settings, logs / "a.log")
-        b = start_scorer(settings, logs / "b.log")
-        c = start_scorer(settings.model_copy(update={"feature_reader": "sdk"}), logs / "c.log")
-        procs = [a, b, c]
-        wait_version(procs, 1)  # the stream's first version: the snapshot
-        console.print(f"scorers A {a.url}, B {b.url} (one scripted read, item cache), "
-                      f"C {c.url} (Feast SDK)")
-
-        model = Ranker.from_settings(settings).eval().requires_grad_(False)
-        alone = {n: measure(model, torch.device("cpu"), n, "fp32", 1.0, settings.hash_buckets)
-                 for n in (100, 1_000)}
-        inproc = Table("path", "candidates", "p50 ms", "p99 ms", title=(
-            "service time per request in-process, sequential (features + encode + forward)"))
-        for n in (100, 1_000):
-            for name, times in service_times(settings, work, n, 200 if n == 100 else 60).items():
-                ms = np.asarray(times) * 1e3
-                row = (name, f"{n:,}", f"{np.percentile(ms, 50):.2f}", f"{np.percentile(ms, 99):.2f}")
-                inproc.add_row(*row)
-                results.append(("service_time",) + row)
-        console.print(inproc)
-        steady: dict[int, Run] = {}
-        r = floor(a, 100, args.seconds)
-        results.append(("floor", "GET /healthz (A)", "100/s", f"p50 {r.pct(50):.1f}",
-                        f"p99 {r.pct(99):.1f}", f"p99.9 {r.pct(99.9):.1f}",
-                        f"cpu {r.cpu_ms_per_request:.2f} ms/request"))
-        console.print(f"floor: GET /healthz at 100/s on A: p50 {r.pct(50):.1f} ms, "
-                      f"p99 {r.pct(99):.1f} ms, p99.9 {r.pct(99.9):.1f} ms, "
-                      f"scorer CPU {r.cpu_ms_per_request:.2f} ms/request")
-        table = Table("path", "candidates", "offered/s", "achieved/s", "p50 ms", "p99 ms",
-                      "p99.9 ms", "failed", "scorer CPU ms/request",
-                      title="/rank, features included (open loop)")
-        for name, scorer in (("scorer (A)", a), ("Feast SDK (C)", c)):
-            for n in (100, 1_000):
-                r = load(scorer, work, n, 100, args.seconds)
-                if scorer is a:
-                    steady[n] = r
-                row = (name, f"{n:,}", "100", f"{r.achieved:.0f}", f"{r.pct(50):.1f}",
-                       f"{r.pct(99):.1f}", f"{r.pct(99.9):.1f}", str(r.failures),
-                       f"{r.cpu_ms_per_request:.2f}")
-                table.add_row(*row)
-                results.append(("rank",) + row)
-        console.print(table)
-
-        if not args.no_ladder:
-            ladder = Table("path", "candidates", "offered/s", "achieved/s", "p99 ms",
-                           title=f"rising rates: the highest with p99 < {P99_LIMIT_MS:.0f} ms")
-            for name, scorer in (("scorer (A)", a), ("Feast SDK (C)", c)):
-                for n, rates in RATES.items():
-                    best = "none"
-                    for rate in rates:
-                        r = load(scorer, work, n, rate, min(args.seconds, 4.0))
-                        ok = (r.pct(99) < P99_LIMIT_MS and r.failures == 0
-                              and r.achieved >= 0.9 * rate)
-                        ladder.add_row(name, f"{n:,}", str(rate), f"{r.achieved:.0f}",
-                                       f"{r.pct(99):.1f}" + ("" if ok else " x"))
-                        if not ok:
-                            break
-                        best = str(rate)
-                    results.append(("max_rate", name, f"{n:,}", best))
-            console.print(ladder)
-
-        # swaps and freshness
-        go.set()
-        swap_run = load(a, work, 100, args.swap_rate, max(args.seconds, 8.0))
-        halt.set()
-        deltas: dict[int, int] = out.get(timeout=60)
-        stream.join(30)
-        wait_version([a, b], max(deltas), 30.0)
-        swaps_at = {s.url: dict((v, ms) for v, ms in s.status()["recent_swaps"]) for s in (a, b)}
-        fresh = []
-        for v, t_pub in deltas.items():
-            served = [swaps_at[s.url].get(v) for s in (a, b)]
-            if all(x is not None for x in served):
-                fresh.append(max(served) - t_pub)  # type: ignore[type-var]
-        # requests in flight within the window of a swap on A (wall ms -> perf_counter)
-        offset = time.perf_counter() - time.time()
-        swap_t = np.array([ms / 1000.0 + offset for v, ms in swaps_at[a.url].items()
-                           if v in deltas])
-        starts, ends = np.asarray(swap_run.starts), np.asarray(swap_run.ends)
-        w = args.swap_window_ms / 1000.0
-        near = np.zeros(len(starts), dtype=bool)
-        for t in swap_t:
-            near |= (starts <= t + w) & (ends >= t - w)
-        published = set(deltas) | {1}
-        swap_table = Table("measure", "value", title=(
-            f"swaps: deltas every {args.delta_every_s}s during {args.swap_rate:.0f} requests/s "
-            "of 100 candidates on A"))
-        rows = [
-            ("deltas published (rate/s)", f"{len(deltas)} "
-             f"({len(deltas) / swap_run.seconds:.1f}/s)"),
-            ("requests / failed", f"{len(swap_run.latencies)} / {swap_run.failures}"),
-            ("responses naming an unpublished version",
-             str(sum(v not in published for v in swap_run.versions))),
-            ("distinct versions served", str(len(set(swap_run.versions)))),
-            (f"p99 ms, in flight within {args.swap_window_ms:.0f} ms of a swap "
-             f"({int(near.sum())} req)", f"{swap_run.pct(99, near):.1f}"),
-            (f"p99 ms, the others ({int((~near).sum())} req)", f"{swap_run.pct(99, ~near):.1f}"),
-            ("p99 ms, steady run at 100/s without deltas", f"{steady[100].pct(99):.1f}"),
-            ("p99 around swaps / p99 of the others",
-             f"{swap_run.pct(99, near) / swap_run.pct(99, ~near):.2f}x"),
-            ("freshness published -> served by A and B, p50 ms",
-             f"{np.percentile(fresh, 50):.0f}" if fresh else "n/a"),
-            ("freshness p99 ms", f"{np.percentile(fresh, 99):.0f}" if fresh else "n/a"),
-            ("model alone, 100 candidates: p50 ms / candidates/s",
-             f"{alone[100]['p50_ms']:.2f} / {alone[100]['cand_per_s']:,.0f}"),
-            ("model alone, 1,000 candidates: p50 ms / candidates/s",
-             f"{alone[1000]['p50_ms']:.2f} / {alone[1000]['cand_per_s']:,.0f}"),
-        ]
-        for row in rows:
-            swap_table.add_row(*row)
-            results.append(("swap",) + row)
-        console.print(swap_table)
-        metrics = httpx.get(f"{a.url}/metrics").text.splitlines()
-        hits = [m for m in metrics if m.startswith("streamrank_item_cache_")
-                and m.split()[0].endswith("_total")]
-        console.print("scorer A: " + "; ".join(hits))
-        if args.out:
-            args.out.mkdir(parents=True, exist_ok=True)
-            lines = ["# Scorer benchmark", "", "| what | columns |", "| --- | --- |"]
-            lines += [f"| {r[0]} | {' | '.join(r[1:])} |" for r in results]
-            (args.out / "scorer.md").write_text("\n".join(lines) + "\n")
+        with fresh_topics(settings):
+            redis.Redis.from_url(settings.redis_url).flushdb()  # the benchmark's own database
+            results = measure(settings, args)
     finally:
-        for p in procs:
-            p.stop()
-        if stream is not None and stream.is_alive():
-            stream.kill()
-        delete_topics(settings, [settings.topic_deltas])
         if any(state == "started" for state in started.values()):
             stack.down(settings)
+    if args.out:
+        write_report(args.out, "scorer.md", [
+            "# Scorer benchmark", "", "| what | columns |", "| --- | --- |",
+            *(f"| {r[0]} | {' | '.join(r[1:])} |" for r in results)])
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Trainer throughput and delta size: ``python bench/bench_trainer.py [--examples N] [--out DIR]``.
 
 Examples are the real ones: the shared Taobao sample (or ``--log``) through the same impression
-rule and feature code as the jobs (:mod:`features.impressions`, :mod:`features.example_builder`).
+rule and feature code as the jobs (:func:`support.real_examples`).
 Measured, with the default model (``Settings()``: hash_buckets, embedding_dim, batch_size):
 
 * trainer throughput: ``learn_many`` and the training loop's ``progressive`` (score + online
@@ -20,33 +20,20 @@ import argparse
 import statistics
 import time
 from collections.abc import Sequence
-from itertools import islice
 from pathlib import Path
 
 import torch
 from pydantic import SecretStr
-from rich.console import Console
-from rich.table import Table
+from support import console, markdown_table, real_examples, table, write_report
 
-from config import Settings
-from connectors.logs import read_log
+from config import Settings, load_settings
 from connectors.training_examples import TrainingExample
-from features.example_builder import build_examples
-from features.impressions import with_impressions
 from models.delta import ROWS_SUFFIX, decode_message, hmac_key
 from models.follower import ModelFollower
 from models.loop import TrainingLoop
 from models.ranker import Ranker
 from models.trainer import OnlineTrainer
 from models.versions import VersionCutter
-
-console = Console()
-
-
-def real_examples(settings: Settings, log: Path, limit: int) -> list[TrainingExample]:
-    """The first ``limit`` training examples of a Taobao-format log."""
-    events, _ = read_log(log, "taobao", settings=settings)
-    return list(islice(build_examples(with_impressions(events, settings), settings), limit))
 
 
 def throughput(settings: Settings, examples: Sequence[TrainingExample]) -> dict[str, float]:
@@ -112,7 +99,7 @@ def main() -> None:
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
-    settings = Settings(delta_hmac_key=SecretStr("bench-key"), snapshot_every=1_000_000)
+    settings = load_settings(delta_hmac_key=SecretStr("bench-key"), snapshot_every=1_000_000)
     log = args.log or settings.sample_log
     t0 = time.perf_counter()
     examples = real_examples(settings, log, args.examples)
@@ -144,30 +131,14 @@ def main() -> None:
     speed_title = f"trainer throughput, examples/s ({model})"
     size_title = (f"delta vs snapshot: {per_version:,} examples per version ({args.rate:,}/s x "
                   f"{settings.delta_interval_s:g} s), HMAC signing on")
-    console.print(_table(speed_title, ["path", "examples/s"], speed_rows),
-                  _table(size_title, ["", *dense_cols], size_rows))
+    speed_columns, size_columns = ["path", "examples/s"], ["", *dense_cols]
+    console.print(table(speed_title, speed_columns, speed_rows),
+                  table(size_title, size_columns, size_rows))
     if args.out is not None:
-        args.out.mkdir(parents=True, exist_ok=True)
-        text = (f"# Trainer benchmark\n\n{len(examples):,} real examples from `{log.name}`.\n\n"
-                f"{_markdown(speed_title, ['path', 'examples/s'], speed_rows)}\n"
-                f"{_markdown(size_title, ['', *dense_cols], size_rows)}")
-        (args.out / "bench_trainer.md").write_text(text)
-        console.print(f"wrote {args.out / 'bench_trainer.md'}")
-
-
-def _table(title: str, columns: list[str], rows: Sequence[tuple[str, ...]]) -> Table:
-    table = Table(title=title)
-    for i, col in enumerate(columns):
-        table.add_column(col, justify="left" if i == 0 else "right")
-    for row in rows:
-        table.add_row(*row)
-    return table
-
-
-def _markdown(title: str, columns: list[str], rows: Sequence[tuple[str, ...]]) -> str:
-    lines = [f"**{title}**", "", "| " + " | ".join(columns) + " |",
-             "| --- |" + " ---: |" * (len(columns) - 1)]
-    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows]) + "\n"
+        write_report(args.out, "bench_trainer.md", [
+            "# Trainer benchmark", "", f"{len(examples):,} real examples from `{log.name}`.", "",
+            f"**{speed_title}**", "", *markdown_table(speed_columns, speed_rows), "",
+            f"**{size_title}**", "", *markdown_table(size_columns, size_rows)])
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@
     .venv/bin/python bench/bench_training_job.py [--examples 60000] [--hash-buckets N] [--out DIR]
 
 The examples are real: the shared Taobao sample through the same impression rule and feature
-code as the jobs (``bench_trainer.real_examples``). Three rows, on the same examples:
+code as the jobs (:func:`support.real_examples`). Three rows, on the same examples:
 
 * **trainer alone**: :meth:`~models.loop.TrainingLoop.progressive` on pre-decoded batches of
   ``batch_size`` (score, online metrics, learn), in this process;
@@ -12,11 +12,13 @@ code as the jobs (``bench_trainer.real_examples``). Three rows, on the same exam
   versions cut by :class:`~models.versions.VersionCutter` at the configured interval,
   encoded and signed; snapshots to a snapshot store in a temporary dir);
 * **training job**: the examples preloaded into a fresh ``training.examples`` topic, then
-  ``python -m jobs run training --bounded`` in a child process. "examples/s" runs from the
-  first example the task received to the last (its stats file); "with start-up" divides by
-  the process's wall time. "CPU µs/example" is the CPU time of the job's whole process tree
-  (JVM, Python) between the first and the last example, per example (for the in-process rows,
-  this process's CPU time): on a shared machine it varies less than wall time.
+  ``python -m jobs run training --bounded`` in a child process. "examples/s" is over the
+  trainer's busy time: from its first report of examples learned to its last before it had
+  learned them all (its status file, rewritten every ``min(1 s, delta_interval_s)``, read
+  every 0.25 s); "with start-up" divides every example by the process's wall time.
+  "CPU µs/example" is the CPU time of the job's whole process tree (JVM, Python) over the same
+  busy time, per example learned in it (for the in-process rows, this process's CPU time): on
+  a shared machine it varies less than wall time.
 
 The ratio column divides each row by the trainer alone: what Flink, Kafka, decoding and
 publishing cost. Timings on shared machines are noisy: compare the rows of one run.
@@ -27,31 +29,34 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import tempfile
 import time
-import uuid
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
-from bench_ingest import cpu_between, run_sampled
-from bench_trainer import real_examples
 from pydantic import SecretStr
-from rich.console import Console
-from rich.table import Table
+from support import (
+    console,
+    fresh_settings,
+    fresh_topics,
+    job_command,
+    markdown_table,
+    preload,
+    real_examples,
+    run_sampled,
+    table,
+    write_report,
+)
 
-from config import Settings, settings_env
-from connectors.admin import delete_topics, ensure_topics
+from config import Settings, load_settings
 from connectors.snapshot_store import SnapshotStore
 from connectors.training_examples import TrainingExample, decode_example, encode_example
-from jobs.runtime import read_stats
-from jobs.training_job import JOB, status_path
+from jobs.training import JOB, status_path
 from models.loop import TrainingLoop
 from models.trainer import OnlineTrainer
 from models.versions import VersionCutter
-
-console = Console(width=150)
 
 
 def trainer_alone(settings: Settings, examples: Sequence[TrainingExample]) -> dict[str, float]:
@@ -82,43 +87,52 @@ def trainer_with_publisher(settings: Settings, records: Sequence[bytes]) -> dict
             "versions": publisher.version}
 
 
+Report = tuple[int, int]
+"""A status report of the trainer: its wall time in ms, the examples it had learned."""
+
+
+def busy_span(reports: list[Report]) -> tuple[Report, Report] | None:
+    """The first and the last of ``reports`` (in time order) taken while the trainer had
+    learned some but not yet all of its examples, a span it was busy throughout (``None``:
+    fewer than two such reports).
+
+    >>> busy_span([(1000, 0), (2000, 256), (3000, 5120), (4000, 9984), (4100, 10000)])
+    ((2000, 256), (4000, 9984))
+    >>> busy_span([(1000, 0), (2000, 256), (2100, 300)]) is None
+    True
+    """
+    busy = [(ms, n) for ms, n in reports if 0 < n < reports[-1][1]]
+    return (busy[0], busy[-1]) if len(busy) >= 2 and busy[-1][1] > busy[0][1] else None
+
+
 def job_run(settings: Settings, records: Sequence[bytes]) -> dict[str, float]:
-    """Preload a fresh examples topic, run the job bounded on it in a child process."""
-    from confluent_kafka import Producer
+    """Preload a fresh examples topic, run the job bounded on it in a child process, time it
+    by the trainer's status reports (module docstring)."""
+    statuses: dict[int, dict[str, Any]] = {}
+    with tempfile.TemporaryDirectory(prefix="bench-training-") as tmp:
+        run = fresh_settings(settings, Path(tmp))
 
-    from connectors.kafka_config import producer_config
+        def read_status() -> None:
+            try:
+                body = json.loads(status_path(run).read_text())
+            except (OSError, ValueError):
+                return  # not written yet
+            statuses[body["updated_ms"]] = body
 
-    tag = uuid.uuid4().hex[:8]
-    run = settings.model_copy(update={
-        "topic_examples": f"bench-examples-{tag}", "topic_dlq": f"bench-dlq-{tag}",
-        "topic_deltas": f"bench-deltas-{tag}",
-        "run_dir": Path(tempfile.mkdtemp(prefix="bench-training-"))})
-    topics = {run.topic_examples: run.events_partitions, run.topic_dlq: 1, run.topic_deltas: 1}
-    ensure_topics(run, topics)
-    try:
-        producer = Producer(producer_config(run))
-        for record in records:
-            while True:
-                try:
-                    producer.produce(run.topic_examples, record)
-                    break
-                except BufferError:
-                    producer.poll(0.05)
-        if producer.flush(60):
-            raise RuntimeError("examples still unsent after 60 s")
-        cmd = [sys.executable, "-m", "jobs", "run", JOB, "--bounded"]
-        wall, samples = run_sampled(cmd, {**os.environ, **settings_env(run)})
-        stats = read_stats(JOB, run)
-        version = int(json.loads(status_path(run).read_text())["version"])
-    finally:
-        delete_topics(run, list(topics))
-    n = stats["counts"].get("examples", 0)
-    first, last = stats["first_ms"].get("examples", 0), stats["last_ms"].get("examples", 0)
-    span = (last - first) / 1000
-    return {"examples": n, "per_s": (n - 1) / span if span > 0 else 0.0, "wall_s": wall,
-            "with_startup_per_s": n / wall,
-            "cpu_us": cpu_between(samples, first, last) / n * 1e6 if n else 0.0,
-            "versions": version}
+        with fresh_topics(run):
+            preload(run, run.topic_examples, [(record, None, 0) for record in records])
+            child = run_sampled(job_command(JOB), run, read_status)
+            read_status()  # the last, written as the task closed
+    final = statuses[max(statuses)]
+    span = busy_span(sorted((ms, body["examples"]) for ms, body in statuses.items()))
+    per_s = cpu_us = float("nan")
+    if span is not None:
+        (first_ms, first), (last_ms, last) = span
+        per_s = (last - first) / ((last_ms - first_ms) / 1000)
+        cpu_us = child.cpu_between(first_ms, last_ms) / (last - first) * 1e6
+    return {"examples": final["examples"], "per_s": per_s, "cpu_us": cpu_us,
+            "wall_s": child.wall_s, "with_startup_per_s": final["examples"] / child.wall_s,
+            "versions": final["version"]}
 
 
 def main() -> None:
@@ -136,7 +150,7 @@ def main() -> None:
     overrides: dict[str, object] = {"delta_hmac_key": SecretStr("bench-key")}
     if args.hash_buckets:
         overrides["hash_buckets"] = args.hash_buckets
-    settings = Settings(**overrides)  # type: ignore[arg-type]
+    settings = load_settings(**overrides)
     log = args.log or settings.sample_log
     with console.status(f"building {args.examples:,} examples from {log.name}"):
         examples = real_examples(settings, log, args.examples)
@@ -164,25 +178,15 @@ def main() -> None:
          f"{job['per_s'] / alone['per_s']:.2f}", f"{job['with_startup_per_s']:,.0f}",
          f"{job['wall_s']:.1f}", f"{job['cpu_us']:.0f}", f"{job['versions']}"),
     ]
-    table = Table(title=title)
-    for i, col in enumerate(columns):
-        table.add_column(col, justify="left" if i == 0 else "right")
-    for row in rows:
-        table.add_row(*row)
-    console.print(table)
+    console.print(table(title, columns, rows))
     if job["examples"] != len(records):
-        console.print(f"[red]the job counted {job['examples']:,} of {len(records):,} examples")
+        console.print(f"[red]the trainer learned {job['examples']:,} of {len(records):,} examples")
     if args.out is not None:
-        args.out.mkdir(parents=True, exist_ok=True)
-        lines = [f"# {title}", "", "| " + " | ".join(columns) + " |",
-                 "| --- |" + " ---: |" * (len(columns) - 1)]
-        lines += ["| " + " | ".join(row) + " |" for row in rows]
-        lines += ["", f"Command: `.venv/bin/python bench/bench_training_job.py --examples "
-                  f"{args.examples}" + (f" --hash-buckets {args.hash_buckets}"
-                                        if args.hash_buckets else "") + f" --out {args.out}`", ""]
-        path = args.out / "bench_training_job.md"
-        path.write_text("\n".join(lines))
-        console.print(f"wrote {path}")
+        buckets = f" --hash-buckets {args.hash_buckets}" if args.hash_buckets else ""
+        write_report(args.out, "bench_training_job.md", [
+            f"# {title}", "", *markdown_table(columns, rows), "",
+            "Command: `.venv/bin/python bench/bench_training_job.py --examples "
+            f"{args.examples}{buckets} --out {args.out}`"])
 
 
 if __name__ == "__main__":

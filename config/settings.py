@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Literal
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -40,6 +41,14 @@ class StackSettings(_Section):
     kafka_controller_port: int = 9093
     redis_url: str = "redis://127.0.0.1:6379/0"
     flink_rest: str = "127.0.0.1:8081"
+    """REST address (``host:port``) of the Flink cluster that ``job submit``, ``job stop`` and
+    ``job list`` talk to by default, and where ``cluster up`` serves it."""
+    cluster_rpc_port: int = 6123
+    """The JobManager's RPC port of ``cluster up`` (its other ports are free ones the OS picks)."""
+    cluster_taskmanagers: int = 2
+    """TaskManagers of ``cluster up``."""
+    cluster_slots: int = 2
+    """Task slots per TaskManager of ``cluster up``."""
     scorer_port: int = 8000
     sample_log: Path = REPO_ROOT / "data" / "taobao_user_behavior_sample.csv"
     """The real Taobao sample (in the repository, ``data/``) that replay, evaluate, the demo and
@@ -106,6 +115,21 @@ class JobSettings(_Section):
     """How the Flink jobs and the Feast writer run."""
 
     job_parallelism: int = 1
+    jars_dir: Path = REPO_ROOT / "ops" / "jars"
+    """The jobs' jars: ``flink/`` (the Kafka connector) and ``udfs/`` (the Java functions), built
+    by ``ops/setup.sh``; shipped with every job."""
+    state_backend: Literal["hashmap", "rocksdb", "forst"] = "hashmap"
+    """Flink's keyed state backend: ``hashmap`` (on the heap, each checkpoint whole) or
+    ``rocksdb``/``forst`` (on disk, incremental checkpoints)."""
+    checkpoint_url: str = ""
+    """Where the jobs' checkpoints go, any Flink filesystem URL (``file://``, ``s3://``,
+    ``hdfs://``), one sub-directory per job; empty means ``<run_dir>/checkpoints``."""
+    savepoint_url: str = ""
+    """Where ``job stop --savepoint`` writes, as ``checkpoint_url``; empty means
+    ``<run_dir>/savepoints``."""
+    flink_options: dict[str, str] = {}
+    """More Flink options for every job (JSON), e.g. ``python.archives`` and
+    ``python.executable`` to ship a Python environment, or a filesystem's credentials."""
     checkpoint_interval_ms: int = 2_000
     """The training job's checkpoints (its Kafka offsets)."""
     features_checkpoint_interval_ms: int = Field(
@@ -166,6 +190,8 @@ class ScorerSettings(_Section):
 
     admin_token: SecretStr | None = None
     """When set, ``/admin/...`` requests need ``Authorization: Bearer <token>``."""
+    scorer_host: str = "127.0.0.1"
+    """The interface ``streamrank serve`` listens on (``0.0.0.0`` in a container)."""
     device: str = "auto"
     """``auto`` (CUDA when present), ``cpu`` or ``cuda``."""
     max_batch_wait_ms: float = 2.0

@@ -39,9 +39,9 @@ DESCRIPTION = (
     "are ignored. Beyond this schema the validators dead-letter, with the default settings, a "
     "record over 16 KiB (oversize), an event_time before 2000-01-01 or more than 24 h ahead of "
     "the wall clock (absurd_time) and an event later than the watermark by more than the "
-    "allowed lateness (late); the features job also rejects a position beyond 64 bits "
-    "(invalid_field). Generated from "
-    "connectors/events.py by `python -m connectors.event_schema`."
+    "allowed lateness (late); the jobs' validation also rejects a position beyond 64 bits "
+    "(invalid_field). Generated from connectors/events.py by "
+    "`python -m connectors.event_schema`."
 )
 
 

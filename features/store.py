@@ -101,7 +101,8 @@ def feature_store_config(settings: Settings) -> dict[str, Any]:
 def render_feature_store_yaml(settings: Settings) -> str:
     """The ``feature_store.yaml`` of this run (absolute paths, so any working directory works).
 
-    >>> text = render_feature_store_yaml(Settings(run_dir=Path("/tmp/run")))
+    >>> local = Settings(run_dir=Path("/tmp/run"), redis_url="redis://127.0.0.1:6379/0")
+    >>> text = render_feature_store_yaml(local)
     >>> cfg = yaml.safe_load(text)
     >>> cfg["online_store"]["connection_string"], cfg["registry"]["path"]
     ('127.0.0.1:6379,db=0', '/tmp/run/feast/registry.db')

@@ -51,6 +51,17 @@ emitted with each event that raises the maximum (not every 200 ms), so lateness 
 event as :class:`~features.labels.LabelJoiner` does. A partition with no record for
 ``source_idle_timeout_ms`` stops holding the watermark back.
 
+**Parallelism**: the source, validation, user stage and label join run at the job's
+parallelism (``job_parallelism``, ``job submit --parallelism``), the item stage as one
+subtask. The user stage must see each user's events in their partition's order (a user's
+last clicked items, and an impression's user features, which must not count the click it
+leads to, depend on it); each reaches it through the item stage, whose one subtask takes
+every partition's events over one channel each, in order. Item stages in parallel would
+interleave a user's events from several channels: a click could overtake its own impression
+(label leakage). Running the item stage in parallel needs the user stage to take the events
+from the source directly (dropping repeats itself). Operators have fixed ``uid``s: a
+savepoint restores at any parallelism and across changes of the graph around them.
+
 Semantics equal the Python reference (``features/``) when the job sees the events in the
 order of the log: one ``events`` partition, or a log whose late events are late in any
 interleaving (``docs/design.md``). Rows go to ``settings.topic_feature_rows`` in
@@ -71,23 +82,25 @@ from pyflink.java_gateway import get_gateway
 
 from config import Settings
 from connectors.admin import ensure_topics
-from jobs.flink import PROJECT_ROOT, SINK_PRODUCER, group_id, kafka_sink, kafka_source
+from jobs.flink import SINK_PRODUCER, group_id, kafka_sink, kafka_source
 
 JOB = "features"
 BUFFER_TIMEOUT_MS = 10
 """How long a network buffer between the job's tasks may wait to fill (Flink's default is
 100 ms, on each of the two shuffles a user row passes): fresher rows for slightly more
 flushes."""
-UDF_JAR = PROJECT_ROOT / "ops" / "jars" / "udfs" / "streamrank-flink-udfs.jar"
-"""The Java functions, built by ``ops/setup.sh`` from ``ops/flink-udfs``."""
+UDF_JAR = "streamrank-flink-udfs.jar"
+"""The Java functions, built by ``ops/setup.sh`` from ``ops/flink-udfs`` into
+``<jars_dir>/udfs/``."""
 
 
-def udf_jar() -> Path:
+def udf_jar(settings: Settings) -> Path:
     """The built jar of ``ops/flink-udfs`` (``FileNotFoundError`` if ``ops/setup.sh`` has not
     built it)."""
-    if not UDF_JAR.is_file():
-        raise FileNotFoundError(f"{UDF_JAR} is missing: run `bash ops/setup.sh`")
-    return UDF_JAR
+    jar = settings.jars_dir.resolve() / "udfs" / UDF_JAR
+    if not jar.is_file():
+        raise FileNotFoundError(f"{jar} is missing: run `bash ops/setup.sh`")
+    return jar
 
 
 def input_topic(settings: Settings) -> str:
@@ -103,18 +116,19 @@ def build_validated(env: StreamExecutionEnvironment, settings: Settings, *, job:
                     bounded: bool = False) -> Any:
     """Valid, on-time events (a Java ``DataStream<EventRecord>``) of ``settings.topic_events``;
     every other record goes to ``settings.topic_dlq``."""
-    env.add_jars(udf_jar().as_uri())
+    env.add_jars(udf_jar(settings).as_uri())
     env.get_config().enable_object_reuse()
     fn = _functions()
     source = kafka_source(settings, input_topic(settings), group_id(job), bounded=bounded)
     strategy = WatermarkStrategy(fn.EagerWatermarks.strategy(
         settings.max_out_of_orderness_ms, settings.source_idle_timeout_ms))
-    raw = env.from_source(source, strategy, "events")
+    raw = env.from_source(source, strategy, "events").uid("events")
     valid = raw._j_data_stream.process(fn.Validate(
         settings.min_event_time_ms, settings.max_future_ms, settings.max_event_bytes,
-        settings.allowed_lateness_ms, settings.topic_events)).name("validate")
+        settings.allowed_lateness_ms, settings.topic_events)).name("validate").uid("validate")
     DataStream(valid.getSideOutput(fn.Validate.deadLetters())) \
-        .sink_to(kafka_sink(settings, settings.topic_dlq)).name("dead letters")
+        .sink_to(kafka_sink(settings, settings.topic_dlq)).name("dead letters") \
+        .uid("dead-letters")
     return valid
 
 
@@ -139,19 +153,22 @@ def build_job(env: StreamExecutionEnvironment, settings: Settings, *,
     env.set_buffer_timeout(BUFFER_TIMEOUT_MS)
     fn = _functions()
     valid = build_validated(env, settings, job=JOB, bounded=bounded)
+    # one item subtask (see "Parallelism" in the module docstring)
     items = valid.keyBy(fn.Keys.item()).process(
         fn.ItemStage(settings.allowed_lateness_ms, settings.feature_state_ttl_ms)) \
-        .name("item features")
+        .name("item features").uid("item-features").setParallelism(1)
     users = items.keyBy(fn.Keys.user()).process(
         fn.UserStage(settings.allowed_lateness_ms, settings.feature_state_ttl_ms)) \
-        .name("user features")
-    items.getSideOutput(fn.Rows.tag()).sinkTo(rows_sink(settings)).name("item rows")
-    users.getSideOutput(fn.Rows.tag()).sinkTo(rows_sink(settings)).name("user rows")
+        .name("user features").uid("user-features")
+    items.getSideOutput(fn.Rows.tag()).sinkTo(rows_sink(settings)).name("item rows") \
+        .uid("item-rows").setParallelism(1)
+    users.getSideOutput(fn.Rows.tag()).sinkTo(rows_sink(settings)).name("user rows") \
+        .uid("user-rows")
     same_users = get_gateway().jvm.org.apache.flink.streaming.api.datastream.DataStreamUtils \
         .reinterpretAsKeyedStream(users, fn.Keys.user())
     examples = same_users.process(
         fn.LabelJoin(settings.attribution_window_ms, settings.allowed_lateness_ms,
-                     settings.max_out_of_orderness_ms)).name("label join")
+                     settings.max_out_of_orderness_ms)).name("label join").uid("label-join")
     DataStream(examples).sink_to(kafka_sink(settings, settings.topic_examples)) \
-        .name("training examples")
+        .name("training examples").uid("training-examples")
 

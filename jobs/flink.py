@@ -1,21 +1,23 @@
 """How streamrank's Flink jobs run: one configured environment, Kafka sources and sinks.
 
-Choices (figures from ``bench/bench_ingest.py`` on this 2-core machine):
+Choices (figures in ``docs/benchmarks.md``, "PyFlink execution mode"):
 
 * **Python execution mode**: ``thread`` by default. The Python functions run inside the task's
   JVM (pemja), so records do not travel to a Python worker over gRPC: the ingest job used ~10 %
   less CPU per event than in ``process`` mode. ``process`` mode stays an option (functions that
   need their own process; its Python worker runs beside the JVM, so with a spare core its rate
   can be higher while it costs more CPU). The embedded interpreter does not see the venv by itself: ``python.pythonpath``
-  gives it this venv's site-packages and the project root (the same works on a cluster whose
-  task managers share this machine's paths).
+  gives an embedded run's tasks this venv's site-packages and the project root; a job submitted
+  to a cluster leaves it to the cluster's configuration (``docs/cluster.md``).
 * **Checkpoints**: every ``settings.checkpoint_interval_ms``, ``EXACTLY_ONCE`` mode. The
   barriers are aligned, so keyed state (feature counters, pending impressions) reflects each
   input record exactly once after a restore; sinks are ``AT_LEAST_ONCE`` (Kafka writes are
   flushed at each checkpoint, without transactions), which downstream consumers tolerate
   because the DLQ is for people and Feast writes are last-value-wins. Checkpoints go to
-  ``<run_dir>/checkpoints/<job>`` and are retained on cancellation, so ``restore=True`` resumes
-  from the latest one (Kafka offsets and state).
+  ``<checkpoint_url>/<job>`` (``<run_dir>/checkpoints/<job>`` by default; any Flink filesystem
+  URL) and are retained on cancellation, so ``restore=True`` resumes from the latest one
+  (Kafka offsets and state). The state backend is ``settings.state_backend``: ``hashmap``
+  writes each checkpoint whole, ``rocksdb``/``forst`` incrementally.
 * **Restarts**: ``failure-rate``: up to 5 failures in 5 minutes, 2 s apart. A transient broker
   hiccup is survived; a crash loop ends the job, so a detached run exits visibly instead of
   restarting forever.
@@ -34,6 +36,7 @@ import os
 import sysconfig
 from pathlib import Path
 from typing import Literal
+from urllib.parse import unquote, urlparse
 
 from pyflink.common import Configuration, Types
 from pyflink.common.serialization import ByteArraySchema
@@ -52,19 +55,19 @@ from config import Settings
 ExecutionMode = Literal["thread", "process"]
 DEFAULT_MODE: ExecutionMode = "thread"
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
-JAR_DIR = PROJECT_ROOT / "ops" / "jars" / "flink"
 JARS = ("flink-connector-kafka-5.0.0-2.2.jar", "kafka-clients-4.1.1.jar")
 BYTES = Types.PRIMITIVE_ARRAY(Types.BYTE())
 """Type of raw Kafka values in a DataStream (Java ``byte[]``, Python ``bytes``)."""
 
 
-def jar_urls() -> list[str]:
-    """``file://`` URLs of the Flink Kafka connector jars (``pipeline.jars``).
+def jar_urls(settings: Settings) -> list[str]:
+    """``file://`` URLs of the Flink Kafka connector jars (``pipeline.jars``), in
+    ``settings.jars_dir``.
 
-    >>> [u.rsplit("/", 1)[1] for u in jar_urls()]
+    >>> [u.rsplit("/", 1)[1] for u in jar_urls(Settings())]
     ['flink-connector-kafka-5.0.0-2.2.jar', 'kafka-clients-4.1.1.jar']
     """
-    return [(JAR_DIR / name).as_uri() for name in JARS]
+    return [(settings.jars_dir.resolve() / "flink" / name).as_uri() for name in JARS]
 
 
 def python_path() -> str:
@@ -73,14 +76,33 @@ def python_path() -> str:
     return os.pathsep.join([sysconfig.get_paths()["purelib"], str(PROJECT_ROOT)])
 
 
-def checkpoint_dir(job: str, settings: Settings) -> Path:
-    """Where ``job`` keeps its checkpoints (absolute; one sub-directory per Flink job id)."""
-    return (settings.run_dir / "checkpoints" / job).resolve()
+def storage_url(configured: str, settings: Settings, local: str) -> str:
+    """A configured Flink filesystem URL, or ``<run_dir>/<local>`` as a ``file://`` URL.
+
+    >>> storage_url("", Settings(run_dir=Path("/srv/run")), "savepoints")
+    'file:///srv/run/savepoints'
+    >>> storage_url("s3://bucket/cp/", Settings(), "checkpoints")
+    's3://bucket/cp'
+    """
+    return (configured or (settings.run_dir / local).resolve().as_uri()).rstrip("/")
+
+
+def checkpoint_url(job: str, settings: Settings) -> str:
+    """Where ``job`` keeps its checkpoints (one sub-directory per Flink job id)."""
+    return f"{storage_url(settings.checkpoint_url, settings, 'checkpoints')}/{job}"
+
+
+def checkpoint_dir(job: str, settings: Settings) -> Path | None:
+    """:func:`checkpoint_url` as a local path (``None`` unless it is a ``file://`` URL)."""
+    url = urlparse(checkpoint_url(job, settings))
+    return Path(unquote(url.path)) if url.scheme == "file" else None
 
 
 def latest_checkpoint(job: str, settings: Settings) -> Path | None:
-    """The most recent completed, retained checkpoint of ``job`` (a ``chk-N`` directory)."""
-    done = checkpoint_dir(job, settings).glob("*/chk-*/_metadata")
+    """The most recent completed, retained checkpoint of ``job`` (a ``chk-N`` directory) in a
+    local checkpoint directory."""
+    base = checkpoint_dir(job, settings)
+    done = base.glob("*/chk-*/_metadata") if base else ()
     newest = max(done, key=lambda p: p.stat().st_mtime, default=None)
     return newest.parent if newest else None
 
@@ -90,10 +112,15 @@ def flink_options(
     settings: Settings,
     *,
     mode: ExecutionMode = DEFAULT_MODE,
-    restore_from: Path | None = None,
+    restore_from: str | None = None,
     rest_port: int | None = None,
+    jobmanager: str | None = None,
 ) -> dict[str, str]:
-    """The Flink configuration of a streamrank job.
+    """The Flink configuration of a streamrank job: embedded (a MiniCluster on loopback, whose
+    tasks find Python through this environment), or submitted to the cluster whose REST
+    endpoint is ``jobmanager`` (``host:port``; its tasks find Python through the cluster's own
+    configuration). ``restore_from`` is a checkpoint's or savepoint's path or URL;
+    ``settings.flink_options`` come last.
 
     >>> from config import Settings
     >>> opts = flink_options("features", Settings(run_dir=Path("/srv/run")))
@@ -101,33 +128,45 @@ def flink_options(
     ('file:///srv/run/checkpoints/features', 'thread')
     >>> "execution.state-recovery.path" in opts
     False
+    >>> remote = flink_options("features", Settings(state_backend="rocksdb"),
+    ...                        jobmanager="10.0.0.5:8081")
+    >>> remote["execution.target"], remote["rest.port"], "python.pythonpath" in remote
+    ('remote', '8081', False)
+    >>> remote["state.backend.type"], remote["execution.checkpointing.incremental"]
+    ('rocksdb', 'true')
     """
     opts = {
         "pipeline.name": f"streamrank-{job}",
-        "pipeline.jars": ";".join(jar_urls()),
+        "pipeline.jars": ";".join(jar_urls(settings)),
         "parallelism.default": str(settings.job_parallelism),
         "python.execution-mode": mode,
-        "python.pythonpath": python_path(),
-        "rest.bind-address": "127.0.0.1",
         "metrics.fetcher.update-interval": "1000",  # REST metrics at most 1 s old
-        "jobmanager.bind-host": "127.0.0.1",
-        "taskmanager.bind-host": "127.0.0.1",
-        "taskmanager.host": "127.0.0.1",
         "execution.checkpointing.interval": f"{settings.checkpoint_interval_ms} ms",
         "execution.checkpointing.mode": "EXACTLY_ONCE",
-        "execution.checkpointing.dir": checkpoint_dir(job, settings).as_uri(),
+        "execution.checkpointing.dir": checkpoint_url(job, settings),
+        "execution.checkpointing.savepoint-dir": storage_url(settings.savepoint_url, settings,
+                                                             "savepoints"),
         "execution.checkpointing.externalized-checkpoint-retention": "RETAIN_ON_CANCELLATION",
         "execution.checkpointing.num-retained": "2",
+        "state.backend.type": settings.state_backend,
+        "execution.checkpointing.incremental": str(settings.state_backend != "hashmap").lower(),
         "restart-strategy.type": "failure-rate",
         "restart-strategy.failure-rate.max-failures-per-interval": "5",
         "restart-strategy.failure-rate.failure-rate-interval": "5 min",
         "restart-strategy.failure-rate.delay": "2 s",
     }
+    if jobmanager is None:
+        opts |= {"python.pythonpath": python_path(), "rest.bind-address": "127.0.0.1",
+                 "jobmanager.bind-host": "127.0.0.1", "taskmanager.bind-host": "127.0.0.1",
+                 "taskmanager.host": "127.0.0.1"}
+    else:
+        host, _, port = jobmanager.rpartition(":")
+        opts |= {"execution.target": "remote", "rest.address": host, "rest.port": port}
     if restore_from is not None:
-        opts["execution.state-recovery.path"] = restore_from.resolve().as_uri()
+        opts["execution.state-recovery.path"] = restore_from
     if rest_port is not None:  # an embedded run's web UI and REST API (metrics)
         opts["rest.port"] = opts["rest.bind-port"] = str(rest_port)
-    return opts
+    return opts | settings.flink_options
 
 
 def create_env(
@@ -136,18 +175,23 @@ def create_env(
     *,
     mode: ExecutionMode = DEFAULT_MODE,
     restore: bool = False,
+    restore_from: str | None = None,
     rest_port: int | None = None,
+    jobmanager: str | None = None,
 ) -> StreamExecutionEnvironment:
     """A streaming environment for ``job`` configured by :func:`flink_options`.
 
     With ``restore``, the job resumes from :func:`latest_checkpoint` (``FileNotFoundError`` if
-    there is none). Embedded runs get a MiniCluster; under ``flink run`` the same call returns
-    the cluster's environment.
+    there is none); with ``restore_from``, from that checkpoint or savepoint. Without
+    ``jobmanager`` it runs on an embedded MiniCluster; with it, ``execute_async`` submits it to
+    that cluster.
     """
-    restore_from = latest_checkpoint(job, settings) if restore else None
-    if restore and restore_from is None:
-        raise FileNotFoundError(f"no retained checkpoint of {job!r} under "
-                                f"{checkpoint_dir(job, settings)}")
+    if restore:
+        latest = latest_checkpoint(job, settings)
+        if latest is None:
+            raise FileNotFoundError(f"no retained checkpoint of {job!r} under "
+                                    f"{checkpoint_url(job, settings)}")
+        restore_from = latest.resolve().as_uri()
     # Read when the gateway JVM starts (first use of PyFlink in this process): Flink's own log
     # goes under the run directory, and thread mode skips PyFlink's loopback worker server,
     # which only process mode uses and which listens on all interfaces.
@@ -158,9 +202,15 @@ def create_env(
         os.environ.setdefault("_python_worker_execution_mode", "process")
     config = Configuration()
     for key, value in flink_options(job, settings, mode=mode, restore_from=restore_from,
-                                     rest_port=rest_port).items():
+                                     rest_port=rest_port, jobmanager=jobmanager).items():
         config.set_string(key, value)
-    return StreamExecutionEnvironment.get_execution_environment(config)
+    if jobmanager is None:
+        return StreamExecutionEnvironment.get_execution_environment(config)
+    # getExecutionEnvironment makes a local environment whatever the target; the constructor
+    # keeps ``execution.target: remote``
+    j_env = get_gateway().jvm.org.apache.flink.streaming.api.environment \
+        .StreamExecutionEnvironment(config._j_configuration)
+    return StreamExecutionEnvironment(j_env)
 
 
 def _committed_or_earliest() -> KafkaOffsetsInitializer:

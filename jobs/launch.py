@@ -1,5 +1,6 @@
 """Running streamrank's jobs: embedded (a MiniCluster in this process), detached (the same in a
-background process), or submitted to a standalone Flink cluster.
+background process), or submitted to a Flink session cluster, and stopped there with a savepoint
+through its REST API.
 
 Detached runs keep their pid in ``<run_dir>/pids/job-<name>.pid`` and log to
 ``<run_dir>/logs/job-<name>.log``; :func:`stop_job` stops them by that pid. An embedded Flink
@@ -11,26 +12,29 @@ Flink's own metrics there (:mod:`jobs.metrics`).
 from __future__ import annotations
 
 import importlib
+import json
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
-import zipfile
+import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
+from typing import Any
+from urllib.parse import unquote, urlparse
 
-import pyflink
-from pyflink.common import JobClient
+from pyflink.common import Configuration, JobClient
+from pyflink.datastream import StreamExecutionEnvironment
 from pyflink.java_gateway import get_gateway
 
 from config import Settings, settings_env
 from connectors.admin import caught_up, end_offsets
 from jobs import processes
-from jobs.flink import DEFAULT_MODE, PROJECT_ROOT, ExecutionMode, create_env, group_id
+from jobs.flink import DEFAULT_MODE, ExecutionMode, create_env, group_id, storage_url
 from jobs.metrics import FlinkRest
 
 JobBuilder = Callable[..., None]
@@ -44,12 +48,10 @@ PROCESSES = frozenset({"writer"})
 runs them (the Feast writer; ``job run`` and ``--detach`` work alike, ``submit`` does not)."""
 DRAIN_IDLE_S = 10.0
 SUBMIT_TIMEOUT_S = 180.0
-
-PYFLINK_HOME = Path(pyflink.__file__).parent
-"""PyFlink's bundled Flink distribution (``bin/flink``, ``bin/start-cluster.sh``, ``opt/``)."""
-
-PACKAGES = ("config", "jobs", "connectors", "features", "models")
-"""The project's packages, shipped to a cluster with each submission."""
+STOP_TIMEOUT_S = 120.0
+REST_TIMEOUT_S = 5.0
+ENDED = frozenset({"FINISHED", "CANCELED", "FAILED", "SUSPENDED"})
+"""Flink job states after which a job no longer runs."""
 
 
 @dataclass(frozen=True)
@@ -62,6 +64,11 @@ class JobRun:
     state: str
     job_id: str = ""
     log: Path | None = None
+
+
+def job_name(name: str) -> str:
+    """The Flink job name of streamrank's job ``name``."""
+    return f"streamrank-{name}"
 
 
 def _check(name: str) -> None:
@@ -175,7 +182,7 @@ def run_job(
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     rest = rest_file(name, settings)
     try:
-        client = env.execute_async(f"streamrank-{name}")
+        client = env.execute_async(job_name(name))
         rest.write_text(f"127.0.0.1:{port}\n")
         result = client.get_job_execution_result()
         cancelled = False
@@ -265,63 +272,234 @@ def list_jobs(settings: Settings) -> list[JobEntry]:
     return entries
 
 
-def execute(name: str, settings: Settings, bounded: bool = False,
-            mode: ExecutionMode = DEFAULT_MODE) -> str:
-    """Build job ``name`` in the current Flink context and submit it without waiting; returns
-    the job id. ``flink run`` calls this (through ``python -m jobs execute NAME``)."""
+def execute(name: str, settings: Settings, jobmanager: str, bounded: bool = False,
+            mode: ExecutionMode = DEFAULT_MODE, restore_from: str | None = None) -> str:
+    """Build job ``name`` and submit it to the cluster whose REST API is at ``jobmanager``,
+    without waiting; returns the Flink job id. What :func:`submit_job`'s child process runs
+    (``python -m jobs execute NAME --jobmanager HOST:PORT``).
+
+    Raises ``FileNotFoundError`` naming every jar of the job that is missing, before anything
+    is sent (Flink's client would stall on the upload).
+    """
     if name in PROCESSES:
         raise ValueError(f"{name!r} is not a Flink job: run it with `job run {name}`")
     builder = _builder(name)
-    env = create_env(name, settings, mode=mode)
-    # A cluster started from PyFlink's bin/ has flink-python in opt/, not on its class path.
-    env.add_jars(*(jar.as_uri() for jar in (PYFLINK_HOME / "opt").glob("flink-python-*.jar")))
+    env = create_env(name, settings, mode=mode, jobmanager=jobmanager, restore_from=restore_from)
     builder(env, settings, bounded=bounded)
-    return str(env.execute_async(f"streamrank-{name}").get_job_id())
+    missing = [url for url in pipeline_jars(env) if not Path(urlparse(url).path).is_file()]
+    if missing:
+        raise FileNotFoundError(f"jars missing ({', '.join(missing)}): run `bash ops/setup.sh` "
+                                "or set STREAMRANK_JARS_DIR")
+    return str(env.execute_async(job_name(name)).get_job_id())
 
 
-def source_archive(settings: Settings) -> Path:
-    """A zip of the project's packages for a cluster's Python path."""
-    path = settings.path("submit", "streamrank-src.zip")
-    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
-        for package in PACKAGES:
-            for file in sorted((PROJECT_ROOT / package).rglob("*.py")):
-                zf.write(file, file.relative_to(PROJECT_ROOT))
-    return path
+def pipeline_jars(env: StreamExecutionEnvironment) -> list[str]:
+    """The URLs of the jars that ``env`` ships with its job (``pipeline.jars``)."""
+    config = get_gateway().jvm.org.apache.flink.python.util.PythonConfigUtil \
+        .getEnvironmentConfig(env._j_stream_execution_environment)
+    return Configuration.parse_list_value(config.getString("pipeline.jars", "") or "")
+
+
+def _cluster(jobmanager: str) -> FlinkRest:
+    """The REST API at ``jobmanager``, once it has answered (``ConnectionError`` if not)."""
+    rest = FlinkRest(jobmanager, timeout_s=REST_TIMEOUT_S)
+    try:
+        rest.get("/overview")
+    except (OSError, ValueError) as err:
+        raise ConnectionError(f"no Flink REST API answers at {jobmanager} ({err}); "
+                              "`streamrank cluster status` names the local cluster's") from err
+    return rest
+
+
+def _request(rest: FlinkRest, method: str, path: str, body: dict | None = None) -> Any:
+    """The JSON answer to ``method path`` with a JSON ``body``."""
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(f"{rest.base}{path}", data=data, method=method,
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=REST_TIMEOUT_S) as response:
+        text = response.read()
+    return json.loads(text) if text else None
+
+
+def _active(rest: FlinkRest, name: str) -> dict[str, Any] | None:
+    """The cluster's newest job ``name`` that has not ended, if any."""
+    return next((j for j in rest.jobs() if j["name"] == job_name(name)
+                 and j["state"] not in ENDED), None)
 
 
 def submit_job(
     name: str,
     settings: Settings,
-    jobmanager: str = "",
+    jobmanager: str,
+    *,
+    parallelism: int | None = None,
+    from_savepoint: str | None = None,
     bounded: bool = False,
     mode: ExecutionMode = DEFAULT_MODE,
+    timeout_s: float = SUBMIT_TIMEOUT_S,
 ) -> str:
-    """Submit job ``name`` to the Flink cluster at ``jobmanager`` (``host:port`` of its REST
-    endpoint; default ``settings.flink_rest``), detached; returns the Flink job id.
+    """Submit job ``name`` to the Flink session cluster whose REST API is at ``jobmanager``
+    (``host:port``), detached; returns the Flink job id.
 
-    Runs PyFlink's bundled ``flink run -m HOST:PORT -d -pym jobs -pyfs <zip of our packages>
-    -pyclientexec <this python> -pyexec <this python> execute NAME``: the same graph, jars
-    (``pipeline.jars``, plus ``flink-python``, which a cluster started from PyFlink's ``bin/``
-    lacks) and settings (``STREAMRANK_*``) as an embedded run. Task managers find Python
-    through ``python.pythonpath`` (this venv's site-packages and the project root), so they
-    need this machine's paths: true for a cluster started here with PyFlink's
-    ``bin/start-cluster.sh``; hosts elsewhere need the same venv at the same path.
+    The job is built here, as an embedded run builds it, and sent through Flink's REST client
+    (``execution.target: remote``) with its jars (``settings.jars_dir``), at ``parallelism``
+    (default ``settings.job_parallelism``), resuming from ``from_savepoint`` (a savepoint's or
+    retained checkpoint's path or URL) if given. Its tasks find Python and the project through
+    the cluster's configuration (``docs/cluster.md``). Refuses to submit a second copy of a job
+    that runs; fails with a clear error if the cluster does not answer, a jar is missing or
+    the submission takes longer than ``timeout_s``.
     """
     _check(name)
     if name in PROCESSES:
         raise ValueError(f"{name!r} is not a Flink job: run it with `job run {name}`")
-    cmd = [str(PYFLINK_HOME / "bin" / "flink"), "run", "-m", jobmanager or settings.flink_rest,
-           "-d", "-pym", "jobs", "-pyfs", str(source_archive(settings)),
-           "-pyclientexec", sys.executable, "-pyexec", sys.executable,
-           "execute", name, "--mode", mode] + ["--bounded"] * bounded
+    if (running := _active(_cluster(jobmanager), name)) is not None:
+        raise RuntimeError(f"job {name} already runs on {jobmanager} (Flink job "
+                           f"{running['jid']}, {running['state']}); stop it first")
+    if parallelism is not None:
+        settings = settings.model_copy(update={"job_parallelism": parallelism})
+    cmd = [sys.executable, "-m", "jobs", "execute", name, "--jobmanager", jobmanager,
+           "--mode", mode] + ["--bounded"] * bounded
+    if from_savepoint:
+        cmd += ["--from-savepoint", _url(from_savepoint)]
+    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True,
+                            env=detached_env(settings))
     try:
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=SUBMIT_TIMEOUT_S,
-                              env={**os.environ, **settings_env(settings)}, check=False)
+        out, _ = proc.communicate(timeout=timeout_s)
     except subprocess.TimeoutExpired as err:
-        raise RuntimeError(f"flink run did not return within {SUBMIT_TIMEOUT_S:.0f} s "
-                           f"(is a JobManager listening at {jobmanager or settings.flink_rest}?)"
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        raise TimeoutError(f"submitting {name} to {jobmanager} took more than {timeout_s:.0f} s"
                            ) from err
-    for line in reversed(done.stdout.splitlines()):
+    for line in reversed(out.splitlines()):
         if line.startswith("job id "):
             return line.removeprefix("job id ").strip()
-    raise RuntimeError(f"flink run failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
+    raise RuntimeError(f"submitting {name} to {jobmanager} failed (exit {proc.returncode}):\n"
+                       + "\n".join(out.splitlines()[-15:]))
+
+
+def _url(path: str) -> str:
+    """A path as a ``file://`` URL; a URL as it is.
+
+    >>> _url("s3://b/sp-1"), _url("/srv/sp-1")
+    ('s3://b/sp-1', 'file:///srv/sp-1')
+    """
+    return path if urlparse(path).scheme else Path(path).resolve().as_uri()
+
+
+@dataclass(frozen=True)
+class Savepoint:
+    """What :func:`stop_with_savepoint` stopped and where its savepoint went."""
+
+    job_id: str
+    location: str
+    seconds: float
+
+
+def _address(name: str, settings: Settings, jobmanager: str | None) -> str:
+    """Whose REST API serves job ``name``: ``jobmanager``, else this run directory's detached
+    run of it, else ``settings.flink_rest``."""
+    if jobmanager:
+        return jobmanager
+    rest = rest_file(name, settings)
+    if running_pid(name, settings) is not None and rest.is_file():
+        return rest.read_text().strip()
+    return settings.flink_rest
+
+
+def stop_with_savepoint(name: str, settings: Settings, jobmanager: str | None = None,
+                        timeout_s: float = STOP_TIMEOUT_S) -> Savepoint:
+    """Stop the running job ``name`` with a savepoint in ``settings.savepoint_url`` (canonical
+    format: it restores at any parallelism and on any state backend) through Flink's REST API;
+    waits until the job has ended. The job is on the cluster at ``jobmanager``, or else on a
+    detached run of this run directory, or else on the cluster at ``settings.flink_rest``.
+    Resume it with ``submit_job(..., from_savepoint=location)``."""
+    _check(name)
+    address = _address(name, settings, jobmanager)
+    rest = _cluster(address)
+    job = _active(rest, name)
+    if job is None:
+        raise LookupError(f"no running job {name} at {address}")
+    started = time.monotonic()
+    target = storage_url(settings.savepoint_url, settings, "savepoints")
+    trigger = _request(rest, "POST", f"/jobs/{job['jid']}/stop",
+                       {"targetDirectory": target, "drain": False, "formatType": "CANONICAL"})
+    deadline = started + timeout_s
+    location = None
+    while location is None:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the savepoint of {name} took more than {timeout_s:.0f} s")
+        time.sleep(0.2)
+        try:
+            location = _savepoint_location(rest, job["jid"], trigger["request-id"])
+        except OSError:  # a detached run's MiniCluster closes with its job
+            location = _written_savepoint(target, job["jid"])
+    try:
+        while rest.get(f"/jobs/{job['jid']}")["state"] not in ENDED:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{name} did not end {timeout_s:.0f} s after its savepoint")
+            time.sleep(0.2)
+    except OSError:
+        pass  # its MiniCluster closed: the job has ended
+    return Savepoint(job["jid"], location, time.monotonic() - started)
+
+
+def _savepoint_location(rest: FlinkRest, job_id: str, request_id: str) -> str | None:
+    """Where the savepoint of a stop went, once written (``RuntimeError`` if it failed)."""
+    answer = rest.get(f"/jobs/{job_id}/savepoints/{request_id}")
+    if answer["status"]["id"] != "COMPLETED":
+        return None
+    operation = answer["operation"]
+    if "failure-cause" in operation:
+        cause = operation["failure-cause"].get("stack-trace", "").split("\n")[0]
+        raise RuntimeError(f"stopping job {job_id} with a savepoint failed: {cause}")
+    return str(operation["location"])
+
+
+def _written_savepoint(target: str, job_id: str) -> str | None:
+    """The complete savepoint of ``job_id`` in the local directory ``target`` (a ``file://``
+    URL), if there is one: Flink names it ``savepoint-<first 6 of the id>-<random>``."""
+    url = urlparse(target)
+    if url.scheme != "file":
+        return None
+    done = Path(unquote(url.path)).glob(f"savepoint-{job_id[:6]}-*/_metadata")
+    newest = max(done, key=lambda p: p.stat().st_mtime, default=None)
+    return newest.parent.as_uri() if newest else None
+
+
+def cancel_job(name: str, jobmanager: str, timeout_s: float = STOP_TIMEOUT_S) -> str:
+    """Cancel the running job ``name`` on the cluster at ``jobmanager`` (its checkpoints are
+    kept: resume from the latest with ``--from-savepoint <chk-N dir>``); returns its id."""
+    _check(name)
+    rest = _cluster(jobmanager)
+    job = _active(rest, name)
+    if job is None:
+        raise LookupError(f"no running job {name} at {jobmanager}")
+    _request(rest, "PATCH", f"/jobs/{job['jid']}?mode=cancel")
+    deadline = time.monotonic() + timeout_s
+    while rest.get(f"/jobs/{job['jid']}")["state"] not in ENDED:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{name} was not cancelled within {timeout_s:.0f} s")
+        time.sleep(0.2)
+    return str(job["jid"])
+
+
+@dataclass(frozen=True)
+class ClusterJob:
+    """A job of a Flink cluster as :func:`cluster_jobs` lists it."""
+
+    job_id: str
+    name: str
+    state: str
+    parallelism: int
+    """The largest parallelism of its operators."""
+    started_ms: int
+
+
+def cluster_jobs(jobmanager: str) -> list[ClusterJob]:
+    """Every job the cluster at ``jobmanager`` knows, newest first."""
+    rest = _cluster(jobmanager)
+    return [ClusterJob(j["jid"], j["name"], j["state"],
+                       max((v["parallelism"] for v in rest.get(f"/jobs/{j['jid']}")["vertices"]),
+                           default=0),
+                       j["start-time"]) for j in rest.jobs()]

@@ -57,8 +57,8 @@ fetch_jars ops/pom-flink.xml ops/jars/flink -DexcludeTransitive=true
 
 # streamrank's Flink functions (ops/flink-udfs, Java 17) -> ops/jars/udfs/, rebuilt when their
 # sources change
-udfs_want=$(find ops/flink-udfs/pom.xml ops/flink-udfs/src -type f -print0 | sort -z \
-  | xargs -0 sha256sum | sha256sum | cut -c1-64)
+udfs_want=$(find ops/flink-udfs/pom.xml ops/flink-udfs/src tests/golden -type f \( -path 'ops/*' \
+  -o -name '*.json*' \) -print0 | sort -z | xargs -0 sha256sum | sha256sum | cut -c1-64)
 if [ "$(cat ops/jars/udfs/.built 2>/dev/null)" != "$udfs_want" ] \
     || [ ! -f ops/jars/udfs/streamrank-flink-udfs.jar ]; then
   echo "setup: building ops/flink-udfs"

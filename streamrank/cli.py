@@ -322,43 +322,177 @@ def job_run(
         console.print(f"job {name}: {run.state}")
 
 
+CLUSTER_ERRORS = (ValueError, RuntimeError, ConnectionError, TimeoutError, FileNotFoundError)
+"""What the cluster verbs report as one line: a bad argument, no answer, a failed submission."""
+JobManagerOpt = Annotated[Optional[str], typer.Option(
+    "--jobmanager", help="HOST:PORT of the cluster's REST API (default STREAMRANK_FLINK_REST, "
+    "where `cluster up` serves)")]
+
+
 @job_app.command("submit")
 def job_submit(
     name: JobName,
-    jobmanager: Annotated[str, typer.Option("--jobmanager", help="HOST:PORT of the cluster's REST endpoint")] = "",
-    bounded: Annotated[bool, typer.Option("--bounded")] = False,
+    jobmanager: JobManagerOpt = None,
+    parallelism: Annotated[Optional[int], typer.Option(
+        "--parallelism", min=1, help="default STREAMRANK_JOB_PARALLELISM")] = None,
+    from_savepoint: Annotated[Optional[str], typer.Option(
+        "--from-savepoint", help="resume from this savepoint or retained checkpoint (path or "
+        "URL, as `job stop --savepoint` prints it)")] = None,
+    bounded: Annotated[bool, typer.Option("--bounded", help="stop at the offsets that are latest at start")] = False,
 ) -> None:
-    """Submit a job to a standalone Flink cluster (PyFlink ships start-cluster.sh)."""
+    """Submit a Flink job to a session cluster (`streamrank cluster up` starts one here)."""
     from jobs.launch import JOBS, submit_job
 
     if name not in JOBS:
         raise _fail(f"unknown job {name!r}; jobs: {', '.join(sorted(JOBS))}")
     settings = _settings()
-    job_id = submit_job(name, settings, jobmanager=jobmanager or settings.flink_rest, bounded=bounded)
-    console.print(f"submitted {name}: Flink job id {job_id}")
+    address = jobmanager or settings.flink_rest
+    try:
+        job_id = submit_job(name, settings, address, parallelism=parallelism,
+                            from_savepoint=from_savepoint, bounded=bounded)
+    except CLUSTER_ERRORS as err:
+        raise _fail(str(err)) from None
+    console.print(f"submitted {name} to {address}: Flink job {job_id} "
+                  f"(http://{address}/#/job/running/{job_id}/overview)")
+    print(job_id)
 
 
 @job_app.command("stop")
-def job_stop(name: JobName) -> None:
-    """Stop a detached job (cancelled; its checkpoints are kept for `--restore`)."""
-    from jobs.launch import stop_job
+def job_stop(
+    name: JobName,
+    savepoint: Annotated[bool, typer.Option(
+        "--savepoint", help="stop with a savepoint (through Flink's REST API) and print its path")] = False,
+    jobmanager: Annotated[Optional[str], typer.Option(
+        "--jobmanager", help="HOST:PORT of the cluster that runs it (default: this run "
+        "directory's detached run, else STREAMRANK_FLINK_REST)")] = None,
+) -> None:
+    """Stop a job: a detached run (cancelled; its checkpoints kept for `--restore`), a job on a
+    cluster (`--jobmanager`: cancelled, checkpoints kept), or either with a savepoint to resume
+    from (`job submit NAME --from-savepoint PATH`)."""
+    from jobs.launch import cancel_job, stop_job, stop_with_savepoint
 
-    if not stop_job(name, _settings()):
+    settings = _settings()
+    try:
+        if savepoint:
+            done = stop_with_savepoint(name, settings, jobmanager)
+            console.print(f"job {name} stopped with a savepoint in {done.seconds:.1f} s; resume "
+                          f"with `streamrank job submit {name} --from-savepoint {done.location}`")
+            print(done.location)
+            return
+        if jobmanager:
+            console.print(f"job {name} (Flink job {cancel_job(name, jobmanager)}) cancelled")
+            return
+    except LookupError as err:
+        raise _fail(str(err), code=1) from None
+    except CLUSTER_ERRORS as err:
+        raise _fail(str(err)) from None
+    if not stop_job(name, settings):
         raise _fail(f"job {name} is not running", code=1)
     console.print(f"job {name} stopped")
 
 
 @job_app.command("list")
-def job_list() -> None:
+def job_list(jobmanager: Annotated[Optional[str], typer.Option(
+        "--jobmanager", help="HOST:PORT: list that cluster's jobs instead")] = None) -> None:
     """Every job with its detached run's pid and its Flink web UI (counters are Flink metrics
-    there)."""
-    from jobs.launch import list_jobs
+    there); with --jobmanager, the jobs of that cluster."""
+    from jobs.launch import cluster_jobs, list_jobs
 
+    if jobmanager:
+        try:
+            jobs = cluster_jobs(jobmanager)
+        except ConnectionError as err:
+            raise _fail(str(err)) from None
+        rows = Table(box=None)
+        for column in ("Flink job id", "name", "state", "parallelism", "started"):
+            rows.add_column(column, no_wrap=True)
+        for flink_job in jobs:
+            started = time.strftime("%Y-%m-%d %H:%M:%S",
+                                    time.localtime(flink_job.started_ms / 1000))
+            rows.add_row(flink_job.job_id, flink_job.name, flink_job.state,
+                         str(flink_job.parallelism), started)
+        Console(width=max(Console().width, 110)).print(rows)
+        return
     table = Table("job", "pid", "web UI / REST", box=None)
     for job in list_jobs(_settings()):
         table.add_row(job.name, str(job.pid or "-"),
                       f"http://{job.rest}" if job.rest else "-")
     console.print(table)
+
+
+# --- cluster ----------------------------------------------------------------------------------
+
+cluster_app = typer.Typer(help="A local standalone Flink session cluster (JobManager and "
+                          "TaskManagers on loopback) to submit the jobs to.", no_args_is_help=True)
+app.add_typer(cluster_app, name="cluster")
+
+
+def _print_cluster(status) -> None:  # noqa: ANN001 - streamrank.cluster.ClusterStatus
+    overview = status.overview or {}
+    console.print(f"REST API and web UI: http://{status.rest} (`--jobmanager {status.rest}`)"
+                  + ("" if status.overview else " [red]not answering[/red]"))
+    console.print(f"JobManager: {f'pid {status.jobmanager}' if status.jobmanager else 'not running'}")
+    console.print(f"TaskManagers: {len(status.taskmanagers)} running "
+                  f"(pids {' '.join(map(str, status.taskmanagers)) or '-'}), "
+                  f"{overview.get('taskmanagers', 0)} registered")
+    if status.overview:
+        console.print(f"slots: {overview['slots-available']} free of {overview['slots-total']}; "
+                      f"jobs running: {overview['jobs-running']}; Flink {overview['flink-version']}")
+
+
+@cluster_app.command("up")
+def cluster_up() -> None:
+    """Start the cluster (STREAMRANK_CLUSTER_TASKMANAGERS TaskManagers, STREAMRANK_CLUSTER_SLOTS
+    slots each; REST on STREAMRANK_FLINK_REST) unless it runs; wait until it is ready. Prints
+    its REST address on standard output."""
+    from streamrank import cluster
+
+    settings = _settings()
+    started_at = time.monotonic()
+    try:
+        with console.status("starting the Flink cluster"):
+            status, started = cluster.up(settings)
+    except (RuntimeError, TimeoutError) as err:
+        raise _fail(str(err)) from None
+    console.print(f"cluster {'started' if started else 'already running'}"
+                  + (f" in {time.monotonic() - started_at:.0f} s" if started else "")
+                  + f" (logs {cluster.home(settings) / 'log'}); stop it with `streamrank cluster down`")
+    _print_cluster(status)
+    print(status.rest)
+
+
+@cluster_app.command("down")
+def cluster_down() -> None:
+    """Stop the cluster's JobManager and TaskManagers (by their recorded pids); its jobs end."""
+    from streamrank import cluster
+
+    stopped = cluster.down(_settings())
+    console.print(f"cluster stopped (pids {' '.join(map(str, stopped))})" if stopped
+                  else "cluster not running")
+
+
+@cluster_app.command("status")
+def cluster_status() -> None:
+    """The cluster's REST address (what `--jobmanager` takes; alone on standard output), its
+    daemons, slots and jobs. Exits 1 when it does not run."""
+    from streamrank import cluster
+
+    status = cluster.status(_settings())
+    _print_cluster(status)
+    if status.jobmanager is None:
+        raise typer.Exit(1)
+    print(status.rest)
+
+
+@cluster_app.command("run")
+def cluster_run(role: Annotated[str, typer.Argument(help="jobmanager | taskmanager")]) -> None:
+    """Run one daemon of the cluster in the foreground, on every interface (a container's
+    JobManager or TaskManager; it finds the JobManager by STREAMRANK_FLINK_REST's host)."""
+    from streamrank import cluster
+
+    if role not in cluster.DAEMONS:
+        raise _fail(f"unknown role {role!r}; roles: {', '.join(cluster.DAEMONS)}")
+    cluster.run_foreground(_settings(), role)  # type: ignore[arg-type]
 
 
 # --- scorer and model controls -----------------------------------------------------------------
@@ -385,8 +519,8 @@ def serve(
     except ValueError as err:
         raise _fail(str(err)) from None
     port = settings.scorer_port if port is None else port
-    console.print(f"scorer on http://127.0.0.1:{port} (device {device or settings.device})")
-    run_scorer(settings, port=port, device=device or settings.device)
+    console.print(f"scorer on http://{settings.scorer_host}:{port} (device {device or settings.device})")
+    run_scorer(settings, port=port, device=device or settings.device, host=settings.scorer_host)
 
 
 def _scorers(settings: Settings, urls: list[str] | None) -> list[str]:
