@@ -33,6 +33,7 @@ Choices (figures in ``docs/benchmarks.md``, "PyFlink execution mode"):
 from __future__ import annotations
 
 import os
+import sys
 import sysconfig
 from pathlib import Path
 from typing import Literal
@@ -161,7 +162,11 @@ def flink_options(
                  "taskmanager.host": "127.0.0.1"}
     else:
         host, _, port = jobmanager.rpartition(":")
-        opts |= {"execution.target": "remote", "rest.address": host, "rest.port": port}
+        # the tasks' Python is this environment's (a cluster elsewhere sets its own through
+        # STREAMRANK_FLINK_OPTIONS): PyFlink otherwise asks a bare `python` on the TaskManager's
+        # PATH for libpython
+        opts |= {"execution.target": "remote", "rest.address": host, "rest.port": port,
+                 "python.executable": sys.executable, "python.client.executable": sys.executable}
     if restore_from is not None:
         opts["execution.state-recovery.path"] = restore_from
     if rest_port is not None:  # an embedded run's web UI and REST API (metrics)
