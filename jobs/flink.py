@@ -119,8 +119,9 @@ def flink_options(
 ) -> dict[str, str]:
     """The Flink configuration of a streamrank job: embedded (a MiniCluster on loopback, whose
     tasks find Python through this environment), or submitted to the cluster whose REST
-    endpoint is ``jobmanager`` (``host:port``; its tasks find Python through the cluster's own
-    configuration). ``restore_from`` is a checkpoint's or savepoint's path or URL;
+    endpoint is ``jobmanager`` (``host:port``; its tasks are told this environment's Python and
+    site-packages, as the local cluster has them; a cluster with Python elsewhere sets
+    ``python.*`` in ``settings.flink_options``). ``restore_from`` is a checkpoint's or savepoint's path or URL;
     ``settings.flink_options`` come last.
 
     >>> from config import Settings
@@ -132,7 +133,7 @@ def flink_options(
     >>> remote = flink_options("features", Settings(state_backend="rocksdb"),
     ...                        jobmanager="10.0.0.5:8081")
     >>> remote["execution.target"], remote["rest.port"], "python.pythonpath" in remote
-    ('remote', '8081', False)
+    ('remote', '8081', True)
     >>> remote["state.backend.type"], remote["execution.checkpointing.incremental"]
     ('rocksdb', 'true')
     """
@@ -163,10 +164,11 @@ def flink_options(
     else:
         host, _, port = jobmanager.rpartition(":")
         # the tasks' Python is this environment's (a cluster elsewhere sets its own through
-        # STREAMRANK_FLINK_OPTIONS): PyFlink otherwise asks a bare `python` on the TaskManager's
-        # PATH for libpython
+        # STREAMRANK_FLINK_OPTIONS): a job's python.* options take precedence over the
+        # cluster's, and PyFlink otherwise asks a bare `python` on the TaskManager's PATH
         opts |= {"execution.target": "remote", "rest.address": host, "rest.port": port,
-                 "python.executable": sys.executable, "python.client.executable": sys.executable}
+                 "python.executable": sys.executable, "python.client.executable": sys.executable,
+                 "python.pythonpath": python_path()}
     if restore_from is not None:
         opts["execution.state-recovery.path"] = restore_from
     if rest_port is not None:  # an embedded run's web UI and REST API (metrics)
