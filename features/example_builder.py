@@ -47,7 +47,6 @@ from connectors.events import Event
 from connectors.training_examples import TrainingExample
 from features.labels import NO_RECENT, LabelJoiner, Recent
 from features.rows import FeatureComputer, FeatureRow, feeds_state
-from features.schema import DENSE_FEATURES
 from features.state import (
     HOUR_MS,
     ItemState,
@@ -60,8 +59,11 @@ from features.state import (
     user_features,
 )
 
-_NO_ITEM = ItemState()
-"""The (immutable) state of an item with no history."""
+_NO_USER, _NO_ITEM, _NO_USER_CATEGORY = UserState(), ItemState(), UserCategoryState()
+"""The (immutable) states of keys with no history."""
+UserSide = tuple[dict[str, float], dict[str, float]]
+"""An impression's user and user x category features (:data:`~features.schema.USER_FEATURES`,
+:data:`~features.schema.USER_CATEGORY_FEATURES`)."""
 _BASE_MS = -1
 """The time of an item's base version (see :class:`ItemTimeline`): before any event."""
 
@@ -138,49 +140,57 @@ class ExampleBuilder:
         self._lag = settings.max_out_of_orderness_ms
         self.computer = FeatureComputer(self._ttl)
         self._items = ItemTimeline(self._lateness + self._lag, self._ttl)
-        self._waiting: list[tuple[int, int, str, dict[str, float]]] = []
-        """Impressions waiting for their item features: (time, seq, item, features)."""
+        self._waiting: list[tuple[int, int, str, dict[str, float], UserSide]] = []
+        """Impressions waiting for their item features: (time, seq, item, the features to
+        complete, their user side)."""
         self._seq = 0
         self._latest = 0
         self._next_sweep: int | None = None
 
     def user_side(self, user: str, category: str | None, t: int) -> dict[str, float]:
         """The user and user x category features of an impression at ``t`` (state before it)."""
-        u = alive(self.computer.users.get(user), t, self._ttl) or UserState()
-        uc = (alive(self.computer.user_categories.get((user, category)), t, self._ttl)
-              if category is not None else None)
-        return user_features(u, t) | user_category_features(uc or UserCategoryState(), u,
-                                                            category, t)
+        u, uc = self._user_side(self._user(user, t), user, category, t)
+        return u | uc
 
     def recent(self, user: str, t: int) -> Recent:
         """The user's last clicked items and categories at ``t`` (state before an impression
         at ``t``), newest first."""
-        u = alive(self.computer.users.get(user), t, self._ttl) or UserState()
+        u = self._user(user, t)
         return u.last_items, u.last_categories
 
     def add(self, event: Event) -> list[TrainingExample]:
         """Take one event; return the examples it finished."""
-        return self.step(event)[1]
+        return self._take(event, rows=False)[1]
 
     def step(self, event: Event) -> tuple[list[FeatureRow], list[TrainingExample]]:
         """Take one event; return the feature rows it changed and the examples it finished."""
-        if self.joiner.rejects(event) is not None:
-            return [], self.joiner.add(event)
+        return self._take(event, rows=True)
+
+    def _take(self, event: Event, rows: bool) -> tuple[list[FeatureRow], list[TrainingExample]]:
+        if self.joiner.drop(event):
+            return [], []
         t = event.event_time
         self._fill(max(self.joiner.watermark, t - self._lag))
-        features, recent = None, NO_RECENT
+        features: dict[str, float] | None = None
+        recent = NO_RECENT
         if event.event_type == "impression":
-            features = self.user_side(event.user_id, event.category_id, t)
-            recent = self.recent(event.user_id, t)
+            features = {}  # completed by _fill once the item's side can be read
+            user = self._user(event.user_id, t)
+            recent = user.last_items, user.last_categories
             self._seq += 1
-            heapq.heappush(self._waiting, (t, self._seq, event.item_id, features))
-        rows: list[FeatureRow] = []
+            heapq.heappush(self._waiting, (
+                t, self._seq, event.item_id, features,
+                self._user_side(user, event.user_id, event.category_id, t)))
+        changed: list[FeatureRow] = []
         if feeds_state(event):
-            rows = self.computer.apply(event)
+            if rows:
+                changed = self.computer.apply(event)
+            else:
+                self.computer.update(event)
             self._items.apply(event.item_id, event.event_type, t)
             self.state.events += 1
             self._sweep(t)
-        return rows, self.joiner.add(event, features, recent)
+        return changed, self.joiner.accept(event, features, recent)
 
     def flush(self) -> list[TrainingExample]:
         """End of stream: every impression still waiting, labelled with what arrived."""
@@ -203,10 +213,18 @@ class ExampleBuilder:
         (all of them at the end of the stream): no event of an earlier millisecond can come."""
         waiting = self._waiting
         while waiting and (watermark is None or waiting[0][0] + self._lateness < watermark):
-            t, _, item, features = heapq.heappop(waiting)
-            merged = features | item_features(self._items.before(item, t), t)
-            features.clear()
-            features.update((name, merged[name]) for name in DENSE_FEATURES)
+            t, _, item, features, (user, user_category) = heapq.heappop(waiting)
+            features.update(user)  # DENSE_FEATURES order: user, item, user x category
+            features.update(item_features(self._items.before(item, t), t))
+            features.update(user_category)
+
+    def _user(self, user: str, t: int) -> UserState:
+        return alive(self.computer.users.get(user), t, self._ttl) or _NO_USER
+
+    def _user_side(self, u: UserState, user: str, category: str | None, t: int) -> UserSide:
+        uc = (alive(self.computer.user_categories.get((user, category)), t, self._ttl)
+              if category is not None else None)
+        return user_features(u, t), user_category_features(uc or _NO_USER_CATEGORY, u, category, t)
 
     def _sweep(self, t: int) -> None:
         self._latest = max(self._latest, t)

@@ -131,22 +131,29 @@ class LabelJoiner:
             return "late"
         return None
 
+    def drop(self, event: Event) -> bool:
+        """Whether :meth:`add` drops ``event``, a duplicate or late one (counted as such)."""
+        rejected = self.rejects(event)
+        if rejected == "duplicate":
+            self.counters.duplicates += 1
+        elif rejected == "late":
+            self.counters.late_events += 1
+        return rejected is not None
+
     def add(self, event: Event, features: dict[str, float] | None = None,
             recent: Recent = NO_RECENT) -> list[TrainingExample]:
         """Take one event (an impression with its features and the user's recent clicked
         items and categories, as of the impression); return the examples this finished."""
-        rejected = self.rejects(event)
-        if rejected == "duplicate":
-            self.counters.duplicates += 1
-            return []
-        if rejected == "late":
-            self.counters.late_events += 1
-            return []
+        return [] if self.drop(event) else self.accept(event, features, recent)
+
+    def accept(self, event: Event, features: dict[str, float] | None = None,
+               recent: Recent = NO_RECENT) -> list[TrainingExample]:
+        """:meth:`add` of an event that :meth:`drop` let through."""
         seen = (event.item_id, event.event_id)
         self._seen[seen] = event.event_time
         self._seen_order.append((event.event_time, seen))
         if event.event_type == "impression":
-            self._hold(event, features or {}, recent)
+            self._hold(event, {} if features is None else features, recent)
         elif event.event_type in ("click", "purchase"):
             heapq.heappush(self._labels, (event.event_time, next(self._seq), event))
         return self.advance(event.event_time - self._lag) if self._follow else []

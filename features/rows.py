@@ -198,24 +198,41 @@ DEFAULT_TTL_MS: int = FeatureSettings.model_fields["feature_state_ttl_ms"].defau
 """``settings.feature_state_ttl_ms`` by default."""
 
 
+def user_after(state: UserState | None, event: Event, ttl_ms: int = DEFAULT_TTL_MS) -> UserState:
+    """The user's state after one of their events (applied to a fresh state if ``state``
+    expired, see :func:`features.state.alive`)."""
+    t = event.event_time
+    return apply_user(alive(state, t, ttl_ms) or UserState(), event.event_type, t,
+                      event.item_id, event.category_id)
+
+
+def item_after(state: ItemState | None, event: Event, ttl_ms: int = DEFAULT_TTL_MS) -> ItemState:
+    """The item's state after one event about it (to a fresh state if ``state`` expired)."""
+    t = event.event_time
+    return apply_item(alive(state, t, ttl_ms) or ItemState(), event.event_type, t)
+
+
+def user_category_after(state: UserCategoryState | None, event: Event,
+                        ttl_ms: int = DEFAULT_TTL_MS) -> UserCategoryState:
+    """The (user, category) state after a user's event in that category (to a fresh state if
+    ``state`` expired)."""
+    t = event.event_time
+    return apply_user_category(alive(state, t, ttl_ms) or UserCategoryState(), event.event_type, t)
+
+
 def update_user(state: UserState | None, event: Event,
                 ttl_ms: int = DEFAULT_TTL_MS) -> tuple[UserState, FeatureRow]:
-    """Apply one of the user's events (to a fresh state if ``state`` expired, see
-    :func:`features.state.alive`); the new state and its row (keyed by user)."""
-    t = event.event_time
-    new = apply_user(alive(state, t, ttl_ms) or UserState(), event.event_type, t, event.item_id,
-                     event.category_id)
-    as_of = new.last_ms if new.last_ms is not None else t
+    """:func:`user_after` and its row (keyed by user)."""
+    new = user_after(state, event, ttl_ms)
+    as_of = new.last_ms if new.last_ms is not None else event.event_time
     return new, FeatureRow(USER_VIEW, (event.user_id,), user_row(new, as_of), as_of)
 
 
 def update_item(state: ItemState | None, event: Event,
                 ttl_ms: int = DEFAULT_TTL_MS) -> tuple[ItemState, FeatureRow]:
-    """Apply one event about an item (to a fresh state if ``state`` expired); the new state and
-    its row (keyed by item)."""
-    t = event.event_time
-    new = apply_item(alive(state, t, ttl_ms) or ItemState(), event.event_type, t)
-    as_of = new.last_ms if new.last_ms is not None else t
+    """:func:`item_after` and its row (keyed by item)."""
+    new = item_after(state, event, ttl_ms)
+    as_of = new.last_ms if new.last_ms is not None else event.event_time
     return new, FeatureRow(ITEM_VIEW, (event.item_id,), item_row(new, as_of), as_of)
 
 
@@ -223,16 +240,14 @@ def update_user_category(
     state: UserCategoryState | None, user: UserState, event: Event,
     ttl_ms: int = DEFAULT_TTL_MS,
 ) -> tuple[UserCategoryState, FeatureRow]:
-    """Apply a user's event in its category (to a fresh state if ``state`` expired); ``user``
-    is the user's state after the event.
+    """:func:`user_category_after` and its row; ``user`` is the user's state after the event.
 
     The row is as of the user's latest event time, so that its ``uc_affinity`` is that of the
     user row written for the same event. Needs ``event.category_id``.
     """
     assert event.category_id is not None, "a user x category update needs a category"
-    t = event.event_time
-    new = apply_user_category(alive(state, t, ttl_ms) or UserCategoryState(), event.event_type, t)
-    as_of = user.last_ms if user.last_ms is not None else t
+    new = user_category_after(state, event, ttl_ms)
+    as_of = user.last_ms if user.last_ms is not None else event.event_time
     row = FeatureRow(USER_CATEGORY_VIEW, (event.user_id, event.category_id),
                      user_category_row(new, user, as_of), as_of)
     return new, row
@@ -243,8 +258,10 @@ class FeatureComputer:
     per-key state, returns the rows each event changed (what the online store receives).
 
     Calls the same per-key functions (:func:`update_user`, :func:`update_item`,
-    :func:`update_user_category`) that the keyed Flink operators call. It does not drop
-    duplicates or late events: :class:`features.example_builder.ExampleBuilder` does, before.
+    :func:`update_user_category`) that the keyed Flink operators call; :meth:`update` only
+    their state parts (:func:`user_after`, :func:`item_after`, :func:`user_category_after`).
+    It does not drop duplicates or late events: :class:`features.example_builder.ExampleBuilder`
+    does, before.
     """
 
     def __init__(self, ttl_ms: int = DEFAULT_TTL_MS) -> None:
@@ -267,6 +284,19 @@ class FeatureComputer:
         uc, uc_r = update_user_category(self.user_categories.get(key), user, event, self.ttl_ms)
         self.user_categories[key] = uc
         return [user_r, item_r, uc_r]
+
+    def update(self, event: Event) -> None:
+        """What :meth:`apply` does to the state, without making its rows (the examples alone
+        need no rows)."""
+        if not feeds_state(event):
+            return
+        user, item, category = event.user_id, event.item_id, event.category_id
+        self.users[user] = user_after(self.users.get(user), event, self.ttl_ms)
+        self.items[item] = item_after(self.items.get(item), event, self.ttl_ms)
+        if category is not None:
+            key = (user, category)
+            self.user_categories[key] = user_category_after(self.user_categories.get(key), event,
+                                                            self.ttl_ms)
 
     def evict(self, cutoff: int) -> int:
         """Drop the keys whose latest event is before ``cutoff``; return how many."""

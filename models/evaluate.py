@@ -14,8 +14,12 @@ of ``settings.batch_size``: every model scores a batch before any model learns f
 * ``most_popular`` — recent item popularity (:mod:`models.baselines`).
 
 The online model runs through :class:`models.loop.TrainingLoop`, the loop the training job
-runs. Each batch is scored by every model before any model learns from it: the baselines
-predict, the loop scores and learns, then the baselines learn.
+runs (without the trainer's own online metrics: the scores are measured here). Each batch is
+scored by every model before any model learns from it: the baselines predict, the loop scores
+and learns, then the baselines learn. Where there are two cores, the baselines and the frozen
+model's scores after the freeze point run in a second process
+(:func:`progressive_in_parallel`); everything runs with one torch thread and without cyclic
+garbage collection (:func:`lean_runtime`).
 
 Metrics per model and head (click; purchase where a model has that head): exact AUC and mean
 log loss over the whole stream and over its first 10 % and first 20 % (:data:`SEGMENTS`: how
@@ -29,6 +33,8 @@ several logs in one go and writes the per-log table.
 
 from __future__ import annotations
 
+import gc
+import io
 import itertools
 import json
 import math
@@ -36,13 +42,15 @@ import os
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any, cast
 
 import numpy as np
+import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -57,7 +65,8 @@ from features.impressions import with_impressions
 from models.base import OnlineRanker
 from models.baselines import MostPopular, RiverFtrlBaseline
 from models.loop import TrainingLoop
-from models.trainer import ROLLING_WINDOW, BinnedAUC, OnlineTrainer, log_loss
+from models.ranker import Ranker
+from models.trainer import ROLLING_WINDOW, BinnedAUC, FrozenRanker, OnlineTrainer, log_loss
 
 FREEZE_FRACTION = 0.2
 """The frozen model stops learning after this share of the examples."""
@@ -168,6 +177,27 @@ def rules(settings: Settings) -> dict[str, object]:
     }
 
 
+@contextmanager
+def lean_runtime() -> Iterator[None]:
+    """One torch thread and no cyclic garbage collection inside, both restored after.
+
+    One thread: the model is small, and a second intra-op thread contends with the baselines'
+    process (and any other work) for the cores. No cycle collection: building the examples and
+    learning make next to no reference cycles (reference counting frees everything), while every
+    full collection walks all the long-lived feature state: on the Taobao sample, nearly half
+    of the examples' build time.
+    """
+    threads, collecting = torch.get_num_threads(), gc.isenabled()
+    torch.set_num_threads(1)
+    gc.disable()
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+        if collecting:
+            gc.enable()
+
+
 def _counted(
     events: Iterable[Event], tick: Callable[[int], None], every: int = 4096
 ) -> Iterator[Event]:
@@ -179,9 +209,11 @@ def _counted(
     tick(n % every)
 
 
-def spooled_batches(path: str, size: int) -> Iterator[list[TrainingExample]]:
-    """The examples of a spool file in order, ``size`` at a time."""
+def spooled_batches(path: str, size: int, skip: int = 0) -> Iterator[list[TrainingExample]]:
+    """The examples of a spool file in order after the first ``skip``, ``size`` at a time."""
     with open(path, "rb") as f:
+        for _ in itertools.islice(f, skip):
+            pass
         while batch := [decode_example(line) for line in itertools.islice(f, size)]:
             yield batch
 
@@ -246,36 +278,47 @@ def _check(models: Sequence[str]) -> tuple[str, ...]:
 def progressive(
     batches: Iterable[Sequence[TrainingExample]], n: int, settings: Settings,
     on_batch: Callable[[int], None] = lambda n: None, models: Sequence[str] = MODELS,
+    on_freeze: Callable[[FrozenRanker, int], None] | None = None,
 ) -> tuple[dict[str, np.ndarray], int]:
     """The ``models``' ``N X 2`` predictions over ``n`` examples given in batches (of
     ``settings.batch_size``), each batch scored before any model learns from it, and the number
-    of examples the frozen model learned from."""
+    of examples the frozen model learned from.
+
+    ``on_freeze(frozen, at)``, where given, takes the frozen model at the freeze point (``at``:
+    the examples it learned) to score the rest elsewhere; its predictions from there on are
+    left NaN here.
+    """
     names = _check(models)
     learners: dict[str, OnlineRanker] = {}
     online = loop = None
     if "online" in names or "frozen" in names:  # the frozen model is the online one, stopped
-        online = OnlineTrainer(settings)
+        online = OnlineTrainer(settings, online_metrics=False)  # measured here, from the scores
         loop = TrainingLoop(online, settings)
     if "ftrl" in names:
         learners["ftrl"] = RiverFtrlBaseline()
     if "most_popular" in names:
         learners["most_popular"] = MostPopular()
     freeze_at = math.ceil(n * FREEZE_FRACTION)
-    frozen: OnlineRanker | None = None
+    frozen: FrozenRanker | None = None
     frozen_at = n
     out = {name: np.full((n, 2), np.nan) for name in set(names) | {"online"}}
     start = 0
     for batch in batches:
         end = start + len(batch)
-        if "frozen" in names and online is not None and frozen is None and start >= freeze_at:
+        if "frozen" in names and online is not None and frozen_at == n and start >= freeze_at:
             frozen, frozen_at = online.frozen_copy(), start
+            if on_freeze is not None:
+                on_freeze(frozen, start)
+                frozen = None
+            if "online" not in names:  # nothing needs the online model any more
+                online = loop = None
         for name, model in learners.items():
             out[name][start:end] = model.predict_many(batch)
         if frozen is not None:
             out["frozen"][start:end] = frozen.predict_many(batch)
         if loop is not None:
             out["online"][start:end] = loop.progressive(batch)[0]
-            if frozen is None and "frozen" in names:
+            if "frozen" in names and frozen_at == n:  # not frozen yet: the online model
                 out["frozen"][start:end] = out["online"][start:end]
         for model in learners.values():
             model.learn_many(batch)
@@ -287,41 +330,76 @@ def progressive(
 
 
 BASELINES = ("ftrl", "most_popular")
-"""The models :func:`progressive_in_parallel` runs in a second process."""
+"""The models :func:`progressive_in_parallel` runs in a second process (with the frozen
+model's scores after the freeze point)."""
 PARALLEL_MIN_EXAMPLES = 50_000
 """Below this many examples a second process costs more (its start, imports) than it saves."""
 
 
 def _baselines_of_file(path: str, n: int, settings: Settings,
                        models: Sequence[str]) -> dict[str, np.ndarray]:
-    return progressive(spooled_batches(path, settings.batch_size), n, settings,
-                       models=models)[0]
+    with lean_runtime():
+        return progressive(spooled_batches(path, settings.batch_size), n, settings,
+                           models=models)[0]
+
+
+def _frozen_of_file(path: str, settings: Settings, weights: bytes, start: int) -> np.ndarray:
+    """The ``N X 2`` scores of a frozen model (its ``torch.save``'d state) of a spool file's
+    examples from ``start`` on, in the batches :func:`progressive` would give it."""
+    with lean_runtime():
+        model = Ranker.from_settings(settings)
+        model.load_state_dict(torch.load(io.BytesIO(weights), weights_only=True))
+        frozen = FrozenRanker(model)
+        scores = [frozen.predict_many(batch)
+                  for batch in spooled_batches(path, settings.batch_size, skip=start)]
+    return np.concatenate(scores) if scores else np.zeros((0, 2))
+
+
+def _saved(frozen: FrozenRanker) -> bytes:
+    buffer = io.BytesIO()
+    torch.save(frozen.model.state_dict(), buffer)
+    return buffer.getvalue()
 
 
 def progressive_in_parallel(
     spool: ExampleSpool, settings: Settings, on_batch: Callable[[int], None] = lambda n: None,
     models: Sequence[str] = MODELS, min_examples: int = PARALLEL_MIN_EXAMPLES,
 ) -> tuple[dict[str, np.ndarray], int]:
-    """:func:`progressive` over ``spool``, the baselines (:data:`BASELINES`) in a second
-    process where there are two cores or more, both kinds of model are asked for and the
-    spool holds at least ``min_examples``.
+    """:func:`progressive` over ``spool`` in two processes where there are two cores or more,
+    the spool holds at least ``min_examples`` and both have work: here the torch models (the
+    frozen one until the freeze point), in a second process the baselines (:data:`BASELINES`)
+    and the frozen model's scores from the freeze point on (its weights handed over then).
 
     The models never see one another's learning, so each one's predictions are those of the
     single-process run: every example is still scored by every model before any learns it.
     """
     names = _check(models)
-    torch_models = [m for m in names if m not in BASELINES]
+    here = [m for m in names if m not in BASELINES]
     baselines = [m for m in names if m in BASELINES]
-    if (not torch_models or not baselines or (os.cpu_count() or 1) < 2
+    if (not here or not (baselines or "frozen" in here) or (os.cpu_count() or 1) < 2
             or len(spool) < min_examples):
         return progressive(spool.batches(settings.batch_size), len(spool), settings,
                            on_batch=on_batch, models=names)
     spool.flush()
-    with ProcessPoolExecutor(1, mp_context=get_context("spawn")) as pool:
-        future = pool.submit(_baselines_of_file, spool.path, len(spool), settings, baselines)
-        predictions, frozen_at = progressive(spool.batches(settings.batch_size), len(spool),
-                                             settings, on_batch=on_batch, models=torch_models)
-        predictions |= future.result()
+    n = len(spool)
+    pool = ProcessPoolExecutor(1, mp_context=get_context("spawn"))
+    try:
+        others = (pool.submit(_baselines_of_file, spool.path, n, settings, baselines)
+                  if baselines else None)
+        frozen: list[Future[np.ndarray]] = []
+
+        def hand_over(model: FrozenRanker, at: int) -> None:
+            frozen.append(pool.submit(_frozen_of_file, spool.path, settings, _saved(model), at))
+
+        predictions, frozen_at = progressive(spool.batches(settings.batch_size), n, settings,
+                                             on_batch=on_batch, models=here,
+                                             on_freeze=hand_over)
+        if others is not None:
+            predictions |= others.result()
+        if frozen:
+            predictions["frozen"][frozen_at:] = frozen[0].result()
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)  # the worker's exit (a second) overlaps
     return {name: predictions[name] for name in names}, frozen_at
 
 
@@ -410,7 +488,8 @@ def evaluate(
     console = Console()
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                TimeElapsedColumn())
-    with Progress(*columns, console=console, disable=not progress, transient=True) as bar:
+    with (lean_runtime(),
+          Progress(*columns, console=console, disable=not progress, transient=True) as bar):
         read = bar.add_task("building examples (events)", total=None)
         spool, report, counters = spool_examples(
             path, fmt, settings, mapping, on_events=lambda k: bar.advance(read, k))

@@ -242,34 +242,38 @@ class WideFtrl:
         pending = self.dense_pending  # dense inputs whose w_i River would catch up next
         for coords, x, y, off in zip(per_example, xs, ys, offsets):
             nonzero = [(j, xi) for j, xi in enumerate(x) if xi]
-            logit = bias + off + sum(c[0] for c in coords) + sum(
-                dense[j][0] * xi for j, xi in nonzero)
+            logit = bias + off + sum([c[0] for c in coords]) + sum(
+                [dense[j][0] * xi for j, xi in nonzero])
             sign = 1.0 if y > 0 else -1.0
             g = -sign / (exp(logit * sign) + 1.0)
             bias -= lr * g
             # River sets every w_i of the example (a dense input of value 0 too) from its z_i
             # and n_i, then updates z_i and n_i of the non-zero ones; a w_i whose z_i and n_i
             # did not change since it was last set stays what it is, so only the inputs
-            # updated at their last example need it again.
+            # updated at their last example need it again, and of those the ones of value 0
+            # here (the others are set below, from the same z_i and n_i).
             for j in pending:
-                c = dense[j]
-                if abs(c[1]) > l1:
-                    c[0] = -(c[1] - copysign(l1, c[1])) / ((beta + sqrt(c[2])) / alpha + l2)
+                if not x[j]:
+                    c = dense[j]
+                    if abs(c[1]) > l1:
+                        c[0] = -(c[1] - copysign(l1, c[1])) / ((beta + sqrt(c[2])) / alpha + l2)
             pending = []
             for c in coords:
-                if abs(c[1]) > l1:
-                    c[0] = -(c[1] - copysign(l1, c[1])) / ((beta + sqrt(c[2])) / alpha + l2)
-                s = (sqrt(c[2] + g * g) - sqrt(c[2])) / alpha
-                c[1] += g - s * c[0]
-                c[2] += g * g
+                wi, zi, ni = c
+                root = sqrt(ni)
+                if abs(zi) > l1:
+                    wi = -(zi - copysign(l1, zi)) / ((beta + root) / alpha + l2)
+                s = (sqrt(ni + g * g) - root) / alpha
+                c[0], c[1], c[2] = wi, zi + (g - s * wi), ni + g * g
             for j, xi in nonzero:
                 c = dense[j]
-                if abs(c[1]) > l1:
-                    c[0] = -(c[1] - copysign(l1, c[1])) / ((beta + sqrt(c[2])) / alpha + l2)
+                wi, zi, ni = c
+                root = sqrt(ni)
+                if abs(zi) > l1:
+                    wi = -(zi - copysign(l1, zi)) / ((beta + root) / alpha + l2)
                 gi = g * xi
-                s = (sqrt(c[2] + gi * gi) - sqrt(c[2])) / alpha
-                c[1] += gi - s * c[0]
-                c[2] += gi * gi
+                s = (sqrt(ni + gi * gi) - root) / alpha
+                c[0], c[1], c[2] = wi, zi + (gi - s * wi), ni + gi * gi
                 pending.append(j)
         self.dense_pending = pending
         for (name, table, _), unique, cell in zip(tables, gathered, cells):
@@ -326,10 +330,13 @@ class OnlineTrainer:
     Implements :class:`~models.base.OnlineRanker`. Attributes: ``model``, ``examples_seen``
     (examples learned), ``watermark_ms`` (max event time learned; 0 before any),
     ``drift_detected`` (ADWIN drifts seen by :meth:`progressive`), ``dense_changed``.
+    ``online_metrics=False`` keeps no online metrics (for a caller that measures the scores
+    itself, as ``evaluate`` does); the scores and the learning are the same.
     """
 
-    def __init__(self, settings: TrainerSettings) -> None:
+    def __init__(self, settings: TrainerSettings, *, online_metrics: bool = True) -> None:
         self.settings = settings
+        self.online_metrics = online_metrics
         # Adagrad builds sparse gradients; opting out of invariant checks (torch's default)
         # explicitly keeps torch from warning about it.
         torch.sparse.check_sparse_tensor_invariants.disable()
@@ -363,7 +370,8 @@ class OnlineTrainer:
 
     # --- progressive validation ------------------------------------------------------------
     def progressive(self, examples: Sequence[TrainingExample]) -> np.ndarray:
-        """Score each batch, update the online metrics, then learn from it; ``B X 2`` scores.
+        """Score each batch, update the online metrics (if kept), then learn from it;
+        ``B X 2`` scores.
 
         Each ``batch_size`` slice is scored by the weights that learned every slice before it
         (one forward pass serves both the score and the update).
@@ -372,7 +380,8 @@ class OnlineTrainer:
         for start in range(0, len(examples), self.settings.batch_size):
             batch = examples[start:start + self.settings.batch_size]
             p = self._step(batch)
-            self._observe(batch, p)
+            if self.online_metrics:
+                self._observe(batch, p)
             out.append(p)
         return np.concatenate(out) if out else np.zeros((0, 2), dtype=np.float64)
 

@@ -19,6 +19,7 @@ from models.baselines import (
     FTRL_BETA,
     FTRL_L1,
     FTRL_L2,
+    FtrlLogisticRegression,
     MostPopular,
     RiverFtrlBaseline,
     river_features,
@@ -158,9 +159,13 @@ class CountedKey(str):
     __eq__ = str.__eq__
 
 
-def lookups_of_an_unrelated_weight(model: linear_model.LogisticRegression) -> int:
+def lookups_of_an_unrelated_weight(model: linear_model.LogisticRegression
+                                   | FtrlLogisticRegression) -> int:
     """How often 50 ``learn_one`` calls look up a weight none of their examples has."""
-    model._weights[CountedKey("user_id=elsewhere")] = 0.5
+    if isinstance(model, FtrlLogisticRegression):
+        model._state[CountedKey("user_id=elsewhere")] = [0.5, 0.0, 0.0]
+    else:
+        model._weights[CountedKey("user_id=elsewhere")] = 0.5
     CountedKey.lookups = 0
     for x in stream(50):
         model.learn_one(river_features(x), bool(x.click))

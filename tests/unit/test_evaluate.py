@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import itertools
 import json
 
@@ -22,6 +23,7 @@ from models.evaluate import (
     LogSpec,
     evaluate,
     evaluate_logs,
+    lean_runtime,
     progressive,
     progressive_in_parallel,
     score,
@@ -207,17 +209,29 @@ def test_cli_rejects_unknown_or_missing_models(log, tmp_path, models, reason):
     assert not (tmp_path / "results.json").exists()
 
 
-def test_baselines_in_a_second_process_give_the_same_predictions(log):
+def test_lean_runtime_restores_threads_and_the_collector():
+    torch.set_num_threads(2)
+    try:
+        with lean_runtime():
+            assert torch.get_num_threads() == 1 and not gc.isenabled()
+        assert torch.get_num_threads() == 2 and gc.isenabled()
+    finally:
+        torch.set_num_threads(1)
+
+
+@pytest.mark.parametrize("models", [MODELS, ("frozen", "most_popular")])
+def test_baselines_in_a_second_process_give_the_same_predictions(log, models):
     events, _ = read_log(log, "taobao", settings=SETTINGS)
     examples = list(itertools.islice(build_examples(with_impressions(events, SETTINGS), SETTINGS),
                                      1_000))
     spool = ExampleSpool(examples)
     try:
-        parallel, frozen_at = progressive_in_parallel(spool, SETTINGS, min_examples=0)
+        parallel, frozen_at = progressive_in_parallel(spool, SETTINGS, models=models,
+                                                      min_examples=0)
         serial, serial_frozen_at = progressive(spool.batches(SETTINGS.batch_size), len(spool),
-                                               SETTINGS)
+                                               SETTINGS, models=models)
     finally:
         spool.close()
-    assert frozen_at == serial_frozen_at and list(parallel) == list(MODELS)
-    for name in MODELS:
+    assert frozen_at == serial_frozen_at < len(spool) and list(parallel) == list(models)
+    for name in models:
         np.testing.assert_array_equal(parallel[name], serial[name])

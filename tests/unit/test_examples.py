@@ -9,6 +9,7 @@ from connectors.events import Event
 from features.example_builder import ExampleBuilder, ItemTimeline, build_examples
 from features.schema import DENSE_FEATURES
 from features.state import HOUR_MS, NO_HISTORY_S, PRIOR_CTR
+from tests.shop_logs import messy_log, spanning_log
 
 T0 = 1_511_658_000_000
 SETTINGS = Settings()
@@ -51,6 +52,27 @@ def test_carts_and_purchases_feed_later_features():
     assert x.features["u_carts_24h"] == pytest.approx(2 ** (-1 / 24), rel=1e-3)
     assert x.features["u_purchases_24h"] > 0.95 and x.features["i_purchases_24h"] > 0.95
     assert x.features["uc_purchases_24h"] > 0.95 and x.features["i_clicks_24h"] == 0.0
+
+
+def test_examples_alone_are_those_made_with_the_rows():
+    """``add`` keeps the state without making rows, ``step`` makes them: same examples, same
+    state, also with duplicates, late and out-of-order events and expiring keys."""
+    settings = Settings(feature_state_ttl_ms=5 * 60_000)
+    log = messy_log(spanning_log(users=6, minutes=40, seed=4),
+                    lateness_ms=settings.allowed_lateness_ms, seed=4, late_after=200)
+    alone, with_rows = ExampleBuilder(settings), ExampleBuilder(settings)
+    a, b, rows = [], [], 0
+    for event in log:
+        a += alone.add(event)
+        changed, finished = with_rows.step(event)
+        b += finished
+        rows += len(changed)
+    a, b = a + alone.flush(), b + with_rows.flush()
+    assert a == b and len(a) > 500 and rows > 1_000
+    assert alone.counters() == with_rows.counters()
+    assert alone.counters()["duplicates"] > 0 and alone.counters()["late_events"] > 0
+    for table in ("users", "items", "user_categories"):
+        assert getattr(alone.computer, table) == getattr(with_rows.computer, table)
 
 
 def test_duplicates_and_late_events_do_not_touch_the_state():

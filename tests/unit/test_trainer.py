@@ -50,6 +50,15 @@ def test_same_seed_same_predictions() -> None:
     assert not np.array_equal(a.predict_many(xs[:64]), other.predict_many(xs[:64]))
 
 
+def test_without_online_metrics_the_scores_and_weights_are_the_same() -> None:
+    xs = separable(640)
+    kept, left_out = OnlineTrainer(SETTINGS), OnlineTrainer(SETTINGS, online_metrics=False)
+    assert np.array_equal(kept.progressive(xs), left_out.progressive(xs))
+    for a, b in zip(kept.model.state_dict().values(), left_out.model.state_dict().values()):
+        assert torch.equal(a, b)
+    assert kept.metrics()["scored"] == 640 and left_out.metrics()["scored"] == 0
+
+
 def test_predictions_shape_and_range() -> None:
     p = OnlineTrainer(SETTINGS).predict_many(separable(10))
     assert p.shape == (10, 2) and p.dtype == np.float64
