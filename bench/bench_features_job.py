@@ -30,6 +30,7 @@ grows over the step (the last 10 s of the step end no more than 2 s of events ab
   from its delivery to Kafka until Feast's ``get_online_features`` returns, for its user and
   for its item, a row whose event timestamp has reached the event's time (polled every 20 ms;
   p50/p99);
+* **rows per event**: records appended to ``features.rows`` over the step per event read;
 * **CPU µs per event per stage**: CPU time of the job's threads (``/proc``; Flink's task
   threads are named after their operator chains: source + validation, item stage, user stage
   + label join; then the Kafka sinks' network threads, checkpoints, JIT, GC and the rest of
@@ -296,6 +297,10 @@ class RunningPath:
             out[name] += sum(thread_cpu_s(pid).values())
         return out
 
+    def rows(self) -> int:
+        """Records appended to the rows topic so far."""
+        return sum(end_offsets(self.settings, self.settings.topic_feature_rows).values())
+
     def writer_lag(self) -> int:
         """Rows on the rows topic that the writer has not committed (0 without a writer)."""
         if self.writer_pid is None:
@@ -347,6 +352,8 @@ class Step:
     """Freshness p50 and p99 ms by view (``None``: no event timed)."""
     cpu_us: dict[str, float]
     """CPU µs per event read, by stage."""
+    rows_per_event: float
+    """Records appended to the rows topic per event read."""
 
 
 def lag_growth(samples: list[tuple[float, int]], elapsed: float) -> tuple[int, int, float]:
@@ -368,7 +375,7 @@ def run_step(path: RunningPath, producer: TopicProducer, records: list[Record],
     batch = [cycled(records, i) for i in range(sent, sent + int(rate * step_s))]
     if path.fresh is not None:
         path.fresh.take()
-    cpu0, read0 = path.cpu(), path.position.settled()
+    cpu0, read0, rows0 = path.cpu(), path.position.settled(), path.rows()
     job_lags: list[tuple[float, int]] = []
     writer_lags: list[tuple[float, int]] = []
     start = time.monotonic()
@@ -389,7 +396,7 @@ def run_step(path: RunningPath, producer: TopicProducer, records: list[Record],
     send_at(producer, batch, rate, tick)
     elapsed = time.monotonic() - start
     read = path.position.settled() - read0
-    cpu1 = path.cpu()
+    cpu1, rows = path.cpu(), path.rows() - rows0
     job_first, job_last, job_growth = lag_growth(job_lags, elapsed)
     writer_first, writer_last, writer_growth = lag_growth(writer_lags, elapsed)
     delays = path.fresh.take() if path.fresh is not None else {}
@@ -400,7 +407,8 @@ def run_step(path: RunningPath, producer: TopicProducer, records: list[Record],
         fresh={view: (float(np.percentile(np.array(d) * 1000, 50)),
                       float(np.percentile(np.array(d) * 1000, 99))) if d else None
                for view, d in delays.items()},
-        cpu_us={k: (cpu1[k] - cpu0.get(k, 0.0)) / max(read, 1) * 1e6 for k in cpu1})
+        cpu_us={k: (cpu1[k] - cpu0.get(k, 0.0)) / max(read, 1) * 1e6 for k in cpu1},
+        rows_per_event=rows / max(read, 1))
 
 
 def steps(settings: Settings, job: str, records: list[Record], timed: list[Timed],
@@ -441,7 +449,7 @@ def print_steps(job: str, results: list[Step], out: Path | None) -> None:
             "Taobao events, steps of offered rate"
     stages = sorted({k for r in results for k in r.cpu_us})
     columns = ["offered/s", "read/s", "sustained", "job lag start→end", "writer lag start→end",
-               "user fresh p50/p99 ms", "item fresh p50/p99 ms",
+               "user fresh p50/p99 ms", "item fresh p50/p99 ms", "rows/event",
                *(f"CPU µs/ev {s}" for s in stages)]
 
     def ms(p: tuple[float, float] | None) -> str:
@@ -449,7 +457,7 @@ def print_steps(job: str, results: list[Step], out: Path | None) -> None:
 
     rows = [[f"{r.rate:,.0f}", f"{r.read_per_s:,.0f}", "yes" if r.sustained else "no",
              f"{r.job_lag[0]:,} → {r.job_lag[1]:,}", f"{r.writer_lag[0]:,} → {r.writer_lag[1]:,}",
-             ms(r.fresh.get(USER_VIEW)), ms(r.fresh.get(ITEM_VIEW)),
+             ms(r.fresh.get(USER_VIEW)), ms(r.fresh.get(ITEM_VIEW)), f"{r.rows_per_event:.2f}",
              *(f"{r.cpu_us.get(s, 0.0):,.0f}" for s in stages)] for r in results]
     console.print(table(title, columns, rows))
     if out:

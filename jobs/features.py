@@ -5,8 +5,8 @@ Graph (every operator is Java, from ``ops/flink-udfs``; this module only wires t
 PyFlink's JVM gateway)::
 
     KafkaSource(events) -> Validate --dead letters--> KafkaSink(events.dlq)
-        -> key_by(item_id) -> ItemStage --rows--> KafkaSink(features.rows)
-        -> key_by(user_id) -> UserStage --rows--> KafkaSink(features.rows)
+        -> key_by(item_id) -> ItemStage --rows--> RowCoalescer -> KafkaSink(features.rows)
+        -> key_by(user_id) -> UserStage --rows--> RowCoalescer -> KafkaSink(features.rows)
         -> (same key) LabelJoin -> KafkaSink(training.examples)
 
 Three tasks: the item stage and the user stage are behind a shuffle each; each stage's rows
@@ -21,14 +21,19 @@ Java stages) holds both to the same expected outputs:
   reason codes in one pass over the bytes, and ``late`` against the watermark; the dead letter
   is :func:`connectors.events.dead_letter`'s JSON (the detail words differ from pydantic's).
 * **ItemStage** (keyed by item): drops a repeated ``(item_id, event_id)`` before it touches any
-  state; applies each event on arrival to the item's online state and sends the item row at
+  state; applies each event on arrival to the item's online state and makes the item row at
   once; forwards the event. A settled copy of the item's state takes the item's events in
   event-time order once the watermark passes their millisecond plus the allowed lateness; then
   each impression of that millisecond gets the item's features as of its earlier milliseconds,
   sent on to the label join.
 * **UserStage** (keyed by user): reads an impression's user and user x category features and
-  the user's last clicked items and categories as of the impression; applies the event; sends
+  the user's last clicked items and categories as of the impression; applies the event; makes
   the user and user x category rows at once (arrival order).
+* **RowCoalescer** (chained to each stage): sends each key's newest row at most once per
+  ``features_rows_interval_ms`` (a processing-time timer per interval) and every waiting row
+  before each checkpoint barrier and at the end of a bounded input, so a hot key's rows become
+  one per interval and no row waits across a checkpoint: on ``features.rows`` a key's rows are
+  some of the reference's rows of it, in order, always with its last.
 * **LabelJoin** (keyed by user): :class:`features.labels.LabelJoiner`'s rules per user, on
   event-time timers: a label is matched once the watermark passes its time plus the lateness
   and the out-of-orderness, an impression finished once it passes its time plus ``wait_ms``
@@ -160,10 +165,13 @@ def build_job(env: StreamExecutionEnvironment, settings: Settings, *,
     users = items.keyBy(fn.Keys.user()).process(
         fn.UserStage(settings.allowed_lateness_ms, settings.feature_state_ttl_ms)) \
         .name("user features").uid("user-features")
-    items.getSideOutput(fn.Rows.tag()).sinkTo(rows_sink(settings)).name("item rows") \
-        .uid("item-rows").setParallelism(1)
-    users.getSideOutput(fn.Rows.tag()).sinkTo(rows_sink(settings)).name("user rows") \
-        .uid("user-rows")
+    interval = settings.features_rows_interval_ms
+    fn.RowCoalescer.coalesce(items.getSideOutput(fn.Rows.tag()), interval, "newest item rows") \
+        .uid("newest-item-rows").setParallelism(1) \
+        .sinkTo(rows_sink(settings)).name("item rows").uid("item-rows").setParallelism(1)
+    fn.RowCoalescer.coalesce(users.getSideOutput(fn.Rows.tag()), interval, "newest user rows") \
+        .uid("newest-user-rows") \
+        .sinkTo(rows_sink(settings)).name("user rows").uid("user-rows")
     same_users = get_gateway().jvm.org.apache.flink.streaming.api.datastream.DataStreamUtils \
         .reinterpretAsKeyedStream(users, fn.Keys.user())
     examples = same_users.process(

@@ -50,14 +50,18 @@ import org.junit.jupiter.params.provider.ValueSource;
  * <p>Compared with {@code tests/unit/test_golden.py}'s rule: JSON values exactly, but floats to
  * {@link #TOL} (Java's {@code Math.pow} and C's {@code pow} differ in the last bit now and then)
  * and a dead letter's {@code detail} left out (Java words it otherwise than pydantic). Dead
- * letters, item rows, and user and user x category rows line for line in order (each stage
- * sends a row per event on arrival, as the reference does); examples by {@code example_id}
- * (the label join emits them per user on its timers, not in the reference's global order).
+ * letters line for line in order; examples by {@code example_id} (the label join emits them
+ * per user on its timers, not in the reference's global order). Rows go through
+ * {@link RowCoalescer} (its timer due every {@link #ROWS_PER_INTERVAL} rows, a checkpoint in
+ * the middle): per view and key, the rows sent are some of the reference's rows of the key,
+ * in its order, and always its last.
  */
 class GoldenTest {
     private static final Path GOLDEN =
             Path.of(System.getProperty("golden.dir", "../../tests/golden"));
     private static final double TOL = 1e-12;
+    private static final long INTERVAL_MS = 200;
+    private static final int ROWS_PER_INTERVAL = 97;
     private static final ObjectMapper JSON = new ObjectMapper();
 
     /** A raw record and its Kafka timestamp. */
@@ -83,8 +87,8 @@ class GoldenTest {
         assertAll(name,
                 () -> assertSame("dead letters", without(deadLetters, "detail"),
                         without(parsed(got.deadLetters()), "detail")),
-                () -> assertSame("item rows", itemRows, parsed(got.itemRows())),
-                () -> assertSame("user rows", userRows, parsed(got.userRows())),
+                () -> assertCoalesced("item rows", itemRows, parsed(got.itemRows())),
+                () -> assertCoalesced("user rows", userRows, parsed(got.userRows())),
                 () -> assertSame("examples", byId(lines(dir.resolve("examples.jsonl.gz"))),
                         byId(parsed(got.examples()))));
     }
@@ -143,17 +147,33 @@ class GoldenTest {
         return h;
     }
 
-    /** The values of a stage's rows, after checking each Kafka key is {@code [view, *key]}. */
+    /** The values of a stage's rows through {@link RowCoalescer}, after checking each Kafka
+     *  key is {@code [view, *key]}. */
     private static List<byte[]> rowValues(KeyedOneInputStreamOperatorTestHarness<?, ?, ?> h)
-            throws IOException {
+            throws Exception {
+        var sent = new OneInputStreamOperatorTestHarness<Rows.Row, Tuple2<byte[], byte[]>>(
+                new RowCoalescer(INTERVAL_MS));
+        sent.open();
+        List<StreamRecord<Rows.Row>> made = new ArrayList<>(h.getSideOutput(Rows.TAG));
+        for (int k = 0; k < made.size(); k++) {
+            sent.processElement(made.get(k));
+            if (k % ROWS_PER_INTERVAL == ROWS_PER_INTERVAL - 1) {
+                sent.setProcessingTime(sent.getProcessingTime() + INTERVAL_MS);
+            }
+            if (k == made.size() / 2) sent.prepareSnapshotPreBarrier(1);
+        }
+        sent.endInput();
         List<byte[]> out = new ArrayList<>();
-        for (StreamRecord<Tuple2<byte[], byte[]>> r : h.getSideOutput(Rows.TAG)) {
-            JsonNode value = JSON.readTree(r.getValue().f1);
+        for (Object o : sent.getOutput()) {
+            @SuppressWarnings("unchecked")
+            Tuple2<byte[], byte[]> r = ((StreamRecord<Tuple2<byte[], byte[]>>) o).getValue();
+            JsonNode value = JSON.readTree(r.f1);
             JsonNode key = JSON.createArrayNode().add(value.get("view")).addAll(
                     (ArrayNode) value.get("key"));
-            assertEquals(key, JSON.readTree(r.getValue().f0));
-            out.add(r.getValue().f1);
+            assertEquals(key, JSON.readTree(r.f0));
+            out.add(r.f1);
         }
+        sent.close();
         return out;
     }
 
@@ -214,6 +234,51 @@ class GoldenTest {
             differences(want.get(k), got.get(k), "[" + k + "]", bad);
         }
         report(what, bad);
+    }
+
+    /** Per view and key: {@code got}'s rows are some of {@code want}'s, in order, with its
+     *  last. */
+    private static void assertCoalesced(String what, List<JsonNode> want, List<JsonNode> got) {
+        Map<JsonNode, List<JsonNode>> wanted = byKey(want);
+        Map<JsonNode, List<JsonNode>> sent = byKey(got);
+        List<String> bad = new ArrayList<>();
+        if (!wanted.keySet().equals(sent.keySet())) {
+            bad.add("keys differ: " + sent.size() + " != " + wanted.size());
+        }
+        for (Map.Entry<JsonNode, List<JsonNode>> w : wanted.entrySet()) {
+            List<JsonNode> rows = w.getValue();
+            List<JsonNode> g = sent.getOrDefault(w.getKey(), List.of());
+            int at = 0;
+            for (JsonNode row : g) {
+                while (at < rows.size() && differs(rows.get(at), row)) at++;
+                if (at++ == rows.size()) {
+                    bad.add(w.getKey() + ": " + row + " is none of the reference's next rows");
+                    break;
+                }
+            }
+            if (!g.isEmpty()) {
+                differences(rows.get(rows.size() - 1), g.get(g.size() - 1),
+                        w.getKey() + " last", bad);
+            }
+        }
+        report(what, bad);
+        assertTrue(got.size() <= want.size(), what + ": more rows than the reference");
+    }
+
+    private static Map<JsonNode, List<JsonNode>> byKey(List<JsonNode> rows) {
+        Map<JsonNode, List<JsonNode>> out = new LinkedHashMap<>();
+        for (JsonNode r : rows) {
+            JsonNode key = JSON.createArrayNode().add(r.get("view")).addAll((ArrayNode) r.get("key"));
+            out.computeIfAbsent(key, k -> new ArrayList<>()).add(r);
+        }
+        return out;
+    }
+
+    /** Whether {@code want} and {@code got} differ (as {@link #differences}). */
+    private static boolean differs(JsonNode want, JsonNode got) {
+        List<String> bad = new ArrayList<>();
+        differences(want, got, "", bad);
+        return !bad.isEmpty();
     }
 
     private static void assertSame(String what, Map<String, JsonNode> want,

@@ -35,7 +35,7 @@ class StateTypesTest {
     @Test
     void stateAndRecordsArePojosOrCodecs() {
         for (Class<?> c : new Class<?>[] {FeatureState.UserCategory.class, ItemStage.Held.class,
-                LabelJoin.JoinState.class}) {
+                LabelJoin.JoinState.class, Rows.Row.class}) {
             TypeInformation<?> type = TypeInformation.of(c);
             assertTrue(type instanceof PojoTypeInfo, c + " is not a POJO: " + type);
             assertNoGeneric(type, c.getSimpleName());
