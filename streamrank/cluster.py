@@ -16,7 +16,8 @@ Everything it uses lives under ``<run_dir>/cluster/``:
   daemons), ``tmp/`` (``io.tmp.dirs``).
 
 ``up`` runs PyFlink's ``bin/start-cluster.sh`` with ``FLINK_CONF_DIR``, ``FLINK_LIB_DIR``,
-``FLINK_LOG_DIR`` and ``FLINK_PID_DIR`` pointing there; ``down`` stops the recorded pids (a pid
+``FLINK_LOG_DIR`` and ``FLINK_PID_DIR`` pointing there and this environment's ``bin/`` first on
+``PATH`` (:func:`daemon_path`); ``down`` stops the recorded pids (a pid
 counts only while its command line names this conf directory). :func:`run_foreground` runs one
 daemon in the foreground with the same configuration bound to every interface: a container's
 JobManager or TaskManager (``docker-compose.yml``).
@@ -155,7 +156,16 @@ def _prepare(settings: Settings, bind: str, root: Path) -> dict[str, str]:
         (lib / jar.name).symlink_to(jar)
     return {**os.environ, "FLINK_CONF_DIR": str(conf), "FLINK_LIB_DIR": str(lib),
             "FLINK_LOG_DIR": str(root / "log"), "FLINK_PID_DIR": str(root / "pids"),
-            "FLINK_IDENT_STRING": IDENT}
+            "FLINK_IDENT_STRING": IDENT, "PATH": daemon_path()}
+
+
+def daemon_path() -> str:
+    """The daemons' ``PATH``: this environment's ``bin/``, then ours. Thread mode's embedded
+    interpreter (pemja) loads the libpython of ``python.executable`` but finds its standard
+    library from the first ``python3`` on ``PATH``: another Python's (the system's, whose
+    modules are built into its own libpython) fails on the first C module, ``_struct``."""
+    return os.pathsep.join([str(Path(sys.executable).parent),
+                            *filter(None, os.environ.get("PATH", "").split(os.pathsep))])
 
 
 def _pids(settings: Settings, role: Role) -> list[int]:

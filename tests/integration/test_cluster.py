@@ -14,6 +14,9 @@ partition, so that every impression of the part is finished on both sides. With 
 partitions ``late`` is judged against each source subtask's own watermark, not the log's
 (``docs/cluster.md``): this log has no late events, so the results are exact.
 
+**training** at parallelism 1: examples learned, stopped with a savepoint, resumed with more:
+every example learned exactly once, versions only going up, one chain a follower applies.
+
 ``cluster down`` at the end leaves no process of the cluster.
 """
 
@@ -27,6 +30,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from confluent_kafka import Consumer, Producer
@@ -39,14 +43,20 @@ from connectors.errors import DecodeError
 from connectors.events import Event, decoder, encode_event
 from connectors.kafka_config import consumer_config, producer_config
 from connectors.logs import read_log
-from connectors.training_examples import decode_example
+from connectors.model_updates import ModelUpdateSubscriber
+from connectors.training_examples import decode_example, encode_example
 from features import writer_service
+from features.example_builder import build_examples
 from features.impressions import with_impressions
 from features.store import apply_repo, open_store
 from features.verify import example_differences, reference, row_differences
 from jobs import processes
 from jobs.launch import cancel_job
 from jobs.metrics import FlinkRest
+from jobs.training import status_path
+from models.delta import hmac_key, read_metadata
+from models.follower import ModelFollower, Status
+from models.ranker import Ranker
 from streamrank import cluster
 from streamrank.cli import app
 from tests.integration.child_jobs import wait_for
@@ -277,3 +287,76 @@ def test_features_parallel_on_two_taskmanagers_rescaled_through_savepoints(
         log += part + closers
         assert_features_equal(settings, log, dead)
         savepoint = [cli(settings, "job", "stop", "features", "--savepoint")]
+
+
+def training_examples(settings: Settings) -> list[bytes]:
+    """The first ``sum(EXAMPLES)`` examples of the sample's first rows, encoded."""
+    raw, _ = read_log(settings.sample_log, "taobao", settings=settings)
+    built = build_examples(with_impressions(itertools.islice(raw, 2_000), settings), settings)
+    return [encode_example(x) for x in itertools.islice(built, sum(EXAMPLES))]
+
+
+def status(settings: Settings) -> dict[str, Any]:
+    try:
+        return json.loads(status_path(settings).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def send(settings: Settings, records: list[bytes]) -> None:
+    producer = Producer(producer_config(settings))
+    for record in records:
+        producer.produce(settings.topic_examples, record)
+        producer.poll(0)
+    assert producer.flush(30) == 0
+
+
+def on_one_taskmanager(settings: Settings, job_id: str) -> None:
+    """Wait until the job runs on the cluster; it runs at parallelism 1 on one TaskManager."""
+    wait_for(f"job {job_id} running", lambda: running(settings, job_id), 60)
+    vertices = FlinkRest(settings.flink_rest).get(f"/jobs/{job_id}")["vertices"]
+    assert {v["parallelism"] for v in vertices} == {1}
+    assert len(taskmanagers_of(settings, job_id)) == 1
+
+
+def test_training_stopped_with_a_savepoint_and_resumed_learns_each_example_once(
+        fresh: Settings) -> None:
+    # every version a snapshot: the version cut when the job stops holds all it learned
+    settings = fresh.model_copy(update={
+        "hash_buckets": 20_011, "delta_interval_examples": 500, "snapshot_every": 1})
+    examples = training_examples(settings)
+    send(settings, examples[:EXAMPLES[0]])
+    at = ("--jobmanager", settings.flink_rest)
+    first = cli(settings, "job", "submit", "training", *at)
+    on_one_taskmanager(settings, first)
+    wait_for("the first part learned",
+             lambda: status(settings).get("examples") == EXAMPLES[0], WAIT_S)
+    savepoint = cli(settings, "job", "stop", "training", "--savepoint", *at)
+    stopped = status(settings)
+
+    send(settings, examples[EXAMPLES[0]:])
+    second = cli(settings, "job", "submit", "training", "--from-savepoint", savepoint, *at)
+    on_one_taskmanager(settings, second)
+    wait_for("the second part learned",
+             lambda: status(settings).get("examples") == sum(EXAMPLES), WAIT_S)
+    final = status(settings)
+    assert final["duplicates"] == 0 and final["restored_version"] >= stopped["version"]
+    assert final["version"] > stopped["version"]
+
+    messages: list[bytes] = []
+
+    def every_version() -> bool:
+        messages.extend(subscriber.poll(0.5))
+        return bool(messages) and int(read_metadata(messages[-1])["examples"]) == sum(EXAMPLES)
+
+    with ModelUpdateSubscriber(settings) as subscriber:
+        wait_for("every version", every_version, 60)
+    metadata = {int(m["version"]): m for m in map(read_metadata, messages)}
+    versions = [int(read_metadata(m)["version"]) for m in messages]
+    assert versions == sorted(set(versions))
+    # the resumed run started from a snapshot of everything learned before the stop
+    assert int(metadata[final["restored_version"]]["examples"]) == EXAMPLES[0]
+    follower = ModelFollower(Ranker.from_settings(settings), hmac_key(settings))
+    assert Status.REJECTED not in [follower.apply(m).status for m in messages]
+    assert follower.version == versions[-1]
+

@@ -1,6 +1,6 @@
 """The local cluster's configuration and the cluster verbs without a cluster: loopback
-addresses, the ports and Python the settings name, pid files that count only this cluster's
-daemons, and clear errors (fast) where no JobManager answers."""
+addresses, the ports and Python the settings name, the daemons' PATH, pid files that count
+only this cluster's daemons, and clear errors (fast) where no JobManager answers."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from config import Settings, settings_env
@@ -35,6 +36,16 @@ def test_the_cluster_listens_on_loopback_only_on_the_ports_of_the_settings() -> 
     assert "--add-opens=java.base/java.lang=ALL-UNNAMED" in cfg["env.java.opts.all"]
     assert cfg["python.executable"] == cfg["python.client.executable"] == sys.executable
     assert str(cluster.PYFLINK_HOME.parent) in cfg["python.pythonpath"].split(os.pathsep)
+
+
+def test_the_daemons_find_this_environments_python_first_on_their_path(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # a clean shell's PATH: its python3 is another Python than the one the tasks load
+    monkeypatch.setenv("PATH", "/usr/local/bin:/usr/bin:/bin")
+    env = cluster._prepare(Settings(run_dir=tmp_path / "run"), cluster.LOOPBACK, tmp_path / "c")
+    first = Path(env["PATH"].split(os.pathsep)[0])
+    assert (first / "python3").resolve() == Path(sys.executable).resolve()
+    assert env["PATH"].endswith(os.pathsep + "/usr/local/bin:/usr/bin:/bin")
 
 
 def test_a_pid_file_counts_only_daemons_of_this_cluster(tmp_path: Path) -> None:
