@@ -1,4 +1,5 @@
-"""Scorers end to end: ``/rank`` latency at offered rates, the Feast SDK path, swaps, freshness.
+"""Scorers end to end, today's against the code at ``--before``, side by side: ``/rank`` latency
+at offered rates, CPU per request, the highest rate held, swaps and freshness.
 
 In one run, on the configured (your) ports, bounded, stopping what it started:
 
@@ -6,19 +7,21 @@ In one run, on the configured (your) ports, bounded, stopping what it started:
    (:func:`support.fresh_settings`);
 2. the head of the Taobao sample through the impression rule and the feature computation into
    Feast (real rows), and a trainer that learns its examples and publishes a snapshot;
-3. three ``streamrank serve`` processes: A and B read features the scorer's way (one scripted
-   read, item cache), C the plain Feast SDK way (``get_online_features``);
-4. the model alone (candidates/s per pass of 100 and 1,000 candidates);
-5. open-loop load at a fixed offered rate (latency from each request's scheduled send time, so
-   a stall counts for every request it delays): 100 and 1,000 candidates at 100 requests/s on
-   A and on C, then rising rates to the highest one whose p99 stays under 50 ms;
-6. 100 candidates at 100 requests/s on A while the trainer publishes deltas every
+3. ``streamrank serve`` processes on the same stack: ``before`` (the scorer of the tree at
+   ``--before``, e.g. ``git archive HEAD | tar -x -C DIR`` of an earlier commit; skipped
+   without it), ``x1`` (this tree, one process) and ``x2`` (this tree, ``--workers 2``);
+4. the model alone and the in-process service time (features + encoding + forward pass);
+5. open-loop load (latency from each request's scheduled send time, so a stall counts for
+   every request it delays), the variants one after another at each point: 100 candidates at
+   100 and 200 requests/s, 1,000 candidates at 20 requests/s; then rising rates to the highest
+   whose p99 stays under ``--p99-ms``;
+6. 100 candidates at ``--swap-rate`` on each variant while the trainer publishes deltas every
    ``--delta-every-s``: p99 of requests in flight within ``--swap-window-ms`` of a swap vs the
-   others, and model freshness (delta published -> served by A and by B) p50/p99.
+   others, and model freshness (delta published -> served by every worker process) p50/p99.
 
 The load generator shares the machine's cores with the scorers, Kafka and Redis.
 
-    .venv/bin/python bench/bench_scorer.py [--rows 20000] [--seconds 6] [--out bench/out]
+    .venv/bin/python bench/bench_scorer.py --before DIR [--rows 20000] [--seconds 6] [--out DIR]
 """
 
 from __future__ import annotations
@@ -61,7 +64,7 @@ from features.rows import FeatureComputer
 from features.store import apply_repo
 from features.writer import Coalescer, FeastStoreWriter
 from models.ranker import Ranker
-from models.scorer.api import RankRequest
+from models.scorer.api import parse_rank
 from models.scorer.app import Scorer
 from models.scorer.batcher import forward
 from models.trainer import OnlineTrainer
@@ -69,8 +72,9 @@ from models.versions import VersionCutter
 from streamrank import stack
 from streamrank.scorer_process import ScorerProcess, start_scorer
 
-P99_LIMIT_MS = 50.0
-RATES = {100: [10, 25, 50, 100, 150, 200, 300, 400], 1000: [5, 10, 20, 35, 50, 75, 100]}
+RATES = {100: [25, 50, 100, 150, 200, 300, 400], 1000: [5, 10, 20, 35, 50, 75]}
+POINTS = ((100, 100), (100, 200), (1_000, 20))
+"""(candidates, requests/s) of the side-by-side runs."""
 MAX_IN_FLIGHT = 64
 """Requests the generator keeps in flight at most: past that, a scheduled request counts as
 failed (the scorer is saturated), so an overloaded run ends on time."""
@@ -211,7 +215,7 @@ def service_times(settings: Settings, work: Workload, n: int,
         times = []
         for body in bodies:
             t0 = time.perf_counter()
-            _, batch, _ = scorer.prepare(RankRequest.model_validate_json(body))
+            _, batch, _ = scorer.prepare(parse_rank(body))
             forward(scorer.service.current(), batch)
             times.append(time.perf_counter() - t0)
         out[name] = times
@@ -338,53 +342,51 @@ def in_process(settings: Settings, work: Workload) -> Rows:
 
 
 def healthz_floor(a: ScorerProcess, seconds: float) -> Rows:
-    """``GET /healthz`` at 100/s on A."""
+    """``GET /healthz`` at 100/s: what the machine, HTTP and the load generator cost alone."""
     r = floor(a, 100, seconds)
-    console.print(f"floor: GET /healthz at 100/s on A: p50 {r.pct(50):.1f} ms, "
-                  f"p99 {r.pct(99):.1f} ms, p99.9 {r.pct(99.9):.1f} ms, "
-                  f"scorer CPU {r.cpu_ms_per_request:.2f} ms/request")
-    return [("floor", "GET /healthz (A)", "100/s", f"p50 {r.pct(50):.1f}", f"p99 {r.pct(99):.1f}",
-             f"p99.9 {r.pct(99.9):.1f}", f"cpu {r.cpu_ms_per_request:.2f} ms/request")]
+    console.print(f"floor: GET /healthz at 100/s: p50 {r.pct(50):.1f} ms, "
+                  f"p99 {r.pct(99):.1f} ms, scorer CPU {r.cpu_ms_per_request:.2f} ms/request")
+    return [("floor", "GET /healthz", "100/s", f"p50 {r.pct(50):.1f}", f"p99 {r.pct(99):.1f}",
+             f"cpu {r.cpu_ms_per_request:.2f} ms/request")]
 
 
-def steady(a: ScorerProcess, c: ScorerProcess, work: Workload,
-           seconds: float) -> tuple[Rows, dict[int, Run]]:
-    """100 and 1,000 candidates at 100 requests/s on A and on C; A's runs by candidates."""
+def steady(variants: dict[str, ScorerProcess], work: Workload, seconds: float) -> Rows:
+    """Each of :data:`POINTS` on each variant, one after the other."""
     rows: Rows = []
-    on_a: dict[int, Run] = {}
-    for name, scorer in (("scorer (A)", a), ("Feast SDK (C)", c)):
-        for n in (100, 1_000):
-            r = load(scorer, work, n, 100, seconds)
-            if scorer is a:
-                on_a[n] = r
-            rows.append((name, f"{n:,}", "100", f"{r.achieved:.0f}", f"{r.pct(50):.1f}",
+    for n, rate in POINTS:
+        for name, scorer in variants.items():
+            r = load(scorer, work, n, rate, seconds)
+            rows.append((name, f"{n:,}", str(rate), f"{r.achieved:.0f}", f"{r.pct(50):.1f}",
                          f"{r.pct(99):.1f}", f"{r.pct(99.9):.1f}", str(r.failures),
                          f"{r.cpu_ms_per_request:.2f}"))
-    console.print(table("/rank, features included (open loop)",
-                        ("path", "candidates", "offered/s", "achieved/s", "p50 ms", "p99 ms",
+    console.print(table("/rank, features from Feast (open loop)",
+                        ("scorer", "candidates", "offered/s", "achieved/s", "p50 ms", "p99 ms",
                          "p99.9 ms", "failed", "scorer CPU ms/request"), rows))
-    return [("rank", *row) for row in rows], on_a
+    return [("rank", *row) for row in rows]
 
 
-def highest_rates(a: ScorerProcess, c: ScorerProcess, work: Workload, seconds: float) -> Rows:
-    """Rising rates on A and on C until p99 reaches :data:`P99_LIMIT_MS` (or requests fail
-    or fall behind): the highest rate that kept under it."""
+def highest_rates(variants: dict[str, ScorerProcess], work: Workload, seconds: float,
+                  limit_ms: float) -> Rows:
+    """Rising rates on each variant until p99 reaches ``limit_ms`` (or requests fail or fall
+    behind): the highest rate that kept under it."""
     ladder: Rows = []
     results: Rows = []
-    for name, scorer in (("scorer (A)", a), ("Feast SDK (C)", c)):
-        for n, rates in RATES.items():
+    for n, rates in RATES.items():
+        for name, scorer in variants.items():
             best = "none"
             for rate in rates:
                 r = load(scorer, work, n, rate, min(seconds, 4.0))
-                ok = r.pct(99) < P99_LIMIT_MS and r.failures == 0 and r.achieved >= 0.9 * rate
+                ok = r.pct(99) < limit_ms and r.failures == 0 and r.achieved >= 0.9 * rate
                 ladder.append((name, f"{n:,}", str(rate), f"{r.achieved:.0f}",
-                               f"{r.pct(99):.1f}" + ("" if ok else " x")))
+                               f"{r.pct(99):.1f}" + ("" if ok else " x"),
+                               f"{r.cpu_ms_per_request:.2f}"))
                 if not ok:
                     break
                 best = str(rate)
             results.append(("max_rate", name, f"{n:,}", best))
-    console.print(table(f"rising rates: the highest with p99 < {P99_LIMIT_MS:.0f} ms",
-                        ("path", "candidates", "offered/s", "achieved/s", "p99 ms"), ladder))
+    console.print(table(f"rising rates: the highest with p99 < {limit_ms:.0f} ms",
+                        ("scorer", "candidates", "offered/s", "achieved/s", "p99 ms",
+                         "CPU ms/request"), ladder))
     return results
 
 
@@ -410,44 +412,57 @@ def near_swaps(run: Run, swap_ms: list[int], window_ms: float) -> np.ndarray:
     return near
 
 
-def swaps(a: ScorerProcess, b: ScorerProcess, work: Workload, stream: DeltaStream,
-          args: argparse.Namespace, steady_p99: float,
-          alone: dict[int, dict[str, float]]) -> Rows:
-    """100 candidates at ``--swap-rate`` on A while deltas stream: latency around swaps,
-    freshness published -> served by A and B, versions served."""
+def swapped(scorer: ScorerProcess) -> list[dict[int, int]]:
+    """{version: wall ms it started serving} of each worker process of ``scorer``."""
+    return [dict((v, ms) for v, ms in st["recent_swaps"]) for st in scorer.worker_status()]
+
+
+def swaps(variants: dict[str, ScorerProcess], work: Workload, stream: DeltaStream,
+          args: argparse.Namespace) -> Rows:
+    """100 candidates at ``--swap-rate`` on each variant while deltas stream: latency around
+    swaps vs the others, freshness published -> served by every worker of the variant."""
     stream.go()
-    run = load(a, work, 100, args.swap_rate, max(args.seconds, 8.0))
+    runs = {name: load(scorer, work, 100, args.swap_rate, max(args.seconds, 8.0))
+            for name, scorer in variants.items()}
     deltas = stream.halt()
-    wait_version([a, b], max(deltas), 30.0)
-    swapped = [dict((v, ms) for v, ms in s.status()["recent_swaps"]) for s in (a, b)]
-    fresh = freshness_ms(deltas, swapped)
-    near = near_swaps(run, [ms for v, ms in swapped[0].items() if v in deltas],
-                      args.swap_window_ms)
+    scorers = list(variants.values())
+    wait_version(scorers, max(deltas), 30.0)
+    rows: Rows = [("deltas published", f"{len(deltas)} (every {args.delta_every_s}s)")]
     published = set(deltas) | {1}
-    rows: Rows = [
-        ("deltas published (rate/s)", f"{len(deltas)} ({len(deltas) / run.seconds:.1f}/s)"),
-        ("requests / failed", f"{len(run.latencies)} / {run.failures}"),
-        ("responses naming an unpublished version",
-         str(sum(v not in published for v in run.versions))),
-        ("distinct versions served", str(len(set(run.versions)))),
-        (f"p99 ms, in flight within {args.swap_window_ms:.0f} ms of a swap "
-         f"({int(near.sum())} req)", f"{run.pct(99, near):.1f}"),
-        (f"p99 ms, the others ({int((~near).sum())} req)", f"{run.pct(99, ~near):.1f}"),
-        ("p99 ms, steady run at 100/s without deltas", f"{steady_p99:.1f}"),
-        ("p99 around swaps / p99 of the others",
-         f"{run.pct(99, near) / run.pct(99, ~near):.2f}x"),
-        ("freshness published -> served by A and B, p50 ms",
-         f"{np.percentile(fresh, 50):.0f}" if fresh else "n/a"),
-        ("freshness p99 ms", f"{np.percentile(fresh, 99):.0f}" if fresh else "n/a"),
-        ("model alone, 100 candidates: p50 ms / candidates/s",
-         f"{alone[100]['p50_ms']:.2f} / {alone[100]['cand_per_s']:,.0f}"),
-        ("model alone, 1,000 candidates: p50 ms / candidates/s",
-         f"{alone[1000]['p50_ms']:.2f} / {alone[1000]['cand_per_s']:,.0f}"),
-    ]
+    for name, scorer in variants.items():
+        run, workers = runs[name], swapped(scorer)
+        fresh = freshness_ms(deltas, workers)
+        near = near_swaps(run, sorted({ms for w in workers for v, ms in w.items()
+                                       if v in deltas}), args.swap_window_ms)
+        rows += [
+            (name, "requests / failed / naming an unpublished version",
+             f"{len(run.latencies)} / {run.failures} / "
+             f"{sum(v not in published for v in run.versions)}"),
+            (name, f"p99 ms in flight within {args.swap_window_ms:.0f} ms of a swap "
+                   f"({int(near.sum())} req) / the others ({int((~near).sum())} req)",
+             f"{run.pct(99, near):.1f} / {run.pct(99, ~near):.1f} "
+             f"({run.pct(99, near) / run.pct(99, ~near):.2f}x)"),
+            (name, f"freshness published -> served by all {len(workers)} worker(s), "
+                   "p50 / p99 ms",
+             f"{np.percentile(fresh, 50):.0f} / {np.percentile(fresh, 99):.0f}"
+             if fresh else "n/a"),
+        ]
     console.print(table(f"swaps: deltas every {args.delta_every_s}s during "
-                        f"{args.swap_rate:.0f} requests/s of 100 candidates on A",
-                        ("measure", "value"), rows))
+                        f"{args.swap_rate:.0f} requests/s of 100 candidates",
+                        ("scorer", "measure", "value"), rows[1:]))
+    console.print(f"deltas published: {rows[0][1]}")
     return [("swap", *row) for row in rows]
+
+
+def memory_mb(scorer: ScorerProcess) -> str:
+    """Resident memory of each worker process, MB."""
+    out = []
+    for st in scorer.worker_status():
+        status = Path(f"/proc/{st.get('pid', scorer.proc.pid)}/status").read_text()
+        kb = next(int(line.split()[1]) for line in status.splitlines()
+                  if line.startswith("VmRSS:"))
+        out.append(f"{kb / 1024:.0f}")
+    return " + ".join(out)
 
 
 def item_cache(scorer: ScorerProcess) -> str:
@@ -461,28 +476,31 @@ def measure(settings: Settings, args: argparse.Namespace) -> Rows:
     """Steps 2 to 6 of the module docstring on a stack with the run's topics."""
     work, examples = prepare(settings, args.rows)
     stream = DeltaStream(settings, examples, args.delta_every_s)
-    scorers: list[ScorerProcess] = []
+    variants: dict[str, ScorerProcess] = {}
     try:
         logs = settings.run_dir / "logs"
         logs.mkdir(parents=True, exist_ok=True)
-        a = start_scorer(settings, logs / "a.log")
-        b = start_scorer(settings, logs / "b.log")
-        c = start_scorer(settings.model_copy(update={"feature_reader": "sdk"}), logs / "c.log")
-        scorers = [a, b, c]
-        wait_version(scorers, 1)  # the stream's first version: the snapshot
-        console.print(f"scorers A {a.url}, B {b.url} (one scripted read, item cache), "
-                      f"C {c.url} (Feast SDK)")
+        if args.before:
+            variants["before"] = start_scorer(settings, logs / "before.log",
+                                              env={"PYTHONPATH": str(args.before.resolve())})
+        variants["x1"] = start_scorer(settings, logs / "x1.log")
+        variants["x2"] = start_scorer(settings, logs / "x2.log", workers=2)
+        wait_version(list(variants.values()), 1)  # the stream's first version: the snapshot
+        console.print("scorers: " + ", ".join(
+            f"{name} {s.url} (RSS MB {memory_mb(s)})" for name, s in variants.items()))
         alone = model_alone(settings)
-        results = in_process(settings, work) + healthz_floor(a, args.seconds)
-        rank, on_a = steady(a, c, work, args.seconds)
-        results += rank
+        results: Rows = [("model_alone", f"{n:,}", f"p50 {a['p50_ms']:.2f} ms",
+                          f"{a['cand_per_s']:,.0f} candidates/s") for n, a in alone.items()]
+        results += in_process(settings, work) + healthz_floor(variants["x1"], args.seconds)
+        results += steady(variants, work, args.seconds)
         if not args.no_ladder:
-            results += highest_rates(a, c, work, args.seconds)
-        results += swaps(a, b, work, stream, args, on_a[100].pct(99), alone)
-        console.print("scorer A: " + item_cache(a))
+            results += highest_rates(variants, work, args.seconds, args.p99_ms)
+        results += swaps(variants, work, stream, args)
+        results += [("memory", name, f"RSS MB {memory_mb(s)}") for name, s in variants.items()]
+        console.print("x1: " + item_cache(variants["x1"]))
         return results
     finally:
-        for scorer in scorers:
+        for scorer in variants.values():
             scorer.stop()
         stream.kill()
 
@@ -496,6 +514,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--swap-rate", type=float, default=100.0,
                         help="requests/s (100 candidates) while deltas stream")
     parser.add_argument("--swap-window-ms", type=float, default=20.0)
+    parser.add_argument("--p99-ms", type=float, default=20.0,
+                        help="the p99 the highest rate must hold")
+    parser.add_argument("--before", type=Path, default=None,
+                        help="a copy of an earlier tree whose scorer runs side by side")
     parser.add_argument("--no-ladder", action="store_true", help="skip the highest-rate search")
     parser.add_argument("--out", type=Path, default=None, help="write scorer.md here")
     return parser.parse_args()

@@ -14,6 +14,7 @@ from typing import Any
 import httpx
 
 from config import Settings, settings_env
+from models.scorer.registry import registered, scorer_status
 
 START_S = 90.0
 
@@ -42,14 +43,29 @@ class ScorerProcess:
     url: str
     proc: subprocess.Popen[bytes]
     log: Path
+    settings: Settings
+    workers: int = 1
+
+    def worker_urls(self) -> list[str]:
+        """The own addresses of its worker processes (its URL when it runs one)."""
+        if self.workers == 1:
+            return [self.url]
+        return registered(self.settings, serves=self.url)
+
+    def worker_status(self) -> list[dict[str, Any]]:
+        """``GET /status`` of each worker process."""
+        return [scorer_status(url) for url in self.worker_urls()]
 
     def status(self) -> dict[str, Any]:
         """``GET /status``."""
         return httpx.get(f"{self.url}/status", timeout=10).json()
 
     def version(self) -> int:
-        """The served version."""
-        return int(self.status()["version"])
+        """The served version (the oldest of its workers')."""
+        if self.workers == 1:
+            return int(self.status()["version"])
+        versions = [int(st["version"]) for st in self.worker_status()]
+        return min(versions) if len(versions) == self.workers else 0
 
     def tail(self, n: int = 40) -> str:
         """The last lines of its log."""
@@ -66,24 +82,27 @@ class ScorerProcess:
                 self.proc.wait()
 
 
-def start_scorer(settings: Settings, log: Path, *args: str,
-                 port: int | None = None) -> ScorerProcess:
-    """Start ``streamrank serve --port PORT`` (default: a free one) with ``settings``; returns
-    once it answers ``/status`` (not necessarily with a model loaded)."""
+def start_scorer(settings: Settings, log: Path, *args: str, port: int | None = None,
+                 workers: int = 1, env: dict[str, str] | None = None) -> ScorerProcess:
+    """Start ``streamrank serve --port PORT`` with ``workers`` processes (default: a free port, one)
+    with ``settings`` (and ``env`` on top of this environment); returns once it answers
+    ``/status`` and every worker registered (not necessarily with a model loaded)."""
     port = free_port() if port is None else port
     cli = Path(sys.executable).with_name("streamrank")
-    env = os.environ | settings_env(settings)
     out = log.open("wb")
     proc = subprocess.Popen([str(cli), "serve", "--port", str(port), "--device", "cpu", *args],
-                            stdout=out, stderr=subprocess.STDOUT, env=env)
-    scorer = ScorerProcess(f"http://127.0.0.1:{port}", proc, log)
+                            stdout=out, stderr=subprocess.STDOUT,
+                            env=os.environ | settings_env(settings)
+                            | {"STREAMRANK_SCORER_WORKERS": str(workers)} | (env or {}))
+    scorer = ScorerProcess(f"http://127.0.0.1:{port}", proc, log, settings, workers)
     deadline = time.monotonic() + START_S
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"scorer exited ({proc.returncode}):\n{scorer.tail()}")
         try:
             scorer.status()
-            return scorer
+            if len(scorer.worker_urls()) == workers:
+                return scorer
         except httpx.HTTPError:
             time.sleep(0.2)
     scorer.stop()

@@ -21,6 +21,11 @@ import contextlib
 import gc
 import hmac
 import logging
+import multiprocessing
+import os
+import signal
+import socket
+import threading
 import time
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
@@ -31,18 +36,19 @@ import torch
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import ValidationError
+from pydantic import SecretStr, ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from config import Settings
 from connectors.snapshot_store import SnapshotStore
-from features.online import OnlineFeatureReader, SdkFeatureReader, no_inputs
+from features.online import SdkFeatureReader, no_inputs
 from features.store import open_store
 from models.ranker import Batch
-from models.scorer.api import PinRequest, RankRequest
+from models.scorer.api import Candidates, PinRequest, RankRequest, parse_rank
 from models.scorer.batcher import Batcher
 from models.scorer.candidates import encode_candidates
 from models.scorer.metrics import ScorerMetrics
+from models.scorer.reader import ColumnFeatureReader
 from models.scorer.registry import register, unregister
 from models.scorer.reloader import Reloader
 from models.scorer.service import ModelService, VersionUnavailable
@@ -71,6 +77,20 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def bearer_ok(header: str, token: SecretStr | None) -> bool:
+    """Whether an ``Authorization`` header carries ``Bearer <token>`` (any header when no
+    token is set); compared in constant time.
+
+    >>> bearer_ok("Bearer s3", SecretStr("s3")), bearer_ok("Bearer s4", SecretStr("s3"))
+    (True, False)
+    >>> bearer_ok("", None)
+    True
+    """
+    if token is None:
+        return True
+    return hmac.compare_digest(header.encode(), f"Bearer {token.get_secret_value()}".encode())
+
+
 def _json(body: Any, status: int = 200) -> Response:
     return Response(orjson.dumps(body), status_code=status, media_type="application/json")
 
@@ -91,10 +111,12 @@ class Scorer:
     """One scorer: served model, reloader, feature reader, batcher, metrics."""
 
     def __init__(self, settings: Settings, device: str = "auto", url: str = "",
-                 follow: bool = True) -> None:
+                 follow: bool = True, serves: str = "") -> None:
         self.settings = settings
         self.device = resolve_device(device)
         self.url = url
+        self.serves = serves or url
+        """The address clients use: the shared port of ``serve --workers N``, else ``url``."""
         self.service = ModelService(settings, self.device, SnapshotStore.from_settings(settings))
         self.metrics = ScorerMetrics(self.service)
         self.reloader = Reloader(settings, self.service, self.metrics.outcome) if follow else None
@@ -102,8 +124,8 @@ class Scorer:
             raise ValueError(f"feature_reader must be redis or sdk, not {settings.feature_reader!r}")
         store = open_store(settings)
         ttl = settings.feature_state_ttl_ms
-        self.reader: OnlineFeatureReader | SdkFeatureReader = (
-            OnlineFeatureReader(store, settings.item_cache_ttl_ms, state_ttl_ms=ttl)
+        self.reader: ColumnFeatureReader | SdkFeatureReader = (
+            ColumnFeatureReader(store, settings.item_cache_ttl_ms, state_ttl_ms=ttl)
             if settings.feature_reader == "redis" else SdkFeatureReader(store, ttl))
         self.batcher = Batcher(self.service.current, settings.max_batch_wait_ms / 1000.0,
                                settings.max_batch_candidates, self._observe)
@@ -113,12 +135,11 @@ class Scorer:
         self.metrics.batch_candidates.observe(candidates)
         self.metrics.batch_requests.observe(requests)
 
-    def prepare(self, request: RankRequest) -> tuple[list[str], Batch, bool]:
+    def prepare(self, request: RankRequest | Candidates) -> tuple[list[str], Batch, bool]:
         """Item IDs, encoded model input and whether it is degraded (features unreadable)."""
-        refs = request.refs()
-        items = [r.item_id for r in refs]
-        categories = [r.category_id for r in refs]
-        prices = [r.price for r in refs]
+        if isinstance(request, RankRequest):
+            request = request.candidates()
+        items, categories, prices = request.item_ids, request.category_ids, request.prices
         t = request.as_of_ms if request.as_of_ms is not None else time.time_ns() // 1_000_000
         degraded = False
         hits, misses = self.reader.cache_hits, self.reader.cache_misses
@@ -137,16 +158,12 @@ class Scorer:
 
     def authorized(self, request: Request) -> bool:
         """Whether an admin request carries the configured bearer token (or none is set)."""
-        token = self.settings.admin_token
-        if token is None:
-            return True
-        expected = f"Bearer {token.get_secret_value() if hasattr(token, 'get_secret_value') else token}"
-        return hmac.compare_digest(request.headers.get("authorization", ""), expected)
+        return bearer_ok(request.headers.get("authorization", ""), self.settings.admin_token)
 
     def status(self) -> dict[str, Any]:
         """``GET /status``: versions, guard, device, the reloader's state."""
         return self.service.status().as_dict() | {
-            "url": self.url, "device": str(self.device),
+            "url": self.url, "serves": self.serves, "pid": os.getpid(), "device": str(self.device),
             "reloader": "off" if self.reloader is None else
             f"stopped: {self.reloader.error!r}" if self.reloader.error else "running"}
 
@@ -154,6 +171,7 @@ class Scorer:
 def create_app(scorer: Scorer) -> FastAPI:
     """The FastAPI app of ``scorer`` (starts and stops its reloader with the app)."""
     settings, metrics = scorer.settings, scorer.metrics
+    rank_token = settings.rank_token
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -165,7 +183,7 @@ def create_app(scorer: Scorer) -> FastAPI:
         if scorer.reloader is not None:
             scorer.reloader.start()
         if scorer.url:
-            register(settings, scorer.url)
+            register(settings, scorer.url, scorer.serves)
         try:
             yield
         finally:
@@ -185,6 +203,10 @@ def create_app(scorer: Scorer) -> FastAPI:
     @app.post("/rank")
     async def rank(request: Request) -> Response:
         started = time.perf_counter()
+        if rank_token is not None and not bearer_ok(request.headers.get("authorization", ""),
+                                                    rank_token):
+            return answer("rank", _problem(401, "/rank needs the bearer token "
+                                                "STREAMRANK_RANK_TOKEN"))
         length = request.headers.get("content-length")
         if length is not None and length.isdigit() and int(length) > settings.max_request_bytes:
             return answer("rank", _problem(413, f"body over {settings.max_request_bytes} bytes"))
@@ -192,12 +214,12 @@ def create_app(scorer: Scorer) -> FastAPI:
         if len(body) > settings.max_request_bytes:
             return answer("rank", _problem(413, f"body over {settings.max_request_bytes} bytes"))
         try:
-            req = RankRequest.model_validate_json(body)
+            req = parse_rank(body)
         except ValidationError as err:
             return answer("rank", _problem(422, "invalid request", _validation_errors(err)))
-        if len(req.items) > settings.max_candidates:
+        if len(req.item_ids) > settings.max_candidates:
             return answer("rank", _problem(
-                422, f"{len(req.items)} items, at most {settings.max_candidates} per request"))
+                422, f"{len(req.item_ids)} items, at most {settings.max_candidates} per request"))
         if scorer.service.version == 0:
             return answer("rank", _problem(503, "no model loaded yet"))
         scorer.batcher.preparing += 1
@@ -269,12 +291,70 @@ def create_app(scorer: Scorer) -> FastAPI:
 
 
 def serve(settings: Settings, port: int | None = None, device: str = "auto",
-          host: str = "127.0.0.1") -> None:
-    """Run a scorer until interrupted (registers itself under ``<run_dir>/scorers/``)."""
+          host: str = "127.0.0.1", workers: int = 1) -> None:
+    """Run a scorer until interrupted (registers itself under ``<run_dir>/scorers/``); with
+    ``workers`` > 1, that many scorer processes behind ``port`` (:func:`supervise`)."""
+    port = settings.scorer_port if port is None else port
+    if workers > 1:
+        supervise(settings, port, device, host, workers)
+        return
     import uvicorn
 
     torch.set_num_threads(1)
-    port = settings.scorer_port if port is None else port
     scorer = Scorer(settings, device, url=f"http://{host}:{port}")
     uvicorn.run(create_app(scorer), host=host, port=port, log_level="warning",
                 access_log=False)
+
+
+def _worker(settings: Settings, shared: socket.socket, device: str, host: str) -> None:
+    """One of :func:`supervise`'s processes: a scorer answering on the shared socket and on a
+    port of its own (its address in the registry: ``/status``, ``/metrics`` and the admin
+    calls of this process)."""
+    import uvicorn
+
+    torch.set_num_threads(1)
+    own = socket.socket()
+    own.bind((host, 0))
+    url = f"http://{host}:{own.getsockname()[1]}"
+    scorer = Scorer(settings, device, url=url,
+                    serves=f"http://{host}:{shared.getsockname()[1]}")
+    server = uvicorn.Server(uvicorn.Config(create_app(scorer), log_level="warning",
+                                           access_log=False))
+    server.run(sockets=[shared, own])
+
+
+def supervise(settings: Settings, port: int, device: str, host: str, workers: int) -> None:
+    """``workers`` scorer processes accepting on one listening socket (bound here, inherited
+    by each), each following ``model.deltas`` and hot-reloading on its own; a process that
+    exits is started again; SIGTERM or SIGINT stops them all."""
+    shared = socket.socket()
+    shared.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    shared.bind((host, port))
+    shared.listen(2048)
+    ctx = multiprocessing.get_context("spawn")
+    halt = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: halt.set())
+
+    def start() -> multiprocessing.process.BaseProcess:
+        proc = ctx.Process(target=_worker, args=(settings, shared, device, host),
+                           name="scorer-worker")
+        proc.start()
+        return proc
+
+    procs = [start() for _ in range(workers)]
+    log.warning("scorer on http://%s:%d: workers %s", host, port, [p.pid for p in procs])
+    while not halt.wait(0.5):
+        for k, proc in enumerate(procs):
+            if not proc.is_alive():
+                log.warning("scorer worker %s exited (%s): starting another", proc.pid,
+                            proc.exitcode)
+                procs[k] = start()
+    for proc in procs:
+        proc.terminate()
+    for proc in procs:
+        proc.join(15)
+        if proc.is_alive():
+            proc.kill()
+            proc.join()
+    shared.close()

@@ -1,6 +1,7 @@
 """Scorers found in the run directory, and the admin calls the CLI makes to them.
 
-A running scorer writes ``<run_dir>/scorers/<host>_<port>.json`` (``url``, ``pid``,
+A running scorer writes ``<run_dir>/scorers/<host>_<port>.json`` (``url``, ``serves``: the
+address clients use, the shared port of ``serve --workers N`` or its own, ``pid``,
 ``started_ms``) and removes it when it stops; ``streamrank model ...`` reads these files to
 reach every local scorer (or takes ``--scorer URL``, e.g. for scorers on other machines).
 """
@@ -25,11 +26,12 @@ def _path(settings: Settings, url: str):  # noqa: ANN202 - pathlib.Path
     return settings.path("scorers", f"{parsed.hostname}_{parsed.port}.json")
 
 
-def register(settings: Settings, url: str) -> None:
-    """Record a scorer at ``url`` as running (atomically)."""
+def register(settings: Settings, url: str, serves: str = "") -> None:
+    """Record a scorer at ``url`` (serving clients at ``serves``, default ``url``) as running
+    (atomically)."""
     path = _path(settings, url)
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"url": url, "pid": os.getpid(),
+    tmp.write_text(json.dumps({"url": url, "serves": serves or url, "pid": os.getpid(),
                                "started_ms": time.time_ns() // 1_000_000}))
     tmp.replace(path)
 
@@ -39,8 +41,9 @@ def unregister(settings: Settings, url: str) -> None:
     _path(settings, url).unlink(missing_ok=True)
 
 
-def registered(settings: Settings) -> list[str]:
-    """URLs of the scorers registered in the run directory (whose process still runs)."""
+def registered(settings: Settings, serves: str | None = None) -> list[str]:
+    """URLs of the scorers registered in the run directory (whose process still runs); with
+    ``serves``, those behind that address only (the workers of one ``serve --workers N``)."""
     folder = settings.run_dir / "scorers"
     urls = []
     for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
@@ -52,7 +55,8 @@ def registered(settings: Settings) -> list[str]:
             continue
         except (OSError, ValueError, KeyError):
             continue
-        urls.append(str(entry["url"]))
+        if serves is None or entry.get("serves", entry["url"]) == serves:
+            urls.append(str(entry["url"]))
     return urls
 
 
