@@ -140,6 +140,9 @@ class JobSettings(_Section):
     their labels) is written whole at each one, a quarter of its CPU at 2 s. Its sinks send
     as records come, so this bounds only the replay after a failure and how often the source
     commits its offsets. (``STREAMRANK_FEATURES_FAST_CHECKPOINT_INTERVAL_MS`` is read too.)"""
+    features_rows_interval_ms: int = 200
+    """The ``features`` job sends each key's newest feature row at most once per this long
+    (and before every checkpoint): a hot key's rows within it become one. 0 sends every row."""
     source_idle_timeout_ms: int = 30_000
     """A Kafka partition of ``events`` with no record for this long stops holding the
     watermark back (a slower partition's events may then arrive ``late``)."""
@@ -190,6 +193,10 @@ class ScorerSettings(_Section):
 
     admin_token: SecretStr | None = None
     """When set, ``/admin/...`` requests need ``Authorization: Bearer <token>``."""
+    rank_token: SecretStr | None = None
+    """When set, ``/rank`` requests need ``Authorization: Bearer <token>`` (401 without)."""
+    scorer_workers: int = Field(default=0, ge=0)
+    """Scorer processes ``streamrank serve`` runs behind its port (0: one per core)."""
     scorer_host: str = "127.0.0.1"
     """The interface ``streamrank serve`` listens on (``0.0.0.0`` in a container)."""
     device: str = "auto"

@@ -100,3 +100,15 @@ def caught_up(settings: KafkaSettings, topic: str, group_id: str, ends: dict[int
     with _partitions(settings, topic, group_id) as (consumer, parts):
         committed = {tp.partition: tp.offset for tp in consumer.committed(parts, timeout=10)}
     return all(end <= 0 or committed.get(p, -1) >= end for p, end in ends.items())
+
+
+def consumer_lag(settings: KafkaSettings, topic: str, group_id: str) -> int | None:
+    """Records of ``topic`` that ``group_id`` has not committed yet (``None``: the group has
+    committed nothing on it)."""
+    with _partitions(settings, topic, group_id) as (consumer, parts):
+        committed = consumer.committed(parts, timeout=10)
+        marks = {tp.partition: consumer.get_watermark_offsets(tp, timeout=10) for tp in parts}
+    if all(tp.offset < 0 for tp in committed):
+        return None
+    return sum(marks[tp.partition][1] - (tp.offset if tp.offset >= 0 else marks[tp.partition][0])
+               for tp in committed)

@@ -443,3 +443,12 @@ class SdkFeatureReader:
         """:func:`read_inputs` of the request."""
         self.cache_misses += len(item_ids)
         return read_inputs(self._store, user_id, item_ids, category_ids, t_ms, self._state_ttl)
+
+
+def user_row_time(store: FeatureStore, user_id: str) -> int | None:
+    """The event time (ms) of ``user_id``'s row in the online store, ``None`` if it has none."""
+    response = store.get_online_features(
+        features=[f"{USER_VIEW}:{name}" for name in VIEW_FEATURES[USER_VIEW]],
+        entity_rows=[{"user_id": user_id}])
+    row = _rows(response, USER_VIEW, 1)[0]
+    return None if row is None else row[1]

@@ -508,8 +508,12 @@ ScorerOpt = Annotated[Optional[list[str]], typer.Option(
 def serve(
     port: Annotated[Optional[int], typer.Option(help="port (default STREAMRANK_SCORER_PORT)")] = None,
     device: Annotated[Optional[str], typer.Option(help="auto | cpu | cuda (default STREAMRANK_DEVICE)")] = None,
+    workers: Annotated[Optional[int], typer.Option(
+        min=1, help="scorer processes behind the port (default STREAMRANK_SCORER_WORKERS; 0 there: one per core)")] = None,
 ) -> None:
     """Run a scorer: POST /rank, /healthz, /metrics, /admin/...; follows model.deltas."""
+    import os
+
     from models.scorer.app import resolve_device
     from models.scorer.app import serve as run_scorer
 
@@ -519,8 +523,11 @@ def serve(
     except ValueError as err:
         raise _fail(str(err)) from None
     port = settings.scorer_port if port is None else port
-    console.print(f"scorer on http://{settings.scorer_host}:{port} (device {device or settings.device})")
-    run_scorer(settings, port=port, device=device or settings.device, host=settings.scorer_host)
+    workers = workers or settings.scorer_workers or len(os.sched_getaffinity(0))
+    console.print(f"scorer on http://{settings.scorer_host}:{port} (device {device or settings.device}, "
+                  f"{workers} worker{'s' if workers > 1 else ''})")
+    run_scorer(settings, port=port, device=device or settings.device, host=settings.scorer_host,
+               workers=workers)
 
 
 def _scorers(settings: Settings, urls: list[str] | None) -> list[str]:
@@ -581,17 +588,118 @@ def model_status(scorer: ScorerOpt = None) -> None:
 
     from models.scorer.registry import scorer_status
 
-    table = Table("scorer", "serves", "follows", "newest seen", "pinned", "guard", "device")
+    table = Table("scorer", "behind", "serves", "follows", "newest seen", "pinned", "guard",
+                  "device")
     for url in _scorers(_settings(), scorer):
         try:
             st = scorer_status(url)
         except httpx.HTTPError as err:
-            table.add_row(url, "unreachable", "", "", "", "", str(err)[:40])
+            table.add_row(url, "", "unreachable", "", "", "", "", str(err)[:40])
             continue
-        table.add_row(url, str(st["version"]), str(st["followed_version"]),
+        table.add_row(url, "" if st.get("serves", url) == url else st["serves"],
+                      str(st["version"]), str(st["followed_version"]),
                       str(st["latest_seen_version"]), str(st["pinned"] or "-"),
                       st["guard_reason"] or "ok", st["device"])
     Console().print(table)
+
+
+# --- the live loop -----------------------------------------------------------------------------
+
+
+@app.command()
+def up(scorers: Annotated[int, typer.Option(help="scorers to run, on ports from "
+                                             "STREAMRANK_SCORER_PORT up")] = 2) -> None:
+    """The whole loop, live, in the background: stack, features job, Feast writer, training
+    job, scorers, and a supervisor that restarts whatever dies. Stop it with `streamrank down`."""
+    from streamrank import live
+
+    settings = _settings()
+    state = live.up(settings, scorers)
+    for part, what in state.items():
+        console.print(f"{part}: {what}")
+    port = settings.scorer_port
+    console.print(f"the loop runs; watch it with `streamrank status`, feed it with "
+                  f"`streamrank simulate`; rank with\n  curl -s -X POST "
+                  f"http://127.0.0.1:{port}/rank -H 'content-type: application/json' "
+                  f"-d '{{\"user_id\": \"1\", \"items\": [\"2268318\", \"2333346\"]}}'")
+
+
+@app.command()
+def down() -> None:
+    """Stop everything `streamrank up` (or `stack up`) started in this run directory, by pid."""
+    from streamrank import live
+
+    for part, what in live.down(_settings()).items():
+        console.print(f"{part}: {what}")
+
+
+@app.command()
+def status(
+    once: Annotated[bool, typer.Option("--once", help="print once and exit")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="JSON (with --once), for scripts")] = False,
+    every: Annotated[float, typer.Option(help="seconds between refreshes")] = 2.0,
+) -> None:
+    """One live screen of the loop: services and jobs, topics and lag, the model, the scorers,
+    dead letters. Ctrl-C ends it."""
+    from rich.live import Live
+
+    from streamrank.status import collect, render
+
+    settings = _settings()
+    if once or as_json:
+        facts = collect(settings)
+        if as_json:
+            print(json.dumps(facts, default=str))
+        else:
+            Console(width=max(Console().width, 120)).print(render(facts))
+        return
+    with Live(render(collect(settings)), console=Console(), auto_refresh=False) as screen:
+        try:
+            while True:
+                time.sleep(every)
+                screen.update(render(collect(settings)), refresh=True)
+        except KeyboardInterrupt:
+            pass
+
+
+@app.command()
+def simulate(
+    rate: Annotated[float, typer.Option(help="ranking requests per second")] = 10.0,
+    duration: Annotated[Optional[float], typer.Option(help="seconds (default: until Ctrl-C)")] = None,
+    drift_at: Annotated[Optional[float], typer.Option(help="seconds in, the shoppers' tastes rotate")] = None,
+    frozen_share: Annotated[float, typer.Option(help="share of shoppers ranked by a scorer "
+                                                 "pinned to an early version")] = 0.3,
+    seed: Annotated[int, typer.Option()] = 7,
+    report: Annotated[Optional[Path], typer.Option(help="write the run's report here")] = None,
+) -> None:
+    """Simulated shoppers close the loop: they ask the scorers to rank, click and buy by taste
+    and position, and their events go back into `events` (see the README, "The live loop")."""
+    from streamrank.loop_report import write_report
+    from streamrank.simulate import Simulation, SimulationOptions
+
+    if rate <= 0 or not 0 <= frozen_share < 1:
+        raise _fail("--rate must be > 0 and --frozen-share in [0, 1)")
+    settings = _settings()
+    try:
+        sim = Simulation(settings, SimulationOptions(rate=rate, duration_s=duration,
+                                                     drift_at_s=drift_at,
+                                                     frozen_share=frozen_share, seed=seed))
+    except RuntimeError as err:
+        raise _fail(str(err)) from None
+    console.print(f"simulating at {rate:g} requests/s against {', '.join(sim.scorers)}"
+                  f"{'' if sim.frozen_url is None else f' (frozen arm: {sim.frozen_url})'}; "
+                  "Ctrl-C ends it")
+    last = [time.monotonic()]
+
+    def progress(rec) -> None:  # noqa: ANN001 - streamrank.simulate.Recorder
+        if time.monotonic() - last[0] >= 10:
+            last[0] = time.monotonic()
+            console.print(f"{len(rec.rankings):,} rankings, {rec.events_sent:,} events, newest "
+                          f"version {max(rec.versions, default=0)}, errors {len(rec.errors)}")
+
+    rec = sim.run(on_tick=progress)
+    out = report or settings.run_dir / "reports" / "simulate"
+    console.print(f"report: {write_report(rec, out)}")
 
 
 # --- demo -------------------------------------------------------------------------------------
@@ -600,11 +708,13 @@ def model_status(scorer: ScorerOpt = None) -> None:
 @app.command()
 def demo(
     out: Annotated[Optional[Path], typer.Option(help="where the report goes")] = None,
-    rows: Annotated[int, typer.Option(help="rows of the Taobao sample to run through")] = 10_000,
+    rows: Annotated[int, typer.Option(help="rows of the Taobao sample replayed first")] = 10_000,
+    seconds: Annotated[float, typer.Option(help="how long the simulated shoppers run")] = 180.0,
 ) -> None:
-    """Everything end to end on local defaults: stack, replay, features and training jobs, a
-    follower ranking with the published model, evaluation; stops what it started."""
+    """The live loop end to end on local defaults: `up`, the sample replayed, simulated
+    shoppers closing the loop (with a drift and a frozen arm), the report, `down`."""
     from streamrank.demo import run_demo
 
     settings = _settings()
-    run_demo(settings, out or settings.run_dir / "reports" / "demo", rows, Console())
+    run_demo(settings, out or settings.run_dir / "reports" / "demo", rows, seconds,
+             Console(width=max(Console().width, 120)))

@@ -1,21 +1,25 @@
-"""The end-to-end run behind ``streamrank demo`` (and ``make demo``).
+"""The live loop behind ``streamrank demo`` (and ``make demo``).
 
-1. start the local stack (Kafka, Redis) and register the Feast repo;
-2. replay the head of the shared Taobao sample into ``events`` (impressions added by the rule);
-3. run the ``features`` job bounded (validation, feature rows, training examples; Java
-   Flink functions, equal to the reference in ``features/``), then the Feast writer bounded
-   (the rows into Feast's online store and offline log);
-4. run the ``training`` job bounded: online trainer, deltas and snapshots on ``model.deltas``;
-5. start a scorer (``streamrank serve``), which bootstraps from the snapshot store and follows
-   ``model.deltas``, and rank one shopper's candidates through ``POST /rank`` (features read
-   from Feast by the scorer);
-6. evaluate the models on the same slice of the log (progressive validation), report to ``out``;
-7. stop whatever this run started.
+1. ``up``: the stack, the features job, the Feast writer, the training job and two scorers,
+   all running at once, under the supervisor (:mod:`streamrank.live`);
+2. the head of the shared Taobao sample (impressions added by the rule) replayed into
+   ``events`` as fast as it can be produced, its event times shifted so that it ends as the
+   live part starts: the features and the model start from that history;
+3. once a scorer serves a model, simulated shoppers (:mod:`streamrank.simulate`) rank, click
+   and buy for ``seconds``; their tastes rotate halfway; 30 % of them are ranked by a scorer
+   pinned to the version served when they started (the frozen arm);
+4. the report of the run (:mod:`streamrank.loop_report`) to ``out``; the ``curl`` that ranks
+   for a shopper while ``streamrank up`` runs;
+5. ``down``: everything stopped, by pid.
+
+The loop runs with a shorter attribution window than the default (:data:`LIVE`), so that
+impressions become examples within the run; an explicit ``STREAMRANK_*`` setting wins.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 
@@ -23,6 +27,19 @@ from rich.console import Console
 from rich.table import Table
 
 from config import Settings
+from streamrank.simulate import Simulation, SimulationOptions
+
+LIVE = {"attribution_window_ms": 15_000, "allowed_lateness_ms": 5_000,
+        "max_out_of_orderness_ms": 2_000}
+"""The demo loop's label-join timing: an impression is finished ~22 s after it was shown."""
+SCORERS = 2
+MODEL_WAIT_S = 300.0
+
+
+def live_settings(settings: Settings) -> Settings:
+    """``settings`` with :data:`LIVE` where the environment does not set them."""
+    update = {k: v for k, v in LIVE.items() if f"STREAMRANK_{k.upper()}" not in os.environ}
+    return settings.model_copy(update=update)
 
 
 def _step(console: Console, n: int, text: str) -> float:
@@ -30,103 +47,105 @@ def _step(console: Console, n: int, text: str) -> float:
     return time.perf_counter()
 
 
-def serve_and_rank(settings: Settings, console: Console, out: Path) -> int:
-    """Start a scorer (``streamrank serve``), let it catch up with the published model, rank
-    one shopper's candidates through ``POST /rank``; return the version that ranked them."""
-    import httpx
-
-    from connectors.events import Event
-    from connectors.logs import read_log
-    from connectors.snapshot_store import SnapshotStore
-    from streamrank.scorer_process import port_free, start_scorer
-
-    events, _ = read_log(settings.sample_log, "taobao", settings=settings)
-    clicks: list[Event] = [e for _, e in zip(range(2_000), events) if e.event_type == "click"]
-    user = clicks[-1].user_id
-    categories = {e.item_id: e.category_id for e in clicks}
-    candidates = list(dict.fromkeys(e.item_id for e in clicks[-20:]))
-    published = SnapshotStore.from_settings(settings).published_version()
-    if published == 0:
-        raise RuntimeError("the training job published no model version")
-    port = settings.scorer_port if port_free(settings.scorer_port) else None  # else a free one
-    scorer = start_scorer(settings, out / "scorer.log", port=port)
-    try:
-        deadline = time.monotonic() + 120
-        while scorer.version() < published and time.monotonic() < deadline:
-            time.sleep(0.2)
-        status = scorer.status()
-        console.print(f"scorer {scorer.url} serves version {status['version']} "
-                      f"(published: {published})")
-        answer = httpx.post(f"{scorer.url}/rank", timeout=30, json={
-            "user_id": user, "as_of_ms": clicks[-1].event_time,
-            "items": [{"item_id": i, "category_id": categories[i]} for i in candidates]}).json()
-    finally:
-        scorer.stop()
-    version = answer["model_version"]
-    table = Table("rank", "item_id", "p_click", "p_purchase", "score",
-                  title=f"POST /rank: user {user}, model v{version}")
-    for rank, item in enumerate(answer["items"][:10], 1):
-        table.add_row(str(rank), item["item_id"], f"{item['p_click']:.4f}",
-                      f"{item['p_purchase']:.5f}", f"{item['score']:.4f}")
-    console.print(table)
-    return version
-
-
-def run_demo(settings: Settings, out: Path, rows: int, console: Console) -> None:
-    """Run the whole pipeline on the first ``rows`` rows of the shared sample (module docstring)."""
-    from connectors.admin import end_offsets
+def backfill(settings: Settings, rows: int, out: Path, console: Console) -> int:
+    """Replay the first ``rows`` rows of the sample, shifted to end now; events sent."""
     from connectors.logs import read_log
     from connectors.producer import EventProducer
     from connectors.replay import replay
     from features.impressions import with_impressions
-    from features.store import apply_repo
-    from jobs.launch import run_job
-    from jobs.training import status_path
-    from models.evaluate import evaluate
-    from streamrank import stack
 
-    started = time.perf_counter()
-    out.mkdir(parents=True, exist_ok=True)
     head = out / "sample-head.csv"
     with settings.sample_log.open() as src, head.open("w") as dst:
         dst.writelines(line for _, line in zip(range(rows), src))
-    _step(console, 1, "local stack")
-    state = stack.up(settings)
-    apply_repo(settings)
-    console.print(state)
+    log, report = read_log(head, "taobao", settings=settings)
+    events = sorted(with_impressions(log, settings), key=lambda e: e.event_time)
+    console.print(report.summary())
+    shift = time.time_ns() // 1_000_000 - 1_000 - events[-1].event_time
+    with EventProducer(settings) as producer:
+        stats = replay((e.model_copy(update={"event_time": e.event_time + shift}) for e in events),
+                       producer)
+    console.print(f"sent {stats.sent:,} events in {stats.seconds:.1f}s, times shifted by "
+                  f"{shift / 86_400_000:.0f} days")
+    return stats.sent
+
+
+def wait_for_model(settings: Settings, urls: list[str], console: Console) -> None:
+    """Until every scorer serves a version (the trainer has published one)."""
+    import httpx
+
+    deadline = time.monotonic() + MODEL_WAIT_S
+    while True:
+        versions = [int(httpx.get(f"{u}/status", timeout=5).json()["version"]) for u in urls]
+        if min(versions) > 0:
+            console.print(f"scorers serve versions {versions}")
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"no model served after {MODEL_WAIT_S:.0f} s; see "
+                               f"{settings.path('logs', 'job-training.log')}")
+        time.sleep(1)
+
+
+def print_summary(facts: dict, console: Console) -> None:
+    """The report's tables, readable without a terminal."""
+    hops = Table("hop", "n", "p50 ms", "p99 ms", title="freshness, hop by hop")
+    for hop, v in facts["hops_ms"].items():
+        hops.add_row(hop, str(v["n"]), f"{v['p50']:,.0f}", f"{v['p99']:,.0f}")
+    ctr = Table("arm", "CTR before drift", "CTR after drift", title="served rankings")
+    for arm, phases in facts["ctr"].items():
+        ctr.add_row(arm, *(f"{phases.get(p, float('nan')):.4f}"
+                           for p in ("before drift", "after drift")))
+    console.print(hops)
+    console.print(ctr)
+
+
+def curl(sim: Simulation, url: str) -> str:
+    """A ``curl`` that ranks one simulated shopper's candidates."""
+    import random
+
+    user = sim.model.users[0]
+    items = sim.model.candidates(user, random.Random(0))[:5]
+    body = json.dumps({"user_id": user, "items": [
+        {"item_id": i, "category_id": sim.model.item_category[i]} for i in items]})
+    return f"curl -s -X POST {url}/rank -H 'content-type: application/json' -d '{body}'"
+
+
+def run_demo(settings: Settings, out: Path, rows: int, seconds: float, console: Console) -> None:
+    """The live loop, bounded (module docstring)."""
+    from streamrank import live
+    from streamrank.loop_report import write_report
+
+    started = time.perf_counter()
+    settings = live_settings(settings)
+    out.mkdir(parents=True, exist_ok=True)
+    _step(console, 1, "up: stack, features job, Feast writer, training job, scorers")
     try:
+        for part, what in live.up(settings, SCORERS).items():
+            console.print(f"{part}: {what}")
+        urls = live.wait_for_scorers(settings, SCORERS)
         _step(console, 2, f"replay the first {rows:,} rows of {settings.sample_log.name}")
-        log, report = read_log(head, "taobao", settings=settings)
-        console.print(report.summary())
-        with EventProducer(settings) as producer:
-            stats = replay(with_impressions(log, settings), producer)
-        console.print(f"sent {stats.sent:,} events in {stats.seconds:.1f}s")
+        backfill(settings, rows, out, console)
+        wait_for_model(settings, urls, console)
 
-        t = _step(console, 3, "features job (bounded): Feast features + training examples")
-        outputs = {"feature rows": settings.topic_feature_rows,
-                   "training examples": settings.topic_examples, "dead letters": settings.topic_dlq}
-        before = {name: sum(end_offsets(settings, topic).values())
-                  for name, topic in outputs.items()}
-        run_job("features", settings, bounded=True)
-        run_job("writer", settings, bounded=True)  # its rows into Feast
-        console.print({name: sum(end_offsets(settings, topic).values()) - before[name]
-                       for name, topic in outputs.items()})
-        console.print(f"{time.perf_counter() - t:.0f}s")
+        _step(console, 3, f"simulated shoppers for {seconds:.0f} s (drift at {seconds / 2:.0f} s)")
+        sim = Simulation(settings, SimulationOptions(rate=10, duration_s=seconds,
+                                                     drift_at_s=seconds / 2, frozen_share=0.3))
+        last = [0.0]
 
-        t = _step(console, 4, "training job (bounded): online trainer + deltas")
-        run_job("training", settings, bounded=True)
-        trained = json.loads(status_path(settings).read_text())
-        console.print({k: trained[k] for k in ("examples", "duplicates", "version",
-                                               "watermark_ms")})
-        console.print(f"{time.perf_counter() - t:.0f}s")
+        def progress(rec) -> None:  # noqa: ANN001 - streamrank.simulate.Recorder
+            if time.monotonic() - last[0] >= 10:
+                last[0] = time.monotonic()
+                console.print(f"{len(rec.rankings):,} rankings, {rec.events_sent:,} events, "
+                              f"newest version {max(rec.versions, default=0)}")
 
-        _step(console, 5, "a scorer follows model.deltas; rank through POST /rank")
-        serve_and_rank(settings, console, out)
+        rec = sim.run(on_tick=progress)
 
-        _step(console, 6, "evaluate (progressive validation) on the same rows")
-        evaluate(head, "taobao", settings, out_dir=out)
+        _step(console, 4, "report")
+        path = write_report(rec, out)
+        print_summary(json.loads((out / "summary.json").read_text()), console)
+        console.print(f"report: {path}")
+        console.print("while `streamrank up` runs, rank for a shopper with:\n  " + curl(sim, urls[0]))
     finally:
-        if any(v == "started" for v in state.values()):
-            _step(console, 7, "stop the stack this run started")
-            console.print(stack.down(settings))
-    console.print(f"report in {out}; demo took {time.perf_counter() - started:.0f}s")
+        _step(console, 5, "down")
+        for part, what in live.down(settings).items():
+            console.print(f"{part}: {what}")
+    console.print(f"demo took {time.perf_counter() - started:.0f}s")
