@@ -78,12 +78,24 @@ class KafkaSettings(_Section):
     topic_deltas: str = "model.deltas"
     topic_feature_rows: str = "features.rows"
     """Feature rows from the features job to the Feast writer (compacted; keyed by view + key)."""
+    topic_items: str = "items"
+    """The item catalog (compacted; keyed by item_id): ``streamrank catalog load`` writes it,
+    scorers follow it for ``/search``."""
     events_partitions: int = 4
     """Partitions of ``events`` (and ``training.examples``, ``features.rows``); keyed by user_id."""
     topic_retention_bytes: int = 1 << 30
     """Retention per partition (by size: records carry event times, often old ones)."""
     max_message_bytes: int = 900_000
     """Model messages above this are chunked (Kafka's default limit is 1 MiB)."""
+    kafka_security_protocol: Literal["PLAINTEXT", "SASL_PLAINTEXT", "SASL_SSL", "SSL"] = \
+        "PLAINTEXT"
+    """How every Kafka client (CLI, writer, trainer, scorers, the Flink jobs' sources and sinks)
+    connects. ``stack up`` runs its broker with SASL/PLAIN when this is ``SASL_PLAINTEXT``."""
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = "PLAIN"
+    kafka_sasl_username: str = ""
+    kafka_sasl_password: SecretStr | None = None
+    kafka_ssl_ca_location: str = ""
+    """A PEM file of the CA that signed the broker's certificate (``*_SSL``); empty: the system's."""
 
 
 class FeatureSettings(_Section):
@@ -165,6 +177,9 @@ class TrainerSettings(_Section):
     """Adagrad's learning rate for the deep part."""
     deep: bool = True
     """Train the deep part; off, the ranker is its wide part alone (FTRL logistic regression)."""
+    text_features: bool = True
+    """Feed the query–item text features (``features.query_item``) to the model (wide and
+    deep); off, the model leaves them out."""
     wide_alpha: float = 0.1
     """FTRL-Proximal's alpha for the wide part (River's default is 0.05; the wide part's rows
     see few examples each, so it learns them faster)."""
@@ -224,6 +239,17 @@ class ScorerSettings(_Section):
     """A scorer ranks by ``score = p_click + purchase_weight * p_purchase``."""
     scorer_history: int = 200
     """Versions of deltas a scorer keeps to rebuild a version for pin/rollback."""
+    search_recall: int = Field(default=200, ge=1)
+    """``/search`` recalls this many catalog items (at least ``k``) by text embedding before
+    it filters and ranks them."""
+    search_max_k: int = Field(default=100, ge=1)
+    """``/search`` returns at most this many items (a larger ``k``: 422)."""
+    search_blocked_items: list[str] = []
+    """Item IDs ``/search`` never returns (JSON list)."""
+    search_blocked_categories: list[str] = []
+    """Categories whose items ``/search`` never returns (JSON list)."""
+    query_cache_size: int = Field(default=10_000, ge=0)
+    """Query embeddings a scorer keeps (least recently used ones are dropped)."""
 
 
 class Settings(BaseSettings, StackSettings, KafkaSettings, FeatureSettings, JobSettings,

@@ -87,6 +87,7 @@ from pyflink.java_gateway import get_gateway
 
 from config import Settings
 from connectors.admin import ensure_topics
+from connectors.kafka_config import java_security_properties
 from jobs.flink import SINK_PRODUCER, group_id, kafka_sink, kafka_source
 
 JOB = "features"
@@ -144,7 +145,7 @@ def rows_sink(settings: Settings) -> Any:
                .setBootstrapServers(settings.kafka_bootstrap)
                .setRecordSerializer(_functions().RowRecords(settings.topic_feature_rows))
                .setDeliveryGuarantee(DeliveryGuarantee.AT_LEAST_ONCE._to_j_delivery_guarantee()))
-    for key, value in SINK_PRODUCER.items():
+    for key, value in (SINK_PRODUCER | java_security_properties(settings)).items():
         builder.setProperty(key, value)
     return builder.build()
 

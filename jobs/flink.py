@@ -52,6 +52,7 @@ from pyflink.datastream.connectors.kafka import (
 from pyflink.java_gateway import get_gateway
 
 from config import Settings
+from connectors.kafka_config import java_security_properties
 
 ExecutionMode = Literal["thread", "process"]
 DEFAULT_MODE: ExecutionMode = "thread"
@@ -252,6 +253,8 @@ def kafka_source(
         .set_value_only_deserializer(ByteArraySchema())
         .set_property("partition.discovery.interval.ms", "10000")
     )
+    for key, value in java_security_properties(settings).items():
+        builder.set_property(key, value)
     if bounded:
         builder.set_bounded(KafkaOffsetsInitializer.latest())
     return builder.build()
@@ -283,7 +286,7 @@ def kafka_sink(
             .build())
         .set_delivery_guarantee(guarantee)
     )
-    for key, value in SINK_PRODUCER.items():
+    for key, value in (SINK_PRODUCER | java_security_properties(settings)).items():
         builder.set_property(key, value)
     if guarantee == DeliveryGuarantee.EXACTLY_ONCE:
         builder.set_transactional_id_prefix(f"streamrank-{topic}")

@@ -13,9 +13,10 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlparse
+from urllib.parse import unquote, urlparse
 
 from config import Settings
+from connectors.kafka_config import admin_config, java_security_properties
 from jobs import processes
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -67,32 +68,59 @@ def listening(host: str, port: int, timeout: float = 0.5) -> bool:
         return False
 
 
+def _listener_lines(settings: Settings, host: str, port: int) -> list[str]:
+    """The client listener: PLAINTEXT, or SASL_PLAINTEXT with PLAIN and the configured user."""
+    protocol = settings.kafka_security_protocol
+    if protocol == "PLAINTEXT":
+        client = ["inter.broker.listener.name=PLAINTEXT"]
+    elif protocol == "SASL_PLAINTEXT" and settings.kafka_sasl_mechanism == "PLAIN":
+        jaas = java_security_properties(settings)["sasl.jaas.config"].rstrip(";")
+        user = settings.kafka_sasl_username
+        password = settings.kafka_sasl_password.get_secret_value()  # type: ignore[union-attr]
+        quoted = '"' + password.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        client = ["inter.broker.listener.name=SASL_PLAINTEXT",
+                  "sasl.enabled.mechanisms=PLAIN",
+                  "sasl.mechanism.inter.broker.protocol=PLAIN",
+                  f"listener.name.sasl_plaintext.plain.sasl.jaas.config={jaas} user_{user}={quoted};"]
+    else:
+        raise RuntimeError(
+            f"the local broker runs PLAINTEXT or SASL_PLAINTEXT with PLAIN, not {protocol} with "
+            f"{settings.kafka_sasl_mechanism}: point STREAMRANK_KAFKA_BOOTSTRAP at your broker")
+    return [f"listeners={protocol}://{host}:{port},"
+            f"CONTROLLER://{host}:{settings.kafka_controller_port}",
+            f"advertised.listeners={protocol}://{host}:{port}",
+            "controller.listener.names=CONTROLLER",
+            f"listener.security.protocol.map={protocol}:{protocol},CONTROLLER:PLAINTEXT",
+            *client]
+
+
+def _private_file(path: Path, text: str) -> Path:
+    """Write ``text`` to ``path`` readable by its owner only (it may hold credentials)."""
+    path.touch(mode=0o600, exist_ok=True)
+    path.chmod(0o600)
+    path.write_text(text)
+    return path
+
+
 def _kafka_config(settings: Settings) -> Path:
     host, port = _host_port(settings.kafka_bootstrap)
     data = settings.path("kafka", "data")
-    cfg = settings.path("kafka", "server.properties")
-    cfg.write_text(
-        "\n".join([
-            "process.roles=broker,controller",
-            "node.id=1",
-            f"controller.quorum.voters=1@{host}:{settings.kafka_controller_port}",
-            f"listeners=PLAINTEXT://{host}:{port},CONTROLLER://{host}:{settings.kafka_controller_port}",
-            f"advertised.listeners=PLAINTEXT://{host}:{port}",
-            "controller.listener.names=CONTROLLER",
-            "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
-            "inter.broker.listener.name=PLAINTEXT",
-            f"log.dirs={data.resolve()}",
-            "num.partitions=1",
-            "offsets.topic.replication.factor=1",
-            "transaction.state.log.replication.factor=1",
-            "transaction.state.log.min.isr=1",
-            "share.coordinator.state.topic.replication.factor=1",
-            "group.initial.rebalance.delay.ms=0",
-            "auto.create.topics.enable=false",
-            "log.retention.hours=24",
-            "",
-        ])
-    )
+    cfg = _private_file(settings.path("kafka", "server.properties"), "\n".join([
+        "process.roles=broker,controller",
+        "node.id=1",
+        f"controller.quorum.voters=1@{host}:{settings.kafka_controller_port}",
+        *_listener_lines(settings, host, port),
+        f"log.dirs={data.resolve()}",
+        "num.partitions=1",
+        "offsets.topic.replication.factor=1",
+        "transaction.state.log.replication.factor=1",
+        "transaction.state.log.min.isr=1",
+        "share.coordinator.state.topic.replication.factor=1",
+        "group.initial.rebalance.delay.ms=0",
+        "auto.create.topics.enable=false",
+        "log.retention.hours=24",
+        "",
+    ]))
     settings.path("kafka", "log4j2.properties").write_text(
         LOG4J2.format(log=settings.path("logs", "kafka.log").resolve())
     )
@@ -119,14 +147,38 @@ def _start_kafka(settings: Settings) -> int:
     return _spawn(settings, "kafka", _java(settings, "kafka.Kafka", str(cfg.resolve())))
 
 
+def _redis_auth(redis_url: str) -> str:
+    """redis.conf lines requiring the credentials of ``redis_url`` (none without a password).
+
+    >>> _redis_auth("redis://127.0.0.1:6379/0")
+    ''
+    >>> _redis_auth("redis://:s3cret@127.0.0.1:6379/0")
+    'requirepass s3cret\\n'
+    >>> _redis_auth("redis://app:s3cret@127.0.0.1:6379/0")
+    'user default off\\nuser app on >s3cret ~* &* +@all\\n'
+    """
+    url = urlparse(redis_url)
+    password = unquote(url.password or "")
+    if not password:
+        return ""
+    if any(c.isspace() for c in password):
+        raise ValueError("the Redis password in STREAMRANK_REDIS_URL may not hold whitespace")
+    user = unquote(url.username or "")
+    if user and user != "default":
+        return f"user default off\nuser {user} on >{password} ~* &* +@all\n"
+    return f"requirepass {password}\n"
+
+
 def _start_redis(settings: Settings, svc: Service) -> int:
     exe = shutil.which("redis-server")
     if exe is None:
         raise RuntimeError("redis-server not found: run `make setup` first")
     data = settings.path("redis", "dump.rdb").parent.resolve()
-    return _spawn(settings, "redis", [exe, "--bind", svc.host, "--port", str(svc.port),
-                                      "--dir", str(data), "--save", "60 1000",
-                                      "--protected-mode", "yes", "--daemonize", "no"])
+    conf = _private_file(settings.path("redis", "redis.conf"), _redis_auth(settings.redis_url))
+    return _spawn(settings, "redis", [exe, str(conf.resolve()), "--bind", svc.host,
+                                      "--port", str(svc.port), "--dir", str(data),
+                                      "--save", "60 1000", "--protected-mode", "yes",
+                                      "--daemonize", "no"])
 
 
 def _spawn(settings: Settings, name: str, cmd: list[str]) -> int:
@@ -141,7 +193,7 @@ def _kafka_ready(settings: Settings) -> bool:
     from confluent_kafka.admin import AdminClient
 
     try:
-        md = AdminClient({"bootstrap.servers": settings.kafka_bootstrap}).list_topics(timeout=2)
+        md = AdminClient(admin_config(settings)).list_topics(timeout=2)
     except Exception:
         return False
     return bool(md.brokers)
