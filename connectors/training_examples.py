@@ -16,8 +16,9 @@ from connectors.errors import DecodeError, rejected
 class TrainingExample(BaseModel):
     """An impression with its labels and its features as of the impression.
 
-    ``price``, ``recent_items`` and ``recent_categories`` default to none, so producers that
-    predate them still decode.
+    ``price``, ``recent_items``, ``recent_categories`` and ``query`` default to none, so
+    producers that predate them still decode. A search's ``features`` also carry the query–item
+    text features (:data:`features.query_item.QUERY_ITEM_FEATURES`) as of the impression.
     """
 
     model_config = ConfigDict(frozen=True)
@@ -34,18 +35,22 @@ class TrainingExample(BaseModel):
     click: int = Field(ge=0, le=1)
     purchase: int = Field(ge=0, le=1)
     features: dict[str, float]
-    """Dense features by name (see features.schema.DENSE_FEATURES), as of the impression."""
+    """Dense features by name (see features.schema.DENSE_FEATURES and
+    features.query_item.QUERY_ITEM_FEATURES), as of the impression."""
     price: float | None = None
     """The impression's price, where the log has one."""
     recent_items: tuple[str, ...] = ()
     """The user's last clicked items before the impression, newest first (``last_items``)."""
     recent_categories: tuple[str, ...] = ()
     """The user's last clicked categories before the impression, newest first."""
+    query: str | None = None
+    """The search query the item was shown for (None: not a search)."""
 
 
 def encode_example(example: TrainingExample) -> bytes:
-    """Compact JSON bytes."""
-    return example.model_dump_json().encode()
+    """Compact JSON bytes (without ``query`` when there is none: the bytes of an example that
+    is not a search are as before the field existed)."""
+    return example.model_dump_json(exclude={"query"} if example.query is None else None).encode()
 
 
 def decode_example(raw: bytes | str) -> TrainingExample:

@@ -48,6 +48,7 @@ from connectors.errors import DecodeError, source
 from connectors.events import Event, EventType, dead_letter, decode_event, encode_event
 from connectors.feature_rows import encode_row
 from connectors.logs import read_log
+from connectors.training_examples import encode_example
 from features.example_builder import ExampleBuilder
 from features.impressions import with_impressions
 from tests.shop_logs import BASE_MS, messy_log, spanning_log
@@ -86,8 +87,12 @@ BAD: list[str] = [
     "{BASE},\"request_id\":\"" + "r" * 129 + "\"}", "{BASE},\"query\":[1]}",
     '{"event_type":"click"}', "{BASE},\"item_id\":null}", "{BASE},\"category_id\":7}",
     "{BASE},\"x\":\"" + "y" * 17_000 + "\"}",
+    "{BASE},\"x\":" + "[" * 201 + "]" * 201 + "}",
+    "{BASE},\"x\":" + "{\"a\":" * 200 + "1" + "}" * 200 + "}",
+    "[" * 202 + "]" * 202,
 ]
-"""Invalid records, every reason (``{BASE}`` opens a valid click's object)."""
+"""Invalid records, every reason (``{BASE}`` opens a valid click's object). The last three nest
+a value deeper than pydantic's parser allows (a value inside more than 200 arrays/objects)."""
 RAW_BAD: dict[int, bytes] = {100: b"\xff\xfe{not utf-8", 500: b'{"event_id":"\xff"}',
                              900: b"\xef\xbb\xbf{}"}
 """Records that are not UTF-8 (stored as base64) or start with a BOM (``bad_json``), by the
@@ -98,8 +103,15 @@ ODD_VALID: list[str] = [
     "{BASE},\"synthetic\":0}", "{BASE},\"x\":[1,2,{\"y\":NaN}]}", "  {BASE}}  ",
     "{BASE},\"user_id\":\"\\u00e9\\ud83d\\ude00\"}", "{BASE},\"category_id\":null}",
     "{BASE},\"event_id\":\"dup\",\"event_id\":\"{id}\"}",
+    "{BASE},\"x\":" + "[" * 200 + "]" * 200 + "}",
+    "{BASE},\"x\":" + "{\"a\":" * 199 + "1" + "}" * 199 + "}",
 ]
 """Valid look-alikes of the bad records (lax conversions the Java parser must copy)."""
+
+
+QUERIES: list[str] = ["cordless drill", "", "Ünïcode \"quoted\" \\ back\\", "tab\tnew\nline\u0001",
+                      "😀 emoji", "x" * 1024]
+"""Search queries some impressions carry (the examples must carry them, escaped alike)."""
 
 
 COMEBACK: list[tuple[EventType, int]] = [
@@ -136,6 +148,8 @@ def messy_records(settings: Settings) -> list[Record]:
                   category_id="c-back", event_time=BASE_MS + minute * MINUTE_MS)
             for k, (kind, minute) in enumerate(COMEBACK)]
     events = sorted(events + back, key=lambda e: e.event_time)
+    events = [e.model_copy(update={"query": QUERIES[(k // 3) % len(QUERIES)]})
+              if e.event_type == "impression" and k % 3 == 0 else e for k, e in enumerate(events)]
     messy = messy_log(events, lateness_ms=settings.allowed_lateness_ms, seed=5, late_after=60)
     records: list[Record] = []
     latest = 0
@@ -230,8 +244,8 @@ def reference(records: list[Record], values: Values,
                    f"{builder.joiner.watermark}")
         rows, examples = builder.step(event)
         out.rows += [encode_row(r)[1].decode() for r in rows]
-        out.examples += [x.model_dump_json() for x in examples]
-    out.examples += [x.model_dump_json() for x in builder.flush()]
+        out.examples += [encode_example(x).decode() for x in examples]
+    out.examples += [encode_example(x).decode() for x in builder.flush()]
     return out
 
 

@@ -153,6 +153,7 @@ public final class Codecs {
             c.features = cloned(e.features);
             c.recentItems = cloned(e.recentItems);
             c.recentCategories = cloned(e.recentCategories);
+            c.query = e.query;
             return c;
         }
 
@@ -172,6 +173,7 @@ public final class Codecs {
             writeDoubles(out, e.features);
             writeStrings(out, e.recentItems);
             writeStrings(out, e.recentCategories);
+            writeString(out, e.query);
         }
 
         @Override public EventRecord deserialize(DataInputView in) throws IOException {
@@ -189,6 +191,7 @@ public final class Codecs {
             e.features = readDoubles(in);
             e.recentItems = readStrings(in);
             e.recentCategories = readStrings(in);
+            e.query = readString(in);
             return e;
         }
 

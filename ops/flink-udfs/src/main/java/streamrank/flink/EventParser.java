@@ -76,7 +76,7 @@ public final class EventParser {
         e.position = position(slots[Field.position.ordinal()], errors);
         e.categoryId = str(slots, Field.category_id, false, 0, 128, errors);
         e.price = price(slots[Field.price.ordinal()], errors);
-        str(slots, Field.query, false, 0, 1024, errors);
+        e.query = str(slots, Field.query, false, 0, 1024, errors);
         e.synthetic = synthetic(slots[Field.synthetic.ordinal()], errors);
         if (!errors.isEmpty()) {
             throw new Rejected("invalid_field", String.join("; ", errors));
@@ -240,8 +240,11 @@ public final class EventParser {
 
     /** A strict JSON reader over UTF-8 bytes that keeps the top-level fields of an event. */
     private static final class Reader {
+        /** pydantic's parser refuses a value inside more than this many arrays and objects. */
+        private static final int MAX_DEPTH = 200;
         private final byte[] b;
         private int i;
+        private int depth;
 
         Reader(byte[] b) { this.b = b; }
 
@@ -250,6 +253,7 @@ public final class EventParser {
             ws();
             boolean object = peek() == '{';
             if (object) {
+                depth++;
                 object(slots);
             } else {
                 value();
@@ -328,10 +332,11 @@ public final class EventParser {
 
         /** A value: String, Num, Boolean, NULL, or a marker object for arrays and objects. */
         private Object value() throws Rejected {
+            if (depth > MAX_DEPTH) throw bad("recursion limit exceeded");
             int c = peek();
             switch (c) {
-                case '{': object(null); return Boolean.class;
-                case '[': array(); return Boolean.class;
+                case '{': depth++; object(null); depth--; return Boolean.class;
+                case '[': depth++; array(); depth--; return Boolean.class;
                 case '"': return string();
                 case 't': literal("true"); return Boolean.TRUE;
                 case 'f': literal("false"); return Boolean.FALSE;

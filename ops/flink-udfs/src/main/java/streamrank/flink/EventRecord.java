@@ -25,6 +25,8 @@ public class EventRecord {
     /** An impression's user's last clicked items and categories before it, newest first. */
     public String[] recentItems;
     public String[] recentCategories;
+    /** The search query an impression was shown for (null: not a search). */
+    public String query;
 
     public EventRecord() {}
 

@@ -269,6 +269,7 @@ public class LabelJoin extends KeyedProcessFunction<String, EventRecord, byte[]>
         else Json.number(s, e.price);
         list(s.append(",\"recent_items\":"), e.recentItems);
         list(s.append(",\"recent_categories\":"), e.recentCategories);
+        if (e.query != null) Json.string(s.append(",\"query\":"), e.query);
         p.tail = Json.bytes(s.append('}'));
         return p;
     }
