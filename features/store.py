@@ -111,10 +111,13 @@ def render_feature_store_yaml(settings: Settings) -> str:
 
 
 def write_feature_store_yaml(settings: Settings) -> Path:
-    """Write ``<run_dir>/feast/feature_store.yaml`` (atomically) and return its path."""
+    """Write ``<run_dir>/feast/feature_store.yaml`` (atomically, readable by the owner alone:
+    it holds the Redis URL with any password) and return its path."""
     path = feast_dir(settings) / "feature_store.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".yaml.tmp")
+    tmp.unlink(missing_ok=True)
+    tmp.touch(mode=0o600)
     tmp.write_text(render_feature_store_yaml(settings))
     tmp.replace(path)
     return path

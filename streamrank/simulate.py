@@ -76,6 +76,7 @@ class Ranking:
     clicks: int
     purchases: int
     latency_ms: float
+    scorer: str = ""
 
 
 @dataclass
@@ -326,7 +327,8 @@ class Simulation:
             rec.events_sent += len(events)
             rec.clicks.extend((t + 1, user) for _ in reactions)
             rec.rankings.append(Ranking(t, user, arm, int(answer["model_version"]), len(shown),
-                                        len(reactions), sum(b for *_, b in reactions), latency))
+                                        len(reactions), sum(b for *_, b in reactions), latency,
+                                        url))
 
     def run(self, on_tick: Callable[[Recorder], None] = lambda r: None) -> Recorder:
         """Run until ``duration_s`` has passed or SIGINT (KeyboardInterrupt); returns what was

@@ -227,11 +227,11 @@ class ModelService:
             if not snapshots:
                 raise VersionUnavailable(f"no snapshot at or below version {version} in the store")
             base = snapshots[-1]
-            missing = [v for v in range(base + 1, version + 1) if v not in self._deltas]
-            if missing:
+            needed = range(base + 1, version + 1)  # checked without listing: any version may be asked
+            if len(needed) > len(self._deltas) or not all(v in self._deltas for v in needed):
                 raise VersionUnavailable(
-                    f"version {version} needs the deltas {missing[0]}..{missing[-1]} on "
-                    f"snapshot {base}, which this scorer does not hold")
+                    f"version {version} needs the deltas {base + 1}..{version} on snapshot "
+                    f"{base}; this scorer holds {len(self._deltas)} versions of deltas")
             rebuild = ModelFollower(self._template, self._key, self.device)
             outcome = rebuild.bootstrap(self.store.get(base))  # type: ignore[union-attr]
             for v in range(base + 1, version + 1):
