@@ -23,15 +23,19 @@ def topic_specs(settings: KafkaSettings) -> dict[str, int]:
         settings.topic_examples: settings.events_partitions,
         settings.topic_deltas: 1,
         settings.topic_feature_rows: settings.events_partitions,
+        settings.topic_items: 1,
     }
 
 
 def topic_config(settings: KafkaSettings, topic: str | None = None) -> dict[str, str]:
     """Per-topic settings. Retention is by size, not time: records carry their event time as
     their Kafka timestamp, and a replay of an old log would otherwise be deleted at once. The
-    feature-row topic is compacted instead: the latest row of each key is what counts.
+    feature-row and item topics are compacted instead: the latest record of each key is what
+    counts.
 
     >>> topic_config(KafkaSettings(), "features.rows")["cleanup.policy"]
+    'compact'
+    >>> topic_config(KafkaSettings(), "items")["cleanup.policy"]
     'compact'
     """
     config = {
@@ -39,7 +43,7 @@ def topic_config(settings: KafkaSettings, topic: str | None = None) -> dict[str,
         "retention.ms": "-1",
         "retention.bytes": str(settings.topic_retention_bytes),
     }
-    if topic == settings.topic_feature_rows:
+    if topic in (settings.topic_feature_rows, settings.topic_items):
         config = {"max.message.bytes": config["max.message.bytes"], "cleanup.policy": "compact"}
     return config
 

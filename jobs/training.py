@@ -15,6 +15,12 @@ at 0.45 of the trainer's rate with it.) In it:
   Decoding sits in the trainer's task on purpose: handing decoded examples from a separate
   decode task across the key-by costs a pickle round trip per example, slower than the
   decoding itself (``bench/bench_training_job.py`` measures the job against the trainer alone).
+* **Search text**: with ``text_features`` on, the task follows the ``items`` topic into a
+  catalog (:class:`~models.catalog.CatalogFollower`, a daemon thread) and gives each example of
+  a search (one with a ``query``) its query–item text features through
+  :class:`~models.catalog.SearchText`, the scorer's own path: what the model learns from is what
+  it is served. The task reads the catalog as of its start before it trains (at most
+  ``CATALOG_WAIT_S``); an item the catalog does not have yet has zeros, as at serving.
 * **Train**: :class:`~models.loop.TrainingLoop` (the one training loop, in ``models/``) drops
   duplicate ``example_id``s (bounded: the last ``dedup_window_examples``; the examples sink
   of the features job is at-least-once, see :mod:`models.loop`), buffers mini-batches of
@@ -70,6 +76,7 @@ kills a run with SIGKILL and checks the count: restored examples + those after t
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
 from collections.abc import Iterator
@@ -92,6 +99,7 @@ from jobs.flink import BYTES, discarding_sink, group_id, kafka_sink, kafka_sourc
 
 if TYPE_CHECKING:
     from connectors.model_updates import ModelUpdatePublisher
+    from models.catalog import CatalogFollower, SearchText
     from models.loop import TrainingLoop
     from models.trainer import OnlineTrainer
     from models.versions import VersionCutter
@@ -99,6 +107,8 @@ if TYPE_CHECKING:
 JOB = "training"
 DEAD_LETTERS = OutputTag("dead-letters", BYTES)
 STATUS_INTERVAL_S = 1.0
+CATALOG_WAIT_S = 30.0
+"""How long the trainer waits, when it opens, for the catalog as of its start."""
 
 
 def status_path(settings: Settings) -> Path:
@@ -121,6 +131,7 @@ class TrainerFunction(ProcessFunction):
 
         from connectors.model_updates import ModelUpdatePublisher
         from connectors.snapshot_store import SnapshotStore
+        from models.catalog import Catalog, CatalogFollower, SearchText
         from models.loop import TrainingLoop
         from models.trainer import OnlineTrainer
         from models.versions import VersionCutter
@@ -134,6 +145,17 @@ class TrainerFunction(ProcessFunction):
         self.restored_version = self.publisher.resume(SnapshotStore.from_settings(self.settings))
         self.updates: ModelUpdatePublisher = ModelUpdatePublisher(self.settings)
         self.loop: TrainingLoop = TrainingLoop(self.trainer, self.settings, self.publisher)
+        self.text: SearchText | None = None
+        self.catalog_follower: CatalogFollower | None = None
+        if self.settings.text_features:
+            catalog = Catalog()
+            self.text = SearchText(catalog, self.settings.query_cache_size)
+            self.catalog_follower = CatalogFollower(self.settings, catalog)
+            self.catalog_follower.start()
+            if not self.catalog_follower.loaded.wait(CATALOG_WAIT_S):
+                logging.getLogger(__name__).warning(
+                    "the catalog did not load in %.0f s; training goes on while it does",
+                    CATALOG_WAIT_S)
         self.status_file = status_path(self.settings)
         self.status_file.parent.mkdir(parents=True, exist_ok=True)
         self.rate_at = (time.monotonic(), self.trainer.examples_seen)
@@ -154,6 +176,8 @@ class TrainerFunction(ProcessFunction):
                                             self.settings.topic_examples)
             return
         self.counters["examples"].inc()
+        if self.text is not None:
+            example = self.text.enrich(example)
         with self.lock:
             duplicates = self.loop.duplicates
             self.send(self.loop.add((example,)))
@@ -173,6 +197,8 @@ class TrainerFunction(ProcessFunction):
             return
         self.stopped.set()
         self.ticker.join()
+        if self.catalog_follower is not None:
+            self.catalog_follower.stop()
         self.send(self.loop.close())
         self.updates.flush()
         self.write_status()

@@ -33,15 +33,18 @@ embedding dimension, ``N`` dense inputs (:data:`DENSE_INPUTS`), ``V`` vectors in
 * IDs are hashed with ``zlib.crc32`` (stable across processes) into ``hash_buckets`` rows per
   table; a missing ID is the empty string (row 0); a cross with a missing side is row 0.
 * Dense inputs: :data:`features.schema.DENSE_FEATURES` (missing -> 0), then ``log1p(price)``,
-  whether a price is known, and whether the item is among the user's recent clicked items;
-  clamped at 0 and ``log1p``-squashed inside the model.
+  whether a price is known, whether the item is among the user's recent clicked items, and
+  the query–item text features :data:`features.query_item.QUERY_ITEM_FEATURES` (0 without a
+  query); clamped at 0 and ``log1p``-squashed inside the model. A model built with
+  ``text=False`` leaves the text columns out (:meth:`Ranker.visible`): same encoder, fewer
+  inputs.
 
 >>> model = Ranker(hash_buckets=101, embedding_dim=4)
 >>> x = TrainingExample(example_id="e", user_id="u", item_id="i", event_time=0, click=0,
 ...                     purchase=0, features={"i_ctr": 0.1}, recent_items=("j", "i"))
 >>> batch = encode_batch([x, x], 101)
 >>> batch.sparse.shape, batch.dense.shape, model(*batch).shape
-(torch.Size([2, 3]), torch.Size([2, 20]), torch.Size([2, 2]))
+(torch.Size([2, 3]), torch.Size([2, 22]), torch.Size([2, 2]))
 >>> p = model.probabilities(model(*batch))
 >>> bool(((p[:, 1] <= p[:, 0]) & (p > 0) & (p < 1)).all())
 True
@@ -61,6 +64,7 @@ from torch import Tensor, nn
 
 from config import TrainerSettings
 from connectors.training_examples import TrainingExample
+from features.query_item import QUERY_ITEM_FEATURES
 from features.schema import DENSE_FEATURES
 from features.state import LAST_N
 
@@ -77,8 +81,9 @@ SERVING_POSITION = POSITIONS + 1
 """The fixed position every score uses (see the module docstring)."""
 RECENT = LAST_N
 """Recent clicked items (and categories) pooled."""
-DENSE_INPUTS: tuple[str, ...] = (*DENSE_FEATURES, "price", "has_price", "item_in_recent")
-"""The dense inputs, in column order."""
+DENSE_INPUTS: tuple[str, ...] = (*DENSE_FEATURES, "price", "has_price", "item_in_recent",
+                                  *QUERY_ITEM_FEATURES)
+"""The dense inputs, in column order (the text features last)."""
 FUSION_DECAY = 1e-4
 """The fusion forgets a branch's past log loss at this rate per example (about the last 10k)."""
 LINEAR_PRIOR = 8.0
@@ -131,7 +136,8 @@ class Batch(NamedTuple):
     sparse: Tensor
     """``B X F`` int64 rows of the deep ID tables."""
     dense: Tensor
-    """``B X N`` float32 raw dense inputs (:data:`DENSE_INPUTS`)."""
+    """``B X N`` float32 raw dense inputs (:data:`DENSE_INPUTS`; a ``text=False`` model reads
+    the first ``N - len(QUERY_ITEM_FEATURES)``)."""
     wide: Tensor
     """``B X W`` int64 rows of the wide tables (:data:`WIDE_FIELDS`)."""
     position: Tensor
@@ -151,13 +157,15 @@ def encode_batch(objects: Sequence[Any], hash_buckets: int, training: bool = Fal
     """The encoder of training examples: objects -> :class:`Batch` (:func:`encode_columns`).
 
     Reads ``user_id``, ``item_id``, ``category_id``, ``position`` and ``features`` (a dict of
-    :data:`features.schema.DENSE_FEATURES`), and, where present, ``price``, ``recent_items``
+    :data:`features.schema.DENSE_FEATURES` and, where the impression had a query,
+    :data:`~features.query_item.QUERY_ITEM_FEATURES`), and, where present, ``price``, ``recent_items``
     and ``recent_categories`` (the user's ``last_items``/``last_categories``, newest first):
     a :class:`~connectors.training_examples.TrainingExample` or any object with those attributes.
     Every object is scored at :data:`SERVING_POSITION`, except with ``training``: then at its
     own position (:func:`position_row`).
     """
     dense = [[x.features.get(name, 0.0) for name in DENSE_FEATURES] for x in objects]
+    text = [[x.features.get(name, 0.0) for name in QUERY_ITEM_FEATURES] for x in objects]
     return encode_columns(
         [x.user_id for x in objects], [x.item_id for x in objects],
         [x.category_id for x in objects],
@@ -165,17 +173,21 @@ def encode_batch(objects: Sequence[Any], hash_buckets: int, training: bool = Fal
         [getattr(x, "price", None) for x in objects],
         [getattr(x, "recent_items", ()) or () for x in objects],
         [getattr(x, "recent_categories", ()) or () for x in objects],
-        [getattr(x, "position", None) for x in objects] if training else None, hash_buckets)
+        [getattr(x, "position", None) for x in objects] if training else None, hash_buckets,
+        np.array(text, dtype=np.float32).reshape(len(objects), len(QUERY_ITEM_FEATURES)))
 
 
 def encode_columns(user_ids: Sequence[str], item_ids: Sequence[str],
                    category_ids: Sequence[str | None], dense: np.ndarray,
                    prices: Sequence[float | None], recent_items: Sequence[Sequence[str]],
                    recent_categories: Sequence[Sequence[str]],
-                   positions: Sequence[int | None] | None, hash_buckets: int) -> Batch:
+                   positions: Sequence[int | None] | None, hash_buckets: int,
+                   text: np.ndarray | None = None) -> Batch:
     """The one encoder of training and serving: row ``j`` of each column -> row ``j`` of a
     :class:`Batch`. ``dense`` is ``B X len(DENSE_FEATURES)``; ``positions`` None scores every
-    row at :data:`SERVING_POSITION` (the scorer's candidates), else at :func:`position_row`.
+    row at :data:`SERVING_POSITION` (the scorer's candidates), else at :func:`position_row`;
+    ``text`` is ``B X len(QUERY_ITEM_FEATURES)``
+    (:func:`features.query_item.query_item_columns`; None: no query, zeros).
     """
     n = len(item_ids)
     b = hash_buckets
@@ -185,11 +197,13 @@ def encode_columns(user_ids: Sequence[str], item_ids: Sequence[str],
         [hash_cross(u, i, b) for u, i in zip(user_ids, item_ids)],
         [hash_cross(u, c, b) for u, c in zip(user_ids, category_ids)]],
         dtype=np.int64).reshape(len(WIDE_FIELDS), n).T
+    k = len(DENSE_FEATURES)
     inputs = np.empty((n, len(DENSE_INPUTS)), dtype=np.float32)
-    inputs[:, :len(DENSE_FEATURES)] = dense
-    inputs[:, -3] = [0.0 if p is None else p for p in prices]
-    inputs[:, -2] = [p is not None for p in prices]
-    inputs[:, -1] = [i in r for i, r in zip(item_ids, recent_items)]
+    inputs[:, :k] = dense
+    inputs[:, k] = [0.0 if p is None else p for p in prices]
+    inputs[:, k + 1] = [p is not None for p in prices]
+    inputs[:, k + 2] = [i in r for i, r in zip(item_ids, recent_items)]
+    inputs[:, k + 3:] = 0.0 if text is None else text
     position = ([SERVING_POSITION] * n if positions is None
                 else [position_row(p) for p in positions])
     return Batch(
@@ -365,30 +379,39 @@ class Ranker(nn.Module):
     ``forward(*batch)`` returns the logits ``B X 2`` (ctr, cvr); :meth:`probabilities` turns
     them into ``B X 2`` (p_click, p_purchase). Sparse tables — the deep embeddings and the wide
     rows — are listed by :meth:`embedding_names`; everything else is dense. ``deep=False``
-    leaves the deep part out (the model is then its wide part alone).
+    leaves the deep part out (the model is then its wide part alone); ``text=False`` leaves
+    the query–item text features out (the last ``len(QUERY_ITEM_FEATURES)`` of ``num_dense``).
     """
 
     def __init__(self, hash_buckets: int, embedding_dim: int,
                  num_dense: int = len(DENSE_INPUTS), sparse_grad: bool = True,
-                 deep: bool = True) -> None:
+                 deep: bool = True, text: bool = True) -> None:
         super().__init__()
         assert hash_buckets > 0, f"hash_buckets must be positive, got {hash_buckets}"
         assert embedding_dim > 0, f"embedding_dim must be positive, got {embedding_dim}"
         self.hparams: dict[str, Any] = {
             "hash_buckets": hash_buckets, "embedding_dim": embedding_dim, "num_dense": num_dense,
-            "sparse_grad": sparse_grad, "deep": deep}
+            "sparse_grad": sparse_grad, "deep": deep, "text": text}
+        self.inputs = num_dense if text else num_dense - len(QUERY_ITEM_FEATURES)
+        """The dense inputs the model reads (the first ``inputs`` columns)."""
         num_vectors = len(SPARSE_FIELDS) + 3
-        self.wide = WideArch(hash_buckets, num_dense)
+        self.wide = WideArch(hash_buckets, self.inputs)
         self.fusion = FusionArch()
         self.sparse = SparseArch(hash_buckets, embedding_dim, sparse_grad)
-        self.dense = DenseArch(num_dense, embedding_dim)
+        self.dense = DenseArch(self.inputs, embedding_dim)
         self.interaction = InteractionArch(num_vectors)
         self.over = OverArch(num_vectors * embedding_dim + num_vectors * (num_vectors - 1) // 2)
 
     @classmethod
     def from_settings(cls, settings: TrainerSettings) -> Ranker:
-        """The default model of ``settings`` (hash_buckets, embedding_dim, deep)."""
-        return cls(settings.hash_buckets, settings.embedding_dim, deep=settings.deep)
+        """The default model of ``settings`` (hash_buckets, embedding_dim, deep, text)."""
+        return cls(settings.hash_buckets, settings.embedding_dim, deep=settings.deep,
+                   text=settings.text_features)
+
+    def visible(self, batch: Batch) -> Batch:
+        """``batch`` with the dense inputs this model reads (all but the text features when
+        built with ``text=False``)."""
+        return batch._replace(dense=batch.dense[:, :self.inputs])
 
     @staticmethod
     def embedding_names() -> tuple[str, ...]:
@@ -412,6 +435,7 @@ class Ranker(nn.Module):
     def forward(self, sparse: Tensor, dense: Tensor, wide: Tensor, position: Tensor,
                 recent_items: Tensor, recent_categories: Tensor) -> Tensor:
         """A :class:`Batch`'s tensors -> logits ``B X 2`` (ctr, cvr)."""
+        dense = dense[:, :self.inputs]
         logits = self.deep_logits(sparse, dense, recent_items, recent_categories)
         linear = self.wide(wide, position, dense)
         if not self.hparams["deep"]:

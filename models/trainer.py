@@ -438,7 +438,7 @@ class OnlineTrainer:
         """One step on ``batch``: Adagrad for the deep part (on top of the wide logit), the
         fusion's weights, FTRL for the wide part (example by example); returns the batch's
         ``B X 2`` scores, made at the serving position, from before the step."""
-        encoded = encode_batch(batch, self._buckets, training=True)
+        encoded = self.model.visible(encode_batch(batch, self._buckets, training=True))
         y = labels(batch)
         deep = self.model.deep_logits(encoded.sparse, encoded.dense, encoded.recent_items,
                                       encoded.recent_categories)

@@ -246,17 +246,23 @@ def evaluate(
     files: Annotated[Optional[list[Path]], typer.Argument(
         help="one or more logs (default: the Taobao sample in data/)")] = None,
     fmt: Annotated[str, typer.Option("--format", help=(
-        "taobao | csv | jsonl, one for every log or one per log, comma-separated"))] = "taobao",
+        "taobao | csv | jsonl, one for every log or one per log, comma-separated; or judgments "
+        "(one CSV of query, title, grade[, item_id]: graded relevance, NDCG@10)"))] = "taobao",
     mapping: MappingOpt = None,
     columns: ColumnsOpt = None,
     event_names: EventNamesOpt = None,
     out: Annotated[Optional[Path], typer.Option(help="write results.json, report.md and plots here")] = None,
     models: Annotated[Optional[str], typer.Option(
-        "--models", help="comma-separated, some of online, frozen, ftrl, most_popular (default: all)")] = None,
+        "--models", help="comma-separated, some of online, frozen, ftrl, most_popular (default: all); "
+        "judgments: some of online, online_no_text, bm25, shown_order")] = None,
+    relevant_grade: Annotated[Optional[float], typer.Option(
+        "--relevant-grade", help="judgments: a grade at or above this is a click (default: the "
+        "upper third of the file's grade range)")] = None,
 ) -> None:
     """Progressive validation on one or more logs: the online torch model vs River FTRL, a
-    frozen copy and a most-popular baseline; with several logs, a per-log table too. No Kafka,
-    Redis or Flink needed."""
+    frozen copy and a most-popular baseline; with several logs, a per-log table too. With
+    --format judgments, NDCG@10 on graded relevance of the online model with and without the
+    text features and BM25 (docs/search.md). No Kafka, Redis or Flink needed."""
     from models.evaluate import MODELS, LogSpec, evaluate_logs
     from models.evaluate import evaluate as run_evaluate
 
@@ -270,6 +276,11 @@ def evaluate(
     for path in paths:
         if not path.is_file():
             raise _fail(f"no such file: {path}")
+    if "judgments" in formats:
+        _evaluate_judgments(paths, formats, settings, out, models, relevant_grade)
+        return
+    if relevant_grade is not None:
+        raise _fail("--relevant-grade only applies to --format judgments")
     specs = [LogSpec(path, f, _csv_mapping(f, mapping, columns, event_names))  # type: ignore[arg-type]
              for path, f in zip(paths, formats)]
     out_dir = out or settings.run_dir / "reports" / "evaluate"
@@ -285,6 +296,25 @@ def evaluate(
     console.print(f"report written to {out_dir}")
 
 
+def _evaluate_judgments(paths: list[Path], formats: list[str], settings: Settings,
+                        out: Path | None, models: str | None,
+                        relevant_grade: float | None) -> None:
+    """``evaluate --format judgments``: one judgments file, NDCG@10 (models.judgments)."""
+    from models.judgments import JUDGMENT_MODELS, evaluate_judgments
+
+    if len(paths) != 1 or set(formats) != {"judgments"}:
+        raise _fail("--format judgments takes exactly one file")
+    out_dir = out or settings.run_dir / "reports" / "evaluate-judgments"
+    names = JUDGMENT_MODELS if models is None else [
+        m.strip() for m in models.split(",") if m.strip()]
+    try:
+        evaluate_judgments(paths[0], settings, out_dir=out_dir, relevant_grade=relevant_grade,
+                           models=names)
+    except ValueError as err:
+        raise _fail(str(err)) from None
+    console.print(f"report written to {out_dir}")
+
+
 @app.command()
 def topics() -> None:
     """Create the topics (with their partitions) on the configured broker, if missing."""
@@ -294,6 +324,47 @@ def topics() -> None:
     created = ensure_topics(settings)
     for name, parts in topic_specs(settings).items():
         console.print(f"{name}: {parts} partition(s){' (created)' if name in created else ''}")
+
+
+# --- catalog ----------------------------------------------------------------------------------
+
+catalog_app = typer.Typer(help="The item catalog: item text and attributes on the compacted "
+                          "`items` topic, which scorers follow for /search.", no_args_is_help=True)
+app.add_typer(catalog_app, name="catalog")
+
+
+@catalog_app.command("load")
+def catalog_load(
+    file: Annotated[Path, typer.Argument(help="JSON lines or CSV: item_id, title, optional "
+                                         "description, category_id, price, brand")],
+    fmt: Annotated[Optional[str], typer.Option(
+        "--format", help="jsonl | csv (default: csv for a .csv file, else jsonl)")] = None,
+) -> None:
+    """Validate a catalog file and send each valid item, keyed by item_id, to `items`.
+
+    An invalid row is reported with its line number and the reason, and not sent (exit
+    status 1 when any was); a newer version of an item replaces the older one.
+    """
+    from connectors.errors import DecodeError
+    from connectors.items import ItemProducer, catalog_format, read_catalog
+
+    if not file.is_file():
+        raise _fail(f"no such file: {file}")
+    try:
+        rows = read_catalog(file.read_text(encoding="utf-8"), catalog_format(file, fmt))
+    except (ValueError, UnicodeDecodeError) as err:
+        raise _fail(str(err)) from None
+    bad = 0
+    with ItemProducer(_settings()) as producer:
+        for n, row in rows:
+            if isinstance(row, DecodeError):
+                bad += 1
+                console.print(f"[red]{file}:{n} rejected:[/red] {row}")
+                continue
+            producer.send(row)
+    console.print(f"sent {producer.delivered} item(s) to {producer.topic}, rejected {bad}")
+    if bad:
+        raise typer.Exit(1)
 
 
 # --- jobs -------------------------------------------------------------------------------------

@@ -34,7 +34,7 @@ def topics(live_stack: Settings) -> Iterator[Settings]:
     settings = live_stack.model_copy(update={
         "topic_events": f"events-{tag}", "topic_dlq": f"events.dlq-{tag}",
         "topic_examples": f"training.examples-{tag}", "topic_deltas": f"model.deltas-{tag}",
-        "topic_feature_rows": f"features.rows-{tag}",
+        "topic_feature_rows": f"features.rows-{tag}", "topic_items": f"items-{tag}",
     })
     ensure_topics(settings)
     yield settings

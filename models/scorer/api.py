@@ -5,6 +5,10 @@
     {"user_id": "u1", "items": ["i1", {"item_id": "i2", "category_id": "c7", "price": 19.9}],
      "query": null, "context": null, "as_of_ms": null}
 
+``POST /search``::
+
+    {"user_id": "u1", "query": "cordless drill", "k": 10, "as_of_ms": null}
+
 Items are IDs, or objects with the item's ``category_id`` (which gives the user x category
 features and the category embedding; an item without one has an unknown category, as in a
 training example without one) and its ``price`` (a finite number >= 0, the price the
@@ -71,7 +75,8 @@ class RankRequest(BaseModel):
         """The request as columns."""
         refs = self.refs()
         return Candidates(self.user_id, [r.item_id for r in refs],
-                          [r.category_id for r in refs], [r.price for r in refs], self.as_of_ms)
+                          [r.category_id for r in refs], [r.price for r in refs], self.as_of_ms,
+                          self.query)
 
 
 class Candidates(NamedTuple):
@@ -82,6 +87,7 @@ class Candidates(NamedTuple):
     category_ids: list[str | None]
     prices: list[float | None]
     as_of_ms: int | None
+    query: str | None = None
 
 
 _REQUEST_KEYS = frozenset(RankRequest.model_fields)
@@ -128,16 +134,27 @@ def _fast(body: bytes) -> Candidates | None:
         prices.append(price)
     if not all(map(_id, ids)) or len(set(ids)) != len(ids):
         return None
-    return Candidates(user, ids, cats, prices, as_of)
+    return Candidates(user, ids, cats, prices, as_of, query)
 
 
 def parse_rank(body: bytes) -> Candidates:
     """The ``/rank`` body as :class:`Candidates` (raises pydantic's ``ValidationError``).
 
     >>> parse_rank(b'{"user_id": "u", "items": ["a", {"item_id": "b", "price": 2.5}]}')
-    Candidates(user_id='u', item_ids=['a', 'b'], category_ids=[None, None], prices=[None, 2.5], as_of_ms=None)
+    Candidates(user_id='u', item_ids=['a', 'b'], category_ids=[None, None], prices=[None, 2.5], as_of_ms=None, query=None)
     """
     return _fast(body) or RankRequest.model_validate_json(body).candidates()
+
+
+class SearchRequest(BaseModel):
+    """One ``/search`` request (``k`` at most ``search_max_k``, checked by the app)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    user_id: str = Field(min_length=1, max_length=ID_MAX)
+    query: str = Field(min_length=1, max_length=1_024, pattern=r"\S")
+    k: int = Field(default=10, ge=1)
+    as_of_ms: int | None = Field(default=None, ge=0)
 
 
 class PinRequest(BaseModel):

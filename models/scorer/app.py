@@ -1,6 +1,6 @@
 """The scorer's HTTP app (FastAPI on uvicorn) and :func:`serve`.
 
-Endpoints: ``POST /rank``, ``GET /healthz`` (200 once a model is loaded), ``GET /status``
+Endpoints: ``POST /rank``, ``POST /search``, ``GET /healthz`` (200 once a model is loaded), ``GET /status``
 (versions as JSON), ``GET /metrics`` (Prometheus text), and, with the bearer token
 ``STREAMRANK_ADMIN_TOKEN`` when one is set, ``POST /admin/pin`` (``{"version": V}``),
 ``POST /admin/unpin`` and ``POST /admin/rollback``.
@@ -11,7 +11,17 @@ the items' prices from the request by the training examples' encoder
 (:mod:`models.scorer.candidates`) in a worker thread, then scored at the fixed serving
 position in the next forward pass of the :class:`~models.scorer.batcher.Batcher`. Bad input is
 answered 4xx with a message, never 5xx. When the online store cannot be read the candidates are
-scored on fresh (empty) features and the answer says ``"degraded": true``.
+scored on fresh (empty) features and the answer says ``"degraded": true``. A request with a
+``query`` has it embedded once (an LRU cache of ``query_cache_size`` queries) and its
+candidates get the query–item text features from the scorer's catalog
+(:mod:`models.catalog`, following the ``items`` topic); without one they are zeros.
+
+A ``/search`` request recalls ``max(k, search_recall)`` catalog items by the cosine of their
+titles' embeddings to the query's, drops those in ``search_blocked_items`` or
+``search_blocked_categories``, ranks the rest with the query exactly as ``/rank`` does (their
+categories and prices from the catalog) and answers the best ``k`` with a fresh
+``request_id``: the caller logs the shown list as impressions with it (and the positions and
+the query), and clicks with it, as for ``/rank``.
 """
 
 from __future__ import annotations
@@ -27,6 +37,7 @@ import signal
 import socket
 import threading
 import time
+import uuid
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -43,8 +54,9 @@ from config import Settings
 from connectors.snapshot_store import SnapshotStore
 from features.online import SdkFeatureReader, no_inputs
 from features.store import open_store
+from models.catalog import Catalog, CatalogFollower, SearchText
 from models.ranker import Batch
-from models.scorer.api import Candidates, PinRequest, RankRequest, parse_rank
+from models.scorer.api import Candidates, PinRequest, RankRequest, SearchRequest, parse_rank
 from models.scorer.batcher import Batcher
 from models.scorer.candidates import encode_candidates
 from models.scorer.metrics import ScorerMetrics
@@ -108,7 +120,7 @@ def _validation_errors(err: ValidationError) -> list[dict[str, Any]]:
 
 
 class Scorer:
-    """One scorer: served model, reloader, feature reader, batcher, metrics."""
+    """One scorer: served model, reloader, catalog, feature reader, batcher, metrics."""
 
     def __init__(self, settings: Settings, device: str = "auto", url: str = "",
                  follow: bool = True, serves: str = "") -> None:
@@ -120,6 +132,11 @@ class Scorer:
         self.service = ModelService(settings, self.device, SnapshotStore.from_settings(settings))
         self.metrics = ScorerMetrics(self.service)
         self.reloader = Reloader(settings, self.service, self.metrics.outcome) if follow else None
+        self.catalog = Catalog()
+        self.catalog_follower = CatalogFollower(settings, self.catalog) if follow else None
+        self.metrics.catalog_items.set_function(lambda: len(self.catalog))
+        self.text = SearchText(self.catalog, settings.query_cache_size,
+                               self.metrics.query_embed.observe)
         if settings.feature_reader not in ("redis", "sdk"):
             raise ValueError(f"feature_reader must be redis or sdk, not {settings.feature_reader!r}")
         store = open_store(settings)
@@ -139,6 +156,9 @@ class Scorer:
         """Item IDs, encoded model input and whether it is degraded (features unreadable)."""
         if isinstance(request, RankRequest):
             request = request.candidates()
+        text = None
+        if request.query:
+            text = self.text.columns(request.query, request.item_ids)
         items, categories, prices = request.item_ids, request.category_ids, request.prices
         t = request.as_of_ms if request.as_of_ms is not None else time.time_ns() // 1_000_000
         degraded = False
@@ -153,8 +173,44 @@ class Scorer:
         self.metrics.cache_hits.inc(max(0, self.reader.cache_hits - hits))
         self.metrics.cache_misses.inc(max(0, self.reader.cache_misses - misses))
         batch = encode_candidates(request.user_id, items, categories, prices, inputs,
-                                  self.settings.hash_buckets)
+                                  self.settings.hash_buckets, text)
         return items, batch, degraded
+
+    async def rank(self, request: Candidates) -> tuple[int, list[dict[str, Any]], bool]:
+        """``/rank``'s answer: the model version, the items best first with their
+        probabilities and scores, and whether it is degraded."""
+        self.batcher.preparing += 1
+        try:
+            items, batch, degraded = await asyncio.get_running_loop().run_in_executor(
+                self.prepare_pool, self.prepare, request)
+        finally:
+            self.batcher.preparing -= 1
+        version, probs = await self.batcher.score(batch)
+        scores = probs[:, 0] + self.settings.purchase_weight * probs[:, 1]
+        order = (-scores).argsort(kind="stable")
+        p = probs.tolist()
+        s = scores.tolist()
+        return version, [{"item_id": items[i], "p_click": p[i][0], "p_purchase": p[i][1],
+                          "score": s[i]} for i in order.tolist()], degraded
+
+    def recall(self, request: SearchRequest) -> tuple[Candidates, dict[str, float]]:
+        """``/search``'s candidates (catalog items nearest the query, blocked ones out, with
+        their categories and prices) and each one's cosine to the query."""
+        settings = self.settings
+        vector = self.text.query(request.query)[0]
+        if vector is None:
+            return Candidates(request.user_id, [], [], [], request.as_of_ms, request.query), {}
+        found = self.catalog.recall(vector, max(request.k, settings.search_recall))
+        blocked_items = set(settings.search_blocked_items)
+        blocked_categories = set(settings.search_blocked_categories)
+        kept = [(entry, cosine) for item_id, cosine in found
+                if (entry := self.catalog.get(item_id)) is not None
+                and item_id not in blocked_items
+                and entry.item.category_id not in blocked_categories]
+        return Candidates(request.user_id, [e.item.item_id for e, _ in kept],
+                          [e.item.category_id for e, _ in kept], [e.item.price for e, _ in kept],
+                          request.as_of_ms, request.query), \
+            {e.item.item_id: cosine for e, cosine in kept}
 
     def authorized(self, request: Request) -> bool:
         """Whether an admin request carries the configured bearer token (or none is set)."""
@@ -165,7 +221,11 @@ class Scorer:
         return self.service.status().as_dict() | {
             "url": self.url, "serves": self.serves, "pid": os.getpid(), "device": str(self.device),
             "reloader": "off" if self.reloader is None else
-            f"stopped: {self.reloader.error!r}" if self.reloader.error else "running"}
+            f"stopped: {self.reloader.error!r}" if self.reloader.error else "running",
+            "catalog": self.catalog.status() | {
+                "follower": "off" if self.catalog_follower is None else
+                f"stopped: {self.catalog_follower.error!r}" if self.catalog_follower.error
+                else "running"}}
 
 
 def create_app(scorer: Scorer) -> FastAPI:
@@ -182,6 +242,8 @@ def create_app(scorer: Scorer) -> FastAPI:
         scorer.batcher.start()
         if scorer.reloader is not None:
             scorer.reloader.start()
+        if scorer.catalog_follower is not None:
+            scorer.catalog_follower.start()
         if scorer.url:
             register(settings, scorer.url, scorer.serves)
         try:
@@ -191,6 +253,8 @@ def create_app(scorer: Scorer) -> FastAPI:
                 unregister(settings, scorer.url)
             if scorer.reloader is not None:
                 scorer.reloader.stop()
+            if scorer.catalog_follower is not None:
+                scorer.catalog_follower.stop()
             await scorer.batcher.close()
             scorer.prepare_pool.shutdown(wait=False)
 
@@ -200,19 +264,26 @@ def create_app(scorer: Scorer) -> FastAPI:
         metrics.answered(endpoint, response.status_code)
         return response
 
+    async def read_body(request: Request, endpoint: str) -> bytes | Response:
+        """The body of a ranking request, or the 401/413 answer it gets."""
+        if rank_token is not None and not bearer_ok(request.headers.get("authorization", ""),
+                                                    rank_token):
+            return answer(endpoint, _problem(401, f"/{endpoint} needs the bearer token "
+                                                  "STREAMRANK_RANK_TOKEN"))
+        length = request.headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > settings.max_request_bytes:
+            return answer(endpoint, _problem(413, f"body over {settings.max_request_bytes} bytes"))
+        body = await request.body()
+        if len(body) > settings.max_request_bytes:
+            return answer(endpoint, _problem(413, f"body over {settings.max_request_bytes} bytes"))
+        return body
+
     @app.post("/rank")
     async def rank(request: Request) -> Response:
         started = time.perf_counter()
-        if rank_token is not None and not bearer_ok(request.headers.get("authorization", ""),
-                                                    rank_token):
-            return answer("rank", _problem(401, "/rank needs the bearer token "
-                                                "STREAMRANK_RANK_TOKEN"))
-        length = request.headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > settings.max_request_bytes:
-            return answer("rank", _problem(413, f"body over {settings.max_request_bytes} bytes"))
-        body = await request.body()
-        if len(body) > settings.max_request_bytes:
-            return answer("rank", _problem(413, f"body over {settings.max_request_bytes} bytes"))
+        body = await read_body(request, "rank")
+        if isinstance(body, Response):
+            return body
         try:
             req = parse_rank(body)
         except ValidationError as err:
@@ -222,23 +293,41 @@ def create_app(scorer: Scorer) -> FastAPI:
                 422, f"{len(req.item_ids)} items, at most {settings.max_candidates} per request"))
         if scorer.service.version == 0:
             return answer("rank", _problem(503, "no model loaded yet"))
-        scorer.batcher.preparing += 1
-        try:
-            items, batch, degraded = await asyncio.get_running_loop().run_in_executor(
-                scorer.prepare_pool, scorer.prepare, req)
-        finally:
-            scorer.batcher.preparing -= 1
-        version, probs = await scorer.batcher.score(batch)
-        weight = settings.purchase_weight
-        scores = probs[:, 0] + weight * probs[:, 1]
-        order = (-scores).argsort(kind="stable")
-        p = probs.tolist()
-        s = scores.tolist()
-        ranked = [{"item_id": items[i], "p_click": p[i][0], "p_purchase": p[i][1],
-                   "score": s[i]} for i in order.tolist()]
+        version, ranked, degraded = await scorer.rank(req)
         response = _json({"model_version": version, "items": ranked, "degraded": degraded})
         metrics.latency.observe(time.perf_counter() - started)
         return answer("rank", response)
+
+    @app.post("/search")
+    async def search(request: Request) -> Response:
+        started = time.perf_counter()
+        body = await read_body(request, "search")
+        if isinstance(body, Response):
+            return body
+        try:
+            req = SearchRequest.model_validate_json(body)
+        except ValidationError as err:
+            return answer("search", _problem(422, "invalid request", _validation_errors(err)))
+        if req.k > settings.search_max_k:
+            return answer("search", _problem(
+                422, f"k is {req.k}, at most {settings.search_max_k}"))
+        if scorer.service.version == 0:
+            return answer("search", _problem(503, "no model loaded yet"))
+        candidates, cosines = await asyncio.get_running_loop().run_in_executor(
+            scorer.prepare_pool, scorer.recall, req)
+        version, ranked, degraded = (await scorer.rank(candidates) if candidates.item_ids
+                                     else (scorer.service.version, [], False))
+        shown = []
+        for row in ranked[:req.k]:
+            item = scorer.catalog.get(row["item_id"])
+            shown.append(row | {"similarity": cosines[row["item_id"]]} | ({} if item is None else {
+                "title": item.item.title, "category_id": item.item.category_id,
+                "price": item.item.price}))
+        response = _json({"request_id": uuid.uuid4().hex, "model_version": version,
+                          "query": req.query, "recalled": len(cosines), "items": shown,
+                          "degraded": degraded})
+        metrics.search_latency.observe(time.perf_counter() - started)
+        return answer("search", response)
 
     @app.get("/healthz")
     async def healthz() -> Response:

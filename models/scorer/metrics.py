@@ -20,6 +20,9 @@
 ``streamrank_batch_requests``           requests per forward pass (histogram)
 ``streamrank_feature_errors_total``     online-store reads that failed (answered degraded)
 ``streamrank_item_cache_hits_total``    item rows served from the item cache (and ``_misses``)
+``streamrank_search_seconds``           ``/search`` latency: recall, filter and rank (histogram)
+``streamrank_query_embed_seconds``      embedding a request's query, cache hits included
+``streamrank_catalog_items``            items the scorer's catalog holds (gauge)
 ======================================  ==========================================================
 """
 
@@ -75,6 +78,13 @@ class ScorerMetrics:
                                   registry=r)
         self.cache_misses = Counter("streamrank_item_cache_misses", "Item rows read",
                                     registry=r)
+        self.search_latency = Histogram("streamrank_search_seconds", "/search latency",
+                                        buckets=LATENCY_BUCKETS, registry=r)
+        self.query_embed = Histogram("streamrank_query_embed_seconds", "Query embedding",
+                                     buckets=(1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 0.01, 0.03),
+                                     registry=r)
+        self.catalog_items = Gauge("streamrank_catalog_items", "Items in the catalog",
+                                   registry=r)
         self._service = service
 
     def outcome(self, kind: str, outcome: Outcome) -> None:

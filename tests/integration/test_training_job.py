@@ -7,6 +7,7 @@ Examples come from the shared Taobao sample through the pure builder; the job ru
 from __future__ import annotations
 
 import json
+import random
 from collections.abc import Callable
 from itertools import islice
 from pathlib import Path
@@ -18,17 +19,19 @@ from confluent_kafka import Consumer, Producer
 from pydantic import SecretStr
 
 from config import Settings
+from connectors.items import CatalogItem, ItemProducer
 from connectors.kafka_config import consumer_config, producer_config
 from connectors.logs import read_log
 from connectors.model_updates import ModelUpdateSubscriber
 from connectors.snapshot_store import SnapshotStore
-from connectors.training_examples import encode_example
+from connectors.training_examples import TrainingExample, encode_example
 from features.example_builder import build_examples
 from features.impressions import with_impressions
+from features.query_item import QUERY_ITEM_FEATURES
 from jobs.training import JOB, status_path
 from models.delta import ModelUpdate, decode_message, hmac_key, read_metadata
 from models.follower import ModelFollower, Status
-from models.ranker import Ranker
+from models.ranker import DENSE_INPUTS, Ranker
 from tests.integration.child_jobs import ChildJob, wait_for
 
 pytestmark = pytest.mark.integration
@@ -209,3 +212,35 @@ def test_crash_and_restore_keep_versions_going_up(
     outcomes = [follower.apply(m).status for m in messages]
     assert Status.REJECTED not in outcomes
     assert follower.version == versions[-1]
+
+
+def test_search_examples_learn_the_catalog_text_features(
+        job_settings: Settings, child_jobs: Callable[..., ChildJob]) -> None:
+    """Examples of searches (with a ``query``) train on their query–item text features, taken
+    from the ``items`` topic as the scorer takes them: when shoppers click titles that match
+    their query, the wide part's weight of the query–title cosine grows positive; examples of
+    items the catalog lacks change nothing there."""
+    settings = job_settings
+    kinds = {"drill": "cordless drill driver {n} volt", "towel": "cotton bath towel {n} cm"}
+    with ItemProducer(settings) as items:
+        for kind, title in kinds.items():
+            for n in range(20):
+                items.send(CatalogItem(item_id=f"{kind}{n}", title=title.format(n=n)))
+    rng = random.Random(3)
+    shown = []
+    for k in range(3_000):
+        query, kind = rng.choice([("cordless drill", "drill"), ("bath towel", "towel")])
+        item_kind = rng.choice(list(kinds))
+        match = item_kind == kind
+        shown.append(TrainingExample(
+            example_id=f"s{k}", request_id=f"r{k}", user_id=f"u{k % 50}",
+            item_id=f"{item_kind}{rng.randrange(20)}", event_time=1_700_000_000_000 + k,
+            click=int(rng.random() < (0.5 if match else 0.03)), purchase=0, features={},
+            query=query))
+    produce(settings, [encode_example(x) for x in shown])
+    child_jobs(JOB, settings, "--bounded").finish()
+
+    _, snapshot = SnapshotStore.from_settings(settings).latest()  # type: ignore[misc]
+    weights = decode_message(snapshot, hmac_key(settings)).tensors["wide.dense"]
+    cosine, bm25 = (weights[DENSE_INPUTS.index(n)].item() for n in QUERY_ITEM_FEATURES)
+    assert cosine > 0 and bm25 > 0, (cosine, bm25)
