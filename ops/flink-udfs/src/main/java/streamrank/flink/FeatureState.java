@@ -94,11 +94,19 @@ public final class FeatureState {
         return s != null && alive(s.lastMs, t, ttlMs) ? s : new UserCategory();
     }
 
-    /** When a key whose latest event is at {@code lastMs} can be freed: the first hour
-     *  boundary after the watermark can pass {@code lastMs + ttl + lateness}. */
+    /** When a key whose latest event is at {@code lastMs} can be freed: the first multiple of
+     *  {@link #timerStep} after the watermark can pass {@code lastMs + ttl + lateness}. */
     public static long expiryTimer(long lastMs, long ttlMs, long latenessMs) {
         long due = lastMs + ttlMs + latenessMs + 1;
-        return Math.floorDiv(due + HOUR_MS - 1, HOUR_MS) * HOUR_MS;
+        long step = timerStep(ttlMs);
+        return Math.floorDiv(due + step - 1, step) * step;
+    }
+
+    /** Expiry timers are rounded up to an eighth of the TTL, at most an hour and at least a
+     *  second: few distinct timers (keys share them), and state is kept at most that much
+     *  longer than it can be seen (an hour on the default 48 h; 22.5 s on a 3-minute TTL). */
+    public static long timerStep(long ttlMs) {
+        return Math.max(1_000L, Math.min(HOUR_MS, ttlMs / 8));
     }
 
     /** Whether no event that can still be accepted sees a state whose latest event is at

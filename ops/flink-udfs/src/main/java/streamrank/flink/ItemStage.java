@@ -24,8 +24,8 @@ import org.apache.flink.util.Collector;
  * earlier event can be accepted after that): then every impression of that millisecond gets
  * the item's features as of its earlier milliseconds, sent on as an
  * {@link EventRecord#ITEM_FEATURES} record. State expires in event time
- * ({@code features.state.alive}); an hour-rounded timer frees it once no acceptable event can
- * see it.
+ * ({@code features.state.alive}); a rounded timer ({@link FeatureState#expiryTimer}) frees
+ * it once no acceptable event can see it.
  *
  * <p>All of an item's state is one value ({@link Held}): one state lookup per event and per
  * timer, and one entry per item in each checkpoint. The events not yet settled are kept in

@@ -25,8 +25,8 @@ import org.apache.flink.util.Collector;
  * the key's expired, {@code features.state.alive}) and sends the user row and the user x
  * category row to {@link Rows#TAG} at once, in arrival order; forwards impressions, clicks,
  * purchases and the item stage's {@link EventRecord#ITEM_FEATURES} records to the label join.
- * An hour-rounded event-time timer frees the user's state and its expired categories once no
- * acceptable event can see them.
+ * A rounded event-time timer ({@link FeatureState#expiryTimer}) frees the user's state and its
+ * expired categories once no acceptable event can see them.
  */
 public class UserStage extends KeyedProcessFunction<String, EventRecord, EventRecord>
         implements ResultTypeQueryable<EventRecord> {

@@ -144,8 +144,10 @@ class StateTypesTest {
         FeatureState.applyItem(s, "click", 0);
         assertTrue(FeatureState.alive(s, FeatureState.DAY_MS, ttl) == s);
         assertTrue(FeatureState.alive(s, ttl + 1, ttl) != s);
-        assertEquals(3 * FeatureState.HOUR_MS,
+        assertEquals(9 * FeatureState.HOUR_MS / 4,  // rounded up to a quarter of an hour
                 FeatureState.expiryTimer(10, 2 * FeatureState.HOUR_MS, 60_000));
+        assertEquals(FeatureState.HOUR_MS, FeatureState.timerStep(ttl));
+        assertEquals(22_500, FeatureState.timerStep(180_000));
         assertFalse(FeatureState.expired(0, ttl + 60_000, ttl, 60_000));
         assertTrue(FeatureState.expired(0, ttl + 60_001, ttl, 60_000));
     }
