@@ -111,7 +111,8 @@ def _fast(body: bytes) -> Candidates | None:
     if (not _id(user) or type(items) is not list or not items
             or not (as_of is None or (type(as_of) is int and as_of >= 0))
             or not (query is None or (type(query) is str and len(query) <= 1_024))
-            or not (context is None or type(context) is dict)):
+            or not (context is None or (type(context) is dict and not any(  # nested: the
+                type(v) in (dict, list) for v in context.values())))):  # model's depth limit
         return None
     ids: list[str] = []
     cats: list[str | None] = []

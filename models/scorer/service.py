@@ -227,7 +227,7 @@ class ModelService:
             if not snapshots:
                 raise VersionUnavailable(f"no snapshot at or below version {version} in the store")
             base = snapshots[-1]
-            needed = range(base + 1, version + 1)  # checked without listing: any version may be asked
+            needed = range(base + 1, version + 1)  # not listed: any version may be asked for
             if len(needed) > len(self._deltas) or not all(v in self._deltas for v in needed):
                 raise VersionUnavailable(
                     f"version {version} needs the deltas {base + 1}..{version} on snapshot "

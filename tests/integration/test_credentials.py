@@ -93,6 +93,7 @@ def test_credentials_reach_every_part_and_no_log(secured: Settings, tmp_path: Pa
     # ... nor in any log; a file of the run directory that holds one is the owner's alone
     logs = [p for p in settings.run_dir.joinpath("logs").rglob("*") if p.is_file()]
     assert logs and not [p for p in logs if any(x.encode() in p.read_bytes() for x in SECRETS)]
-    holders = [p for p in settings.run_dir.rglob("*") if p.is_file() and p.stat().st_size < 1 << 20
+    holders = [p for p in settings.run_dir.rglob("*")
+               if p.is_file() and p.stat().st_size < 1 << 20
                and any(x.encode() in p.read_bytes() for x in SECRETS)]
     assert not [p for p in holders if p.stat().st_mode & 0o077], holders

@@ -1,7 +1,8 @@
 """The live loop (`up`, simulated shoppers, `down`) on a private stack: every hop carries
 traffic, served versions go up, a shopper's click reaches Feast and a later ranking for them by
-a version that learned past it; the supervisor restarts a killed job and a killed scorer; and
-nothing is left running afterwards."""
+a version that learned past it; the supervisor restarts every job and a scorer, all killed at
+once, after which events reach Feast again and versions go on up; and nothing is left running
+afterwards."""
 
 from __future__ import annotations
 
@@ -88,20 +89,23 @@ def test_the_loop_turns_heals_and_stops(loop: Settings, tmp_path: Path) -> None:
     assert any(r.user == user and r.t_ms > clicked and watermarks.get(r.version, -1) >= clicked
                for clicked, user in rec.clicks for r in rec.rankings)
 
-    # Self-healing: the training job and a scorer killed; the supervisor brings both back.
+    # Self-healing: every job and a scorer killed; the supervisor brings each back (the jobs
+    # from their latest checkpoints).
     version_before = max(rec.versions)
-    training = processes.job_pid(settings, "training")
+    jobs = {f"job {name}": processes.job_pid(settings, name)
+            for name in ("features", "writer", "training")}
     scorer = live.scorer_pid(settings, settings.scorer_port + 1)
-    assert training is not None and scorer is not None
-    os.killpg(training, signal.SIGKILL)
-    os.killpg(scorer, signal.SIGKILL)
-    _wait("both restarted", lambda: all(
+    assert None not in jobs.values() and scorer is not None, jobs
+    for pid in (*jobs.values(), scorer):
+        os.killpg(pid, signal.SIGKILL)  # type: ignore[arg-type]
+    _wait("all restarted", lambda: all(
         live.read_state(settings).get(part, {}).get("restarts", 0) >= 1
         and live.read_state(settings)[part]["state"] in ("running", "restarted")
-        for part in ("job training", live.scorer_name(settings.scorer_port + 1))))
+        for part in (*jobs, live.scorer_name(settings.scorer_port + 1))))
     live.wait_for_scorers(settings, 2)
     sim = Simulation(settings, SimulationOptions(rate=8, duration_s=10, frozen_share=0.0,
-                                                 users=15, seed=8))
-    sim.run()  # more events, so that the restored trainer has examples to learn
+                                                 users=15, seed=8, probe_every_s=1.0))
+    after = sim.run()  # more events, so that the restored trainer has examples to learn
+    assert hops(after)["event → Feast"], "no event reached Feast after the restarts"
     _wait("the restarted scorer serves a newer version than before the kill", lambda: int(
         httpx.get(f"{urls[1]}/status", timeout=5).json()["version"]) > version_before)
