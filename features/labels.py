@@ -52,6 +52,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import math
 from bisect import insort
 from collections import deque
 from dataclasses import asdict, dataclass
@@ -235,7 +236,8 @@ class LabelJoiner:
             example_id=e.event_id, request_id=e.request_id, user_id=e.user_id,
             item_id=e.item_id, category_id=e.category_id, position=e.position,
             event_time=e.event_time, click=p.click, purchase=p.purchase, features=p.features,
-            price=e.price, recent_items=p.recent[0], recent_categories=p.recent[1],
+            price=e.price if e.price is not None and math.isfinite(e.price) else None,
+            recent_items=p.recent[0], recent_categories=p.recent[1],
             query=e.query)
 
     def _forget(self) -> None:
