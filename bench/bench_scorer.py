@@ -45,9 +45,11 @@ import orjson
 import redis
 import torch
 from support import (
+    Run,
     console,
     fresh_settings,
     fresh_topics,
+    open_loop,
     sample_events,
     table,
     time_passes,
@@ -75,10 +77,6 @@ from streamrank.scorer_process import ScorerProcess, start_scorer
 RATES = {100: [25, 50, 100, 150, 200, 300, 400], 1000: [5, 10, 20, 35, 50, 75]}
 POINTS = ((100, 100), (100, 200), (1_000, 20))
 """(candidates, requests/s) of the side-by-side runs."""
-MAX_IN_FLIGHT = 64
-"""Requests the generator keeps in flight at most: past that, a scheduled request counts as
-failed (the scorer is saturated), so an overloaded run ends on time."""
-REQUEST_TIMEOUT_S = 5.0
 
 
 @dataclass
@@ -100,94 +98,14 @@ class Workload:
                                        for i, c in picked]})
 
 
-@dataclass
-class Run:
-    """One open-loop run: per request (start, end, latency from schedule, version, ok)."""
-
-    offered: float
-    seconds: float
-    starts: list[float] = field(default_factory=list)
-    ends: list[float] = field(default_factory=list)
-    latencies: list[float] = field(default_factory=list)
-    versions: list[int] = field(default_factory=list)
-    failures: int = 0
-    cpu_s: float = float("nan")
-    """CPU seconds the scorer's process used during the run."""
-
-    def pct(self, q: float, mask: np.ndarray | None = None) -> float:
-        """The ``q`` percentile of latency in ms (of the requests ``mask`` selects)."""
-        lat = np.asarray(self.latencies)
-        if mask is not None:
-            lat = lat[mask]
-        return float(np.percentile(lat, q) * 1e3) if len(lat) else float("nan")
-
-    @property
-    def achieved(self) -> float:
-        """Requests/s answered."""
-        return len(self.latencies) / self.seconds
-
-    @property
-    def cpu_ms_per_request(self) -> float:
-        """The scorer's CPU ms per answered request."""
-        return self.cpu_s / max(1, len(self.latencies)) * 1e3
-
-
-async def _load(url: str, bodies: list[bytes], rate: float, path: str) -> Run:
-    """Open loop: send ``bodies`` at ``rate`` (a GET for any path but ``/rank``)."""
-    run = Run(rate, len(bodies) / rate)
-    limits = httpx.Limits(max_connections=256, max_keepalive_connections=256)
-    in_flight = 0
-    async with httpx.AsyncClient(base_url=url, timeout=REQUEST_TIMEOUT_S,
-                                 limits=limits) as client:
-        loop = asyncio.get_running_loop()
-
-        async def one(body: bytes, scheduled: float) -> None:
-            nonlocal in_flight
-            in_flight += 1
-            started = time.perf_counter()
-            try:
-                if path == "/rank":
-                    r = await client.post(path, content=body,
-                                          headers={"content-type": "application/json"})
-                else:
-                    r = await client.get(path)
-                ok = r.status_code == 200
-                version = orjson.loads(r.content)["model_version"] if ok else -1
-            except httpx.HTTPError:
-                ok, version = False, -1
-            end = time.perf_counter()
-            in_flight -= 1
-            if not ok:
-                run.failures += 1
-                return
-            run.starts.append(started)
-            run.ends.append(end)
-            run.latencies.append(end - scheduled)
-            run.versions.append(version)
-
-        tasks = []
-        t0 = time.perf_counter() + 0.05
-        for k, body in enumerate(bodies):
-            scheduled = t0 + k / rate
-            delay = scheduled - time.perf_counter()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            if in_flight >= MAX_IN_FLIGHT:
-                run.failures += 1
-                continue
-            tasks.append(loop.create_task(one(body, scheduled)))
-        await asyncio.gather(*tasks)
-    return run
-
-
 def _offer(scorer: ScorerProcess, bodies: Callable[[int], list[bytes]], rate: float,
            seconds: float, path: str) -> Run:
     """Offer ``rate`` requests/s of ``bodies(k)`` to ``path`` for ``seconds`` after a warm-up
     of half a second; the scorer's CPU over the measured run."""
-    asyncio.run(_load(scorer.url, bodies(int(rate * 0.5)), rate, path))
+    asyncio.run(open_loop(scorer.url, bodies(int(rate * 0.5)), rate, path))
     measured = bodies(int(rate * seconds))
     cpu = tree_cpu_s(scorer.proc.pid)
-    run = asyncio.run(_load(scorer.url, measured, rate, path))
+    run = asyncio.run(open_loop(scorer.url, measured, rate, path))
     run.cpu_s = tree_cpu_s(scorer.proc.pid) - cpu
     return run
 

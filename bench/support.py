@@ -10,6 +10,7 @@ nothing from one another: what two of them need lives here.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import http.client
 import os
@@ -21,11 +22,14 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import httpx
+import numpy as np
+import orjson
 from rich.console import Console
 from rich.table import Table
 
@@ -397,3 +401,93 @@ def write_report(out: Path, name: str, lines: Iterable[str]) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / name).write_text("\n".join(lines) + "\n")
     console.print(f"wrote {out / name}")
+
+
+# --- open-loop HTTP load ---------------------------------------------------------------------
+
+MAX_IN_FLIGHT = 64
+"""Requests the generator keeps in flight at most: past that, a scheduled request counts as
+failed (the scorer is saturated), so an overloaded run ends on time."""
+REQUEST_TIMEOUT_S = 5.0
+
+
+@dataclass
+class Run:
+    """One open-loop run: per request (start, end, latency from schedule, version, ok)."""
+
+    offered: float
+    seconds: float
+    starts: list[float] = field(default_factory=list)
+    ends: list[float] = field(default_factory=list)
+    latencies: list[float] = field(default_factory=list)
+    versions: list[int] = field(default_factory=list)
+    failures: int = 0
+    cpu_s: float = float("nan")
+    """CPU seconds the scorer's process used during the run."""
+
+    def pct(self, q: float, mask: np.ndarray | None = None) -> float:
+        """The ``q`` percentile of latency in ms (of the requests ``mask`` selects)."""
+        lat = np.asarray(self.latencies)
+        if mask is not None:
+            lat = lat[mask]
+        return float(np.percentile(lat, q) * 1e3) if len(lat) else float("nan")
+
+    @property
+    def achieved(self) -> float:
+        """Requests/s answered."""
+        return len(self.latencies) / self.seconds
+
+    @property
+    def cpu_ms_per_request(self) -> float:
+        """The scorer's CPU ms per answered request."""
+        return self.cpu_s / max(1, len(self.latencies)) * 1e3
+
+
+async def open_loop(url: str, bodies: Sequence[bytes], rate: float, path: str = "/rank") -> Run:
+    """Open loop: send ``bodies`` at ``rate`` (a GET for any path but ``/rank``); each
+    latency counts from the request's scheduled send, so a stall counts for every request it
+    delays."""
+    run = Run(rate, len(bodies) / rate)
+    limits = httpx.Limits(max_connections=256, max_keepalive_connections=256)
+    in_flight = 0
+    async with httpx.AsyncClient(base_url=url, timeout=REQUEST_TIMEOUT_S,
+                                 limits=limits) as client:
+        loop = asyncio.get_running_loop()
+
+        async def one(body: bytes, scheduled: float) -> None:
+            nonlocal in_flight
+            in_flight += 1
+            started = time.perf_counter()
+            try:
+                if path == "/rank":
+                    r = await client.post(path, content=body,
+                                          headers={"content-type": "application/json"})
+                else:
+                    r = await client.get(path)
+                ok = r.status_code == 200
+                version = orjson.loads(r.content)["model_version"] if ok else -1
+            except httpx.HTTPError:
+                ok, version = False, -1
+            end = time.perf_counter()
+            in_flight -= 1
+            if not ok:
+                run.failures += 1
+                return
+            run.starts.append(started)
+            run.ends.append(end)
+            run.latencies.append(end - scheduled)
+            run.versions.append(version)
+
+        tasks = []
+        t0 = time.perf_counter() + 0.05
+        for k, body in enumerate(bodies):
+            scheduled = t0 + k / rate
+            delay = scheduled - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            if in_flight >= MAX_IN_FLIGHT:
+                run.failures += 1
+                continue
+            tasks.append(loop.create_task(one(body, scheduled)))
+        await asyncio.gather(*tasks)
+    return run
