@@ -518,7 +518,8 @@ def evaluate(
     return result
 
 
-def _fmt(value: float | None) -> str:
+def fmt_figure(value: float | None) -> str:
+    """A figure as the tables print it (``—`` for none)."""
     return "—" if value is None else f"{value:.4f}"
 
 
@@ -531,32 +532,40 @@ def _rows(result: EvaluationResult) -> list[list[str]]:
     rows = []
     for name, m in result.models.items():
         seg = m.segments
-        rows.append([name, *(_fmt(seg[k]["click_auc"]) for k in SEGMENTS),
-                     *(_fmt(seg[k]["click_logloss"]) for k in SEGMENTS),
-                     _fmt(seg["all"]["purchase_auc"]), _fmt(seg["all"]["purchase_logloss"]),
+        rows.append([name, *(fmt_figure(seg[k]["click_auc"]) for k in SEGMENTS),
+                     *(fmt_figure(seg[k]["click_logloss"]) for k in SEGMENTS),
+                     fmt_figure(seg["all"]["purchase_auc"]),
+                     fmt_figure(seg["all"]["purchase_logloss"]),
                      f"{m.examples:,}", f"{m.positives:,}", f"{m.purchases:,}"])
     return rows
 
 
 def table(result: EvaluationResult) -> Table:
     """The results as a rich table."""
-    t = Table(title=f"progressive validation: {result.log.path} ({result.examples:,} examples, "
-                    f"frozen after {result.frozen_at:,}, {result.seconds:.0f} s)")
-    for i, name in enumerate(_HEADER):
+    return results_table(
+        f"progressive validation: {result.log.path} ({result.examples:,} examples, "
+        f"frozen after {result.frozen_at:,}, {result.seconds:.0f} s)", _HEADER, _rows(result))
+
+
+def results_table(title: str, header: Sequence[str], rows: Sequence[Sequence[str]]) -> Table:
+    """A rich table of figures: the first column left-aligned, the others right-aligned."""
+    t = Table(title=title)
+    for i, name in enumerate(header):
         t.add_column(name, justify="left" if i == 0 else "right")
-    for row in _rows(result):
+    for row in rows:
         t.add_row(*row)
     return t
 
 
-def _figure():  # type: ignore[no-untyped-def]
-    from matplotlib.figure import Figure  # Agg canvas, no pyplot state
+def new_figure():  # type: ignore[no-untyped-def]
+    """A matplotlib figure of the reports' size (Agg canvas, no pyplot state)."""
+    from matplotlib.figure import Figure
 
     return Figure(figsize=(8, 4.5), layout="constrained")
 
 
 def _plot(result: EvaluationResult, key: str, ylabel: str, path: Path) -> None:
-    fig = _figure()
+    fig = new_figure()
     ax = fig.add_subplot()
     for name, m in result.models.items():
         line, = ax.plot(m.curves["x"], m.curves[key], label=f"{name} (cumulative)")
@@ -572,7 +581,7 @@ def _plot(result: EvaluationResult, key: str, ylabel: str, path: Path) -> None:
 
 
 def _plot_windows(result: EvaluationResult, key: str, ylabel: str, path: Path) -> None:
-    fig = _figure()
+    fig = new_figure()
     ax = fig.add_subplot()
     t0 = min(m.windows["t_start_ms"][0] for m in result.models.values())
     for name, m in result.models.items():
@@ -653,8 +662,8 @@ def suite_rows(results: Sequence[tuple[LogSpec, EvaluationResult]]) -> list[list
     for spec, result in results:
         for name, m in result.models.items():
             seg = m.segments
-            rows.append([spec.name, name, *(_fmt(seg[k]["click_auc"]) for k in SEGMENTS),
-                         *(_fmt(seg[k]["click_logloss"]) for k in SEGMENTS),
+            rows.append([spec.name, name, *(fmt_figure(seg[k]["click_auc"]) for k in SEGMENTS),
+                         *(fmt_figure(seg[k]["click_logloss"]) for k in SEGMENTS),
                          f"{result.examples:,}", f"{result.seconds:.0f}"])
     return rows
 

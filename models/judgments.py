@@ -52,7 +52,7 @@ from connectors.training_examples import TrainingExample
 from features.lexical import Bm25
 from features.query_item import QUERY_ITEM_FEATURES, query_item_features
 from features.text import MODEL_NAME, embed, tokens
-from models.evaluate import exact_auc, lean_runtime
+from models.evaluate import exact_auc, fmt_figure, lean_runtime, new_figure, results_table
 from models.trainer import OnlineTrainer, log_loss
 
 COLUMNS: dict[str, tuple[str, ...]] = {
@@ -300,31 +300,23 @@ _HEADER = ["model", "NDCG@10", "click AUC", "click log loss"]
 
 
 def _rows(result: JudgmentResult) -> list[list[str]]:
-    def fmt(v: float | None) -> str:
-        return "—" if v is None else f"{v:.4f}"
-    return [[name, fmt(m.ndcg_at_10), fmt(m.auc), fmt(m.logloss)]
+    return [[name, fmt_figure(m.ndcg_at_10), fmt_figure(m.auc), fmt_figure(m.logloss)]
             for name, m in result.models.items()]
 
 
 def table(result: JudgmentResult) -> Table:
     """The results as a rich table."""
-    t = Table(title=f"graded relevance: {result.path} ({result.queries:,} queries, "
-                    f"{result.examples:,} judged items, clicks: grade >= {result.threshold:g}, "
-                    f"{result.seconds:.0f} s)")
-    for i, name in enumerate(_HEADER):
-        t.add_column(name, justify="left" if i == 0 else "right")
-    for row in _rows(result):
-        t.add_row(*row)
-    return t
+    return results_table(
+        f"graded relevance: {result.path} ({result.queries:,} queries, {result.examples:,} "
+        f"judged items, clicks: grade >= {result.threshold:g}, {result.seconds:.0f} s)",
+        _HEADER, _rows(result))
 
 
 def write_report(result: JudgmentResult, out_dir: Path) -> None:
     """``results.json``, ``report.md`` and ``ndcg.png`` (cumulative NDCG@10 along the stream)."""
-    from matplotlib.figure import Figure  # Agg canvas, no pyplot state
-
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "results.json").write_text(json.dumps(result.to_json(), indent=2) + "\n")
-    fig = Figure(figsize=(8, 4.5), layout="constrained")
+    fig = new_figure()
     ax = fig.add_subplot()
     for name, m in result.models.items():
         ax.plot(np.arange(1, len(m.curve) + 1), m.curve, label=name)
