@@ -20,19 +20,17 @@ from __future__ import annotations
 
 import csv
 import io
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from types import TracebackType
 from typing import Literal
 
-from confluent_kafka import Consumer, KafkaError, KafkaException
+from confluent_kafka import KafkaError, KafkaException
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from config import KafkaSettings
 from connectors.errors import DecodeError, rejected
-from connectors.kafka_config import consumer_config
 from connectors.producer import TopicProducer
+from connectors.subscriber import TopicSubscriber
 
 CatalogFormat = Literal["jsonl", "csv"]
 MAX_ITEM_BYTES = 16_384
@@ -130,16 +128,16 @@ ItemRecord = tuple[str, CatalogItem | None]
 """``(item_id, the item's new version)``, or ``(item_id, None)`` for a tombstone."""
 
 
-class ItemSubscriber:
+class ItemSubscriber(TopicSubscriber):
     """Reads the ``items`` topic from the earliest offset in a consumer group of its own (every
     follower sees the whole catalog); a context manager. Records that do not decode are counted
     in ``rejected`` (with the last reason in ``last_error``) and skipped."""
 
+    group_prefix = "streamrank-catalog"
+
     def __init__(self, settings: KafkaSettings, group_id: str | None = None,
                  **overrides: object) -> None:
-        group = group_id or f"streamrank-catalog-{uuid.uuid4().hex[:12]}"
-        self._consumer = Consumer(consumer_config(settings, group, **overrides))
-        self._consumer.subscribe([settings.topic_items])
+        super().__init__(settings, settings.topic_items, group_id, **overrides)
         self.rejected = 0
         self.last_error = ""
         self.reached_end = False
@@ -169,15 +167,4 @@ class ItemSubscriber:
                 continue
             out.append((item.item_id, item))
         return out
-
-    def close(self) -> None:
-        """Leave the group and close the consumer."""
-        self._consumer.close()
-
-    def __enter__(self) -> ItemSubscriber:
-        return self
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self.close()
 

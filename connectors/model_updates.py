@@ -27,13 +27,12 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass, field
-from types import TracebackType
 
-from confluent_kafka import Consumer, KafkaError, KafkaException
+from confluent_kafka import KafkaError, KafkaException
 
 from config import KafkaSettings
-from connectors.kafka_config import consumer_config
 from connectors.producer import TopicProducer
+from connectors.subscriber import TopicSubscriber
 
 CHUNK_HEADER = "streamrank-chunk"
 Headers = list[tuple[str, str | bytes | None]]
@@ -142,19 +141,18 @@ class ModelUpdatePublisher(TopicProducer):
         return len(records)
 
 
-class ModelUpdateSubscriber:
+class ModelUpdateSubscriber(TopicSubscriber):
     """Reads ``model.deltas`` from the earliest offset and yields whole updates in order.
 
     Each subscriber has its own consumer group (``group_id``, a fresh one by default), so
     every scorer sees every update. Use as a context manager (or call :meth:`close`).
     """
 
+    group_prefix = "streamrank-follower"
+
     def __init__(self, settings: KafkaSettings, topic: str | None = None, group_id: str | None = None,
                  **overrides: object) -> None:
-        self.topic = topic or settings.topic_deltas
-        group = group_id or f"streamrank-follower-{uuid.uuid4().hex[:12]}"
-        self._consumer = Consumer(consumer_config(settings, group, **overrides))
-        self._consumer.subscribe([self.topic])
+        super().__init__(settings, topic or settings.topic_deltas, group_id, **overrides)
         self._assembler = ChunkAssembler()
 
     @property
@@ -175,14 +173,3 @@ class ModelUpdateSubscriber:
             if whole is not None:
                 out.append(whole)
         return out
-
-    def close(self) -> None:
-        """Leave the group and close the consumer."""
-        self._consumer.close()
-
-    def __enter__(self) -> ModelUpdateSubscriber:
-        return self
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self.close()
