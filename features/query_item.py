@@ -58,9 +58,22 @@ def query_item_columns(query_vec: np.ndarray | None, query_tokens: Sequence[str]
     return out
 
 
+QueryText = tuple[np.ndarray | None, tuple[str, ...]]
+"""A query's embedding (None when it has no tokens: no text features) and tokens."""
+
+
+def query_text(query: str | None) -> QueryText:
+    """The embedding and tokens of a query, as :func:`query_item_columns` takes them (the
+    embedding read-only, so that callers may cache it)."""
+    words = tuple(tokens(query))
+    if not query or not words:
+        return None, words
+    vector = embed([query])[0]
+    vector.flags.writeable = False
+    return vector, words
+
+
 def query_item_features(query: str | None, item_vecs: np.ndarray,
                         item_title_tokens: Sequence[Sequence[str]], bm25: Bm25) -> np.ndarray:
-    """:func:`query_item_columns` of a query given as text (embedded and tokenised here)."""
-    words = tokens(query)
-    vec = embed([query])[0] if query and words else None
-    return query_item_columns(vec, words, item_vecs, item_title_tokens, bm25)
+    """:func:`query_item_columns` of a query given as text (:func:`query_text`)."""
+    return query_item_columns(*query_text(query), item_vecs, item_title_tokens, bm25)

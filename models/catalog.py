@@ -39,7 +39,7 @@ from config import KafkaSettings
 from connectors.items import CatalogItem, ItemRecord, ItemSubscriber
 from connectors.training_examples import TrainingExample
 from features.lexical import Bm25
-from features.query_item import QUERY_ITEM_FEATURES, query_item_columns
+from features.query_item import QUERY_ITEM_FEATURES, QueryText, query_item_columns, query_text
 from features.text import EMBEDDING_DIM, embed, tokens
 
 log = logging.getLogger(__name__)
@@ -186,20 +186,6 @@ class CatalogFollower(threading.Thread):
         except BaseException as err:  # noqa: BLE001 - kept for /status and the log
             self.error = err
             log.exception("catalog follower stopped")
-
-
-QueryText = tuple[np.ndarray | None, tuple[str, ...]]
-"""A query's embedding (None when it has no tokens: no text features) and tokens."""
-
-
-def query_text(query: str) -> QueryText:
-    """The embedding and tokens of a query, as the query–item features take them."""
-    words = tuple(tokens(query))
-    if not words:
-        return None, words
-    vector = embed([query])[0]
-    vector.flags.writeable = False
-    return vector, words
 
 
 class SearchText:
