@@ -27,7 +27,6 @@ The load generator shares the machine's cores with the scorers, Kafka and Redis.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import multiprocessing
 import random
 import time
@@ -49,6 +48,7 @@ from support import (
     console,
     fresh_settings,
     fresh_topics,
+    drive,
     open_loop,
     sample_events,
     table,
@@ -102,10 +102,10 @@ def _offer(scorer: ScorerProcess, bodies: Callable[[int], list[bytes]], rate: fl
            seconds: float, path: str) -> Run:
     """Offer ``rate`` requests/s of ``bodies(k)`` to ``path`` for ``seconds`` after a warm-up
     of half a second; the scorer's CPU over the measured run."""
-    asyncio.run(open_loop(scorer.url, bodies(int(rate * 0.5)), rate, path))
+    drive(open_loop(scorer.url, bodies(int(rate * 0.5)), rate, path))
     measured = bodies(int(rate * seconds))
     cpu = tree_cpu_s(scorer.proc.pid)
-    run = asyncio.run(open_loop(scorer.url, measured, rate, path))
+    run = drive(open_loop(scorer.url, measured, rate, path))
     run.cpu_s = tree_cpu_s(scorer.proc.pid) - cpu
     return run
 

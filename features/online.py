@@ -327,13 +327,7 @@ class OnlineFeatureReader:
         the fields' values)."""
         if self._script is None:
             return self._online._read_hash_fields(self._config, commands)  # noqa: SLF001
-        keys: list[bytes] = []
-        args: list[int | str | bytes] = []
-        for _, group in itertools.groupby(commands, key=lambda c: id(c[1])):
-            rows = list(group)
-            fields = rows[0][1]
-            keys += [key for key, _ in rows]
-            args += [len(rows), len(fields), *fields]
+        keys, args = script_arguments(commands)
         return self._script(keys=keys, args=args)
 
     def _cached_keys(self, view: str, keys: Sequence[tuple[str, ...]]) -> list[bytes]:
@@ -352,6 +346,20 @@ class OnlineFeatureReader:
             self._items = {k: e for k, e in self._items.items() if now - e[0] < self._ttl_s}
             if len(self._items) + n > self._max_cached:
                 self._items.clear()
+
+
+def script_arguments(commands: Sequence[tuple[bytes, list[str | bytes]]]
+                     ) -> tuple[list[bytes], list[int | str | bytes]]:
+    """The keys and arguments of :data:`HMGET_ALL` for ``(key, fields)`` commands (those of a
+    group of consecutive commands share one ``fields`` list object)."""
+    keys: list[bytes] = []
+    args: list[int | str | bytes] = []
+    for _, group in itertools.groupby(commands, key=lambda c: id(c[1])):
+        rows = list(group)
+        fields = rows[0][1]
+        keys += [key for key, _ in rows]
+        args += [len(rows), len(fields), *fields]
+    return keys, args
 
 
 def redis_key(join_keys: Sequence[str], values: Sequence[str], project: str) -> bytes:

@@ -1,19 +1,20 @@
 """Gathers concurrent scoring requests into one forward pass, on the scorer's device.
 
 Requests hand their encoded candidates (a :class:`~models.ranker.Batch`, the encoder's output
-for training examples too) to :meth:`Batcher.score` and await the result. One
-worker task takes the first waiting request and, while other requests are still being prepared
-(features being read), waits up to ``max_wait_s`` for them, up to ``max_candidates``
-candidates; then one forward pass of the served model (read once: every request of the pass
-gets the same version) runs in a dedicated thread, and each request gets its rows back. With
-nothing else in preparation a request is scored at once, so light load pays no wait.
+for training examples too) to :meth:`Batcher.score` and await the result. The pass runs on the
+event loop itself, with no hand-off to a thread: the requests that handed in their batches in
+the same turn of the loop (those whose feature reads completed together, typically while the
+previous pass ran) share it. While other admitted requests are still being prepared
+(features being read), a pass waits up to ``max_wait_s`` for them, up to ``max_candidates``
+candidates; the served model is read once per pass, so every request of a pass gets the same
+version. With nothing else in preparation a request is scored at once, so light load pays no
+wait.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -46,7 +47,7 @@ def forward(served: Served, batch: Batch) -> np.ndarray:
 
 
 class Batcher:
-    """One forward pass for the requests gathered within ``max_wait_s`` (module docstring).
+    """One forward pass for the requests gathered (module docstring).
 
     ``current`` gives the served pair; ``observe(candidates, requests)`` sees every pass.
     Call :meth:`start` inside the event loop and :meth:`close` at the end.
@@ -58,72 +59,69 @@ class Batcher:
         self._max_wait = max_wait_s
         self._max_candidates = max_candidates
         self._observe = observe
-        self._queue: asyncio.Queue[_Job] = asyncio.Queue()
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix="forward")
-        self._task: asyncio.Task[None] | None = None
+        self._pending: list[_Job] = []
+        self._size = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._soon: asyncio.Handle | None = None
+        self._timer: asyncio.TimerHandle | None = None
         self.preparing = 0
         """Requests admitted and not yet handed to :meth:`score` (maintained by the app)."""
 
     def start(self) -> None:
-        """Start the worker task on the running loop."""
-        self._task = asyncio.get_running_loop().create_task(self._run())
+        """Bind to the running loop."""
+        self._loop = asyncio.get_running_loop()
 
     async def close(self) -> None:
-        """Stop the worker and the forward thread."""
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-        self._executor.shutdown(wait=True)
+        """Cancel the requests still waiting for a pass."""
+        for handle in (self._soon, self._timer):
+            if handle is not None:
+                handle.cancel()
+        for job in self._pending:
+            job.future.cancel()
+        self._pending, self._size = [], 0
 
     async def score(self, batch: Batch) -> tuple[int, np.ndarray]:
         """The version and ``B X 2`` probabilities of these encoded candidates."""
-        future: asyncio.Future[tuple[int, np.ndarray]] = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait(_Job(batch, future))
+        loop = self._loop or asyncio.get_running_loop()
+        future: asyncio.Future[tuple[int, np.ndarray]] = loop.create_future()
+        self._pending.append(_Job(batch, future))
+        self._size += len(batch.sparse)
+        if self.preparing <= 0 or self._size >= self._max_candidates:
+            if self._soon is None:
+                self._soon = loop.call_soon(self._flush)
+        elif self._timer is None:
+            self._timer = loop.call_later(self._max_wait, self._flush)
         return await future
 
-    async def _gather(self) -> list[_Job]:
-        loop = asyncio.get_running_loop()
-        batch = [await self._queue.get()]
-        size = len(batch[0].batch.sparse)
-        deadline = loop.time() + self._max_wait
-        while size < self._max_candidates:
-            if not self._queue.empty():
-                job = self._queue.get_nowait()
-            elif self.preparing > 0 and (left := deadline - loop.time()) > 0:
-                try:
-                    job = await asyncio.wait_for(self._queue.get(), left)
-                except TimeoutError:
-                    break
-            else:
-                break
-            batch.append(job)
+    def _flush(self) -> None:
+        """One pass over the pending requests (up to ``max_candidates``; the rest next)."""
+        for handle in (self._soon, self._timer):
+            if handle is not None:
+                handle.cancel()
+        self._soon = self._timer = None
+        jobs: list[_Job] = []
+        size = 0
+        while self._pending and (not jobs or size + len(self._pending[0].batch.sparse)
+                                 <= self._max_candidates):
+            job = self._pending.pop(0)
+            jobs.append(job)
             size += len(job.batch.sparse)
-        return batch
-
-    async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            batch = await self._gather()
-            try:
-                version, probs = await loop.run_in_executor(self._executor, self._pass, batch)
-            except Exception as err:  # noqa: BLE001 - every waiting request gets the error
-                for job in batch:
-                    if not job.future.done():
-                        job.future.set_exception(err)
-                continue
-            start = 0
-            for job in batch:
-                n = len(job.batch.sparse)
-                if not job.future.done():
-                    job.future.set_result((version, probs[start:start + n]))
-                start += n
-
-    def _pass(self, batch: list[_Job]) -> tuple[int, np.ndarray]:
-        served = self._current()
-        inputs = concat([job.batch for job in batch])
-        probs = forward(served, inputs)
-        self._observe(len(inputs.sparse), len(batch))
-        return served[0], probs
+        self._size -= size
+        if self._pending:
+            self._soon = asyncio.get_running_loop().call_soon(self._flush)
+        jobs = [job for job in jobs if not job.future.done()]  # cancelled: client gone
+        if not jobs:
+            return
+        try:
+            served = self._current()
+            probs = forward(served, concat([job.batch for job in jobs]))
+        except Exception as err:  # noqa: BLE001 - every waiting request gets the error
+            for job in jobs:
+                job.future.set_exception(err)
+            return
+        self._observe(sum(len(job.batch.sparse) for job in jobs), len(jobs))
+        start = 0
+        for job in jobs:
+            n = len(job.batch.sparse)
+            job.future.set_result((served[0], probs[start:start + n]))
+            start += n

@@ -28,7 +28,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
 
 from models.follower import Outcome, Status
 from models.scorer.service import ModelService
@@ -74,10 +78,6 @@ class ScorerMetrics:
                                         buckets=(1, 2, 4, 8, 16, 32, 64), registry=r)
         self.feature_errors = Counter("streamrank_feature_errors", "Failed feature reads",
                                       registry=r)
-        self.cache_hits = Counter("streamrank_item_cache_hits", "Item rows from the cache",
-                                  registry=r)
-        self.cache_misses = Counter("streamrank_item_cache_misses", "Item rows read",
-                                    registry=r)
         self.search_latency = Histogram("streamrank_search_seconds", "/search latency",
                                         buckets=LATENCY_BUCKETS, registry=r)
         self.query_embed = Histogram("streamrank_query_embed_seconds", "Query embedding",
@@ -86,6 +86,11 @@ class ScorerMetrics:
         self.catalog_items = Gauge("streamrank_catalog_items", "Items in the catalog",
                                    registry=r)
         self._service = service
+
+    def count_item_cache(self, counts: Callable[[], tuple[int, int]]) -> None:
+        """Report ``counts()`` (the feature reader's item cache hits and misses so far) as
+        ``streamrank_item_cache_hits_total`` and ``_misses_total`` at each scrape."""
+        self.registry.register(_ItemCache(counts))
 
     def outcome(self, kind: str, outcome: Outcome) -> None:
         """Count one reloader outcome."""
@@ -103,3 +108,18 @@ class ScorerMetrics:
         self.requests.labels(endpoint, str(code)).inc()
         if code >= 400:
             self.errors.labels(endpoint, str(code)).inc()
+
+
+class _ItemCache(Collector):
+    """The item cache's counters, read from the feature reader when scraped (a request only
+    adds to the reader's own two integers)."""
+
+    def __init__(self, counts: Callable[[], tuple[int, int]]) -> None:
+        self._counts = counts
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        hits, misses = self._counts()
+        yield CounterMetricFamily("streamrank_item_cache_hits", "Item rows from the cache",
+                                  value=hits)
+        yield CounterMetricFamily("streamrank_item_cache_misses", "Item rows read",
+                                  value=misses)

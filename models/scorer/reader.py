@@ -1,6 +1,7 @@
 """The scorer's feature read: :class:`features.online.OnlineFeatureReader`'s one scripted Redis
 read, decoded straight into the float columns that :func:`features.online.inputs_from_vectors`
-reads, with the item cache held as one matrix.
+reads, with the item cache held as one matrix; :meth:`ColumnFeatureReader.read_async` makes
+the same read through Feast's asyncio Redis client, for the scorer's event loop.
 
 An item or (user, category) row that Feast's writer stored holds each feature as a serialised
 ``Value`` of a double (:data:`~features.online.DOUBLE_TAG` and 8 bytes) and its event time as a
@@ -16,10 +17,11 @@ by the reference path instead, so the result is always the reference's, bit for 
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -27,6 +29,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from features.columns import FRESH_ITEM, FRESH_USER_CATEGORY, ITEM_COUNTERS
 from features.online import (
     DOUBLE_TAG,
+    HMGET_ALL,
     VIEW_FEATURES,
     OnlineFeatureReader,
     OnlineInputs,
@@ -34,6 +37,7 @@ from features.online import (
     _item,
     _user_category,
     inputs_from_vectors,
+    script_arguments,
 )
 from features.rows import ITEM_VIEW, USER_CATEGORY_VIEW, USER_VIEW, user_state
 from features.schema import DENSE_FEATURES
@@ -94,6 +98,21 @@ def double_rows(replies: Sequence[Sequence[bytes]], width: int) -> np.ndarray | 
     return values["value"].reshape(len(replies), width) + 0.0  # -0.0 reads as 0.0 (``or``)
 
 
+class _Plan(NamedTuple):
+    """One read: what the item cache held and the ``HMGET`` commands of the rest."""
+
+    item_ids: Sequence[str]
+    category_ids: Sequence[str | None]
+    t: int
+    now: float
+    distinct: list[str]
+    states: np.ndarray
+    hit: np.ndarray
+    missing: list[str]
+    categories: list[str]
+    commands: list[tuple[bytes, list[str | bytes]]]
+
+
 class ColumnFeatureReader(OnlineFeatureReader):
     """:class:`~features.online.OnlineFeatureReader` decoding whole replies into columns (module
     docstring) and caching item states as rows of one matrix (thread-safe)."""
@@ -109,17 +128,51 @@ class ColumnFeatureReader(OnlineFeatureReader):
         self._slots: dict[str, int] = {}
         self._cached = np.empty((self._max_cached, _ITEM_WIDTH))
         self._fetched = np.empty(self._max_cached)
+        self._async_script: Any = None
 
     def read(self, user_id: str, item_ids: Sequence[str], category_ids: Sequence[str | None],
              t_ms: int | None = None) -> OnlineInputs:
         """As :meth:`OnlineFeatureReader.read`, equal to it for the same stored rows."""
+        plan = self._plan(user_id, item_ids, category_ids, t_ms)
+        if plan is None:
+            return OnlineInputs(np.empty((0, len(DENSE_FEATURES))))
+        return self._finish(plan, self._hmget(plan.commands))
+
+    async def read_async(self, user_id: str, item_ids: Sequence[str],
+                         category_ids: Sequence[str | None],
+                         t_ms: int | None = None) -> OnlineInputs:
+        """:meth:`read` on the running event loop: the script call through Feast's asyncio
+        Redis client, so a request waits for Redis without holding a thread (on a Redis
+        cluster, Feast's pipelined read in a thread)."""
+        plan = self._plan(user_id, item_ids, category_ids, t_ms)
+        if plan is None:
+            return OnlineInputs(np.empty((0, len(DENSE_FEATURES))))
+        if self._script is None:
+            replies = await asyncio.to_thread(self._hmget, plan.commands)
+        else:
+            if self._async_script is None:
+                client = await self._online._get_client_async(  # noqa: SLF001
+                    self._config.online_store)
+                self._async_script = client.register_script(HMGET_ALL)
+            keys, args = script_arguments(plan.commands)
+            replies = await self._async_script(keys=keys, args=args)
+        return self._finish(plan, replies)
+
+    async def close_async(self) -> None:
+        """Close the asyncio Redis client :meth:`read_async` opened (call on its loop)."""
+        if self._async_script is not None:
+            await self._async_script.registered_client.aclose()
+            self._async_script = None
+
+    def _plan(self, user_id: str, item_ids: Sequence[str], category_ids: Sequence[str | None],
+              t_ms: int | None) -> _Plan | None:
+        """The cached item states and the rows to read (None: no items)."""
         if len(item_ids) != len(category_ids):
             raise ValueError("item_ids and category_ids must have the same length")
         if not item_ids:
-            return OnlineInputs(np.empty((0, len(DENSE_FEATURES))))
+            return None
         t = int(time.time() * 1000) if t_ms is None else t_ms
         distinct = list(dict.fromkeys(item_ids))
-        at = {item: k for k, item in enumerate(distinct)}
         states = np.empty((len(distinct), _ITEM_WIDTH))
         now = self._clock()
         with self._lock:
@@ -138,20 +191,27 @@ class ColumnFeatureReader(OnlineFeatureReader):
                      for key in self._cached_keys(ITEM_VIEW, [(i,) for i in missing])]
         commands += [(key, uc_fields) for key in self._cached_keys(
             USER_CATEGORY_VIEW, [(user_id, c) for c in categories])]
-        replies = self._hmget(commands)
+        return _Plan(item_ids, category_ids, t, now, distinct, states, hit, missing, categories,
+                     commands)
+
+    def _finish(self, plan: _Plan, replies: Sequence[Any]) -> OnlineInputs:
+        """The inputs of a plan from its replies (caching the items read)."""
+        missing, categories, category_ids = plan.missing, plan.categories, plan.category_ids
+        states = plan.states
         if missing:
             fetched = self._items_of(replies[1:1 + len(missing)])
-            states[~hit] = fetched
-            self._keep(missing, fetched, now)
+            states[~plan.hit] = fetched
+            self._keep(missing, fetched, plan.now)
         ucs = self._user_categories(replies[1 + len(missing):])
         uc_at = {c: k for k, c in enumerate(categories)}
         uc_rows = np.fromiter((uc_at.get(c, len(categories)) if c is not None
                                else len(categories) for c in category_ids), np.intp,
                               len(category_ids))
+        at = {item: k for k, item in enumerate(plan.distinct)}
         user_r = _decode(self._fields[USER_VIEW][0], replies[0])
         return inputs_from_vectors(user_state(*user_r) if user_r else None,
-                                   states[[at[i] for i in item_ids]], ucs[uc_rows],
-                                   category_ids, t, self._state_ttl)
+                                   states[[at[i] for i in plan.item_ids]], ucs[uc_rows],
+                                   category_ids, plan.t, self._state_ttl)
 
     def _cached_keys(self, view: str, keys: Sequence[tuple[str, ...]]) -> list[bytes]:
         """As the base class's, but a key cache emptied to make room keeps this call's keys
