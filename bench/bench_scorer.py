@@ -15,9 +15,10 @@ In one run, on the configured (your) ports, bounded, stopping what it started:
    every request it delays), the variants one after another at each point: 100 candidates at
    100 and 200 requests/s, 1,000 candidates at 20 requests/s; then rising rates to the highest
    whose p99 stays under ``--p99-ms``;
-6. 100 candidates at ``--swap-rate`` on each variant while the trainer publishes deltas every
-   ``--delta-every-s``: p99 of requests in flight within ``--swap-window-ms`` of a swap vs the
-   others, and model freshness (delta published -> served by every worker process) p50/p99.
+6. 100 candidates at ``--swap-rate`` on each variant in turn, the others paused, while the
+   trainer publishes deltas every ``--delta-every-s``: p99 of requests in flight within
+   ``--swap-window-ms`` of a swap vs the others, and model freshness (delta published ->
+   served by every worker process) p50/p99.
 
 The load generator shares the machine's cores with the scorers, Kafka and Redis.
 
@@ -27,12 +28,15 @@ The load generator shares the machine's cores with the scorers, Kafka and Redis.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import multiprocessing
+import os
 import random
+import signal
 import time
 import uuid
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from multiprocessing.queues import Queue
 from multiprocessing.synchronize import Event
@@ -335,20 +339,45 @@ def swapped(scorer: ScorerProcess) -> list[dict[int, int]]:
     return [dict((v, ms) for v, ms in st["recent_swaps"]) for st in scorer.worker_status()]
 
 
+@contextlib.contextmanager
+def paused(scorers: list[ScorerProcess]) -> Iterator[None]:
+    """The scorers' processes (supervisor and workers) stopped with SIGSTOP for the block and
+    continued after it."""
+    pids = sorted({pid for s in scorers
+                   for pid in (s.proc.pid, *(int(st["pid"]) for st in s.worker_status()))})
+    for pid in pids:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        for pid in pids:
+            os.kill(pid, signal.SIGCONT)
+
+
 def swaps(variants: dict[str, ScorerProcess], work: Workload, stream: DeltaStream,
           args: argparse.Namespace) -> Rows:
-    """100 candidates at ``--swap-rate`` on each variant while deltas stream: latency around
-    swaps vs the others, freshness published -> served by every worker of the variant."""
+    """100 candidates at ``--swap-rate`` on each variant in turn while deltas stream, the other
+    variants paused (each follower applies every delta: on 2 cores, four of them applying
+    them at once would measure the machine, not the variant): latency around swaps vs the
+    others, freshness published -> served by every worker of the variant, of the deltas
+    published during its run."""
     stream.go()
-    runs = {name: load(scorer, work, 100, args.swap_rate, max(args.seconds, 8.0))
-            for name, scorer in variants.items()}
-    deltas = stream.halt()
-    scorers = list(variants.values())
-    wait_version(scorers, max(deltas), 30.0)
-    rows: Rows = [("deltas published", f"{len(deltas)} (every {args.delta_every_s}s)")]
-    published = set(deltas) | {1}
+    runs: dict[str, tuple[Run, int, int]] = {}
     for name, scorer in variants.items():
-        run, workers = runs[name], swapped(scorer)
+        others = [s for other, s in variants.items() if other != name]
+        with paused(others):
+            started = time.time_ns() // 1_000_000
+            run = load(scorer, work, 100, args.swap_rate, max(args.seconds, 8.0))
+            runs[name] = (run, started, time.time_ns() // 1_000_000)
+        wait_version(others, scorer.version(), 60.0)  # caught up before the next run
+    published_at = stream.halt()
+    scorers = list(variants.values())
+    wait_version(scorers, max(published_at), 30.0)
+    rows: Rows = [("deltas published", f"{len(published_at)} (every {args.delta_every_s}s)")]
+    published = set(published_at) | {1}
+    for name, scorer in variants.items():
+        (run, started, ended), workers = runs[name], swapped(scorer)
+        deltas = {v: t for v, t in published_at.items() if started <= t <= ended}
         fresh = freshness_ms(deltas, workers)
         near = near_swaps(run, sorted({ms for w in workers for v, ms in w.items()
                                        if v in deltas}), args.swap_window_ms)
@@ -361,7 +390,7 @@ def swaps(variants: dict[str, ScorerProcess], work: Workload, stream: DeltaStrea
              f"{run.pct(99, near):.1f} / {run.pct(99, ~near):.1f} "
              f"({run.pct(99, near) / run.pct(99, ~near):.2f}x)"),
             (name, f"freshness published -> served by all {len(workers)} worker(s), "
-                   "p50 / p99 ms",
+                   f"p50 / p99 ms ({len(fresh)} deltas)",
              f"{np.percentile(fresh, 50):.0f} / {np.percentile(fresh, 99):.0f}"
              if fresh else "n/a"),
         ]

@@ -147,7 +147,7 @@ class ItemSubscriber(TopicSubscriber):
     def poll(self, timeout_s: float = 1.0, max_records: int = 500) -> list[ItemRecord]:
         """The item records that arrive within ``timeout_s``, in order."""
         out: list[ItemRecord] = []
-        for msg in self._consumer.consume(max_records, timeout_s):
+        for msg in self._messages(max_records, timeout_s):
             err = msg.error()
             if err is not None:
                 if err.code() in (KafkaError._PARTITION_EOF, KafkaError.UNKNOWN_TOPIC_OR_PART):

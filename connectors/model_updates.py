@@ -163,7 +163,7 @@ class ModelUpdateSubscriber(TopicSubscriber):
     def poll(self, timeout_s: float = 1.0, max_records: int = 100) -> list[bytes]:
         """The whole updates completed by the records that arrive within ``timeout_s``."""
         out: list[bytes] = []
-        for msg in self._consumer.consume(max_records, timeout_s):
+        for msg in self._messages(max_records, timeout_s):
             err = msg.error()
             if err is not None:
                 if err.code() == KafkaError._PARTITION_EOF:

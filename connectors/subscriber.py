@@ -7,7 +7,7 @@ import uuid
 from types import TracebackType
 from typing import Self
 
-from confluent_kafka import Consumer
+from confluent_kafka import Consumer, Message
 
 from config import KafkaSettings
 from connectors.kafka_config import consumer_config
@@ -26,6 +26,16 @@ class TopicSubscriber:
         group = group_id or f"{self.group_prefix}-{uuid.uuid4().hex[:12]}"
         self._consumer = Consumer(consumer_config(settings, group, **overrides))
         self._consumer.subscribe([topic])
+
+    def _messages(self, max_records: int, timeout_s: float) -> list[Message]:
+        """Up to ``max_records`` messages: waits up to ``timeout_s`` for the first, then takes
+        those already fetched. (``Consumer.consume`` alone returns only when ``max_records``
+        have arrived or the timeout has passed, so a follower would see a lone record up to a
+        whole timeout late, or would have to wake up often.)"""
+        first = self._consumer.poll(timeout_s)
+        if first is None:
+            return []
+        return [first, *self._consumer.consume(max_records - 1, 0)] if max_records > 1 else [first]
 
     def close(self) -> None:
         """Leave the group and close the consumer."""

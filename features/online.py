@@ -27,7 +27,7 @@ import functools
 import itertools
 import struct
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
@@ -273,7 +273,7 @@ class OnlineFeatureReader:
     def _keys(self, view: str, keys: Sequence[tuple[str, ...]]) -> list[bytes]:
         join_keys = JOIN_KEYS[view]
         if self._config.entity_key_serialization_version == 3:
-            return [redis_key(join_keys, key, self._config.project) for key in keys]
+            return redis_keys(join_keys, keys, self._config.project)
         protos = [EntityKeyProto(join_keys=list(join_keys),
                                  entity_values=[Value(string_val=v) for v in key])
                   for key in keys]
@@ -371,13 +371,33 @@ def redis_key(join_keys: Sequence[str], values: Sequence[str], project: str) -> 
     Feast's own encoding of the sorted join keys, then each value's type, length and UTF-8
     bytes, then the project (checked against Feast in ``tests/unit/test_online_keys.py``).
     """
+    return redis_keys(join_keys, [values], project)[0]
+
+
+def redis_keys(join_keys: Sequence[str], rows: Iterable[Sequence[str]],
+               project: str) -> list[bytes]:
+    """:func:`redis_key` of each row of values, the shared parts encoded once."""
     order = sorted(range(len(join_keys)), key=join_keys.__getitem__)
-    out = [_key_prefix(tuple(join_keys[i] for i in order))]
-    for i in order:
-        raw = values[i].encode("utf8")
-        out += (_STRING_TYPE, struct.pack("<I", len(raw)), raw)
-    out.append(project.encode("utf8"))
-    return b"".join(out)
+    head = _key_prefix(tuple(join_keys[i] for i in order)) + _STRING_TYPE
+    tail = project.encode("utf8")
+    between = _STRING_TYPE
+    length = _LENGTH.pack
+    if len(order) == 1:
+        (a,) = order
+        return [b"".join((head, length(len(x := r[a].encode("utf8"))), x, tail)) for r in rows]
+    if len(order) == 2:
+        a, b = order
+        return [b"".join((head, length(len(x := r[a].encode("utf8"))), x, between,
+                          length(len(y := r[b].encode("utf8"))), y, tail)) for r in rows]
+    out = []
+    for r in rows:
+        parts = [head[:-len(between)]]
+        for i in order:
+            raw = r[i].encode("utf8")
+            parts += (between, length(len(raw)), raw)
+        parts.append(tail)
+        out.append(b"".join(parts))
+    return out
 
 
 @functools.lru_cache(maxsize=64)
@@ -386,6 +406,7 @@ def _key_prefix(sorted_join_keys: tuple[str, ...]) -> bytes:
 
 
 _STRING_TYPE = struct.pack("<I", ValueType.STRING)
+_LENGTH = struct.Struct("<I")
 
 
 def _decode(names: Sequence[str], values: Sequence[bytes | None] | None) -> Row:

@@ -43,8 +43,9 @@ from features.query_item import QUERY_ITEM_FEATURES, QueryText, query_item_colum
 from features.text import EMBEDDING_DIM, embed, tokens
 
 log = logging.getLogger(__name__)
-POLL_S = 0.1
-"""How long one poll of ``items`` waits (bounds how soon a new item becomes findable)."""
+POLL_S = 0.25
+"""How long one poll of ``items`` waits for a first record (a record is taken as soon as it
+arrives; this bounds how long stopping the follower waits)."""
 
 
 @dataclass(frozen=True)

@@ -116,9 +116,18 @@ def hash_cross(a: str | None, b: str | None, buckets: int) -> int:
     >>> hash_cross("u", "i", 1000) == hash_cross("i", "u", 1000), hash_cross("u", None, 1000)
     (False, 0)
     """
-    if not a or not b:
-        return 0
-    return zlib.crc32(f"{a}\x1f{b}".encode()) % buckets
+    return hash_crosses([a], [b], buckets)[0]
+
+
+def hash_crosses(a: Sequence[str | None], b: Sequence[str | None], buckets: int) -> list[int]:
+    """:func:`hash_cross` of each pair ``(a[j], b[j])`` (one comprehension: a call per pair
+    costs as much as the hash).
+
+    >>> hash_crosses(["u", "u", None], ["i", "j", "i"], 1000)[2]
+    0
+    """
+    crc = zlib.crc32
+    return [crc(f"{x}\x1f{y}".encode()) % buckets if x and y else 0 for x, y in zip(a, b)]
 
 
 def position_row(position: int | None) -> int:
@@ -194,8 +203,7 @@ def encode_columns(user_ids: Sequence[str], item_ids: Sequence[str],
     ids = np.array([
         [hash_id(x, b) for x in user_ids], [hash_id(x, b) for x in item_ids],
         [hash_id(x, b) for x in category_ids],
-        [hash_cross(u, i, b) for u, i in zip(user_ids, item_ids)],
-        [hash_cross(u, c, b) for u, c in zip(user_ids, category_ids)]],
+        hash_crosses(user_ids, item_ids, b), hash_crosses(user_ids, category_ids, b)],
         dtype=np.int64).reshape(len(WIDE_FIELDS), n).T
     k = len(DENSE_FEATURES)
     inputs = np.empty((n, len(DENSE_INPUTS)), dtype=np.float32)

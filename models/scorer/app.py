@@ -39,6 +39,7 @@ import multiprocessing
 import os
 import signal
 import socket
+import sys
 import threading
 import time
 import uuid
@@ -464,6 +465,20 @@ def create_app(scorer: Scorer) -> ASGIApp:
     return asgi
 
 
+SWITCH_INTERVAL_S = 0.001
+"""How long a thread holding the interpreter lock may keep it while another waits (Python's
+default is 5 ms): the reloader's and the catalog follower's threads take the lock back after
+each native step (a table copy, a Kafka poll), and a request on the event loop should not wait
+5 ms behind them, nor they behind a busy loop."""
+
+
+def _tune_process() -> None:
+    """A scorer process's settings: one torch thread per process (``serve --workers N`` adds
+    processes, not threads) and a short interpreter switch interval."""
+    torch.set_num_threads(1)
+    sys.setswitchinterval(SWITCH_INTERVAL_S)
+
+
 def serve(settings: Settings, port: int | None = None, device: str = "auto",
           host: str = "127.0.0.1", workers: int = 1) -> None:
     """Run a scorer until interrupted (registers itself under ``<run_dir>/scorers/``); with
@@ -474,7 +489,7 @@ def serve(settings: Settings, port: int | None = None, device: str = "auto",
         return
     import uvicorn
 
-    torch.set_num_threads(1)
+    _tune_process()
     scorer = Scorer(settings, device, url=f"http://{host}:{port}")
     uvicorn.run(create_app(scorer), host=host, port=port, log_level="warning",
                 access_log=False)
@@ -486,7 +501,7 @@ def _worker(settings: Settings, shared: socket.socket, device: str, host: str) -
     calls of this process)."""
     import uvicorn
 
-    torch.set_num_threads(1)
+    _tune_process()
     own = socket.socket()
     own.bind((host, 0))
     url = f"http://{host}:{own.getsockname()[1]}"

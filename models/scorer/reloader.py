@@ -22,8 +22,9 @@ from models.follower import Outcome, Status
 from models.scorer.service import ModelService
 
 log = logging.getLogger(__name__)
-POLL_S = 0.02
-"""How long one poll of ``model.deltas`` waits (bounds the reloader's reaction time)."""
+POLL_S = 0.25
+"""How long one poll of ``model.deltas`` waits for a first record (a record is taken as soon as
+it arrives; this bounds how long :meth:`Reloader.stop` waits)."""
 
 
 class Reloader(threading.Thread):
