@@ -179,6 +179,29 @@ def test_a_lone_request_does_not_wait(store):
     assert asyncio.run(run()) < 2.0
 
 
+def test_a_pass_takes_at_most_max_candidates_and_the_rest_go_next(store):
+    messages, _ = stream(1, store)
+    service = ModelService(SETTINGS, store=store)
+    service.apply(messages[0])
+    passes: list[tuple[int, int]] = []
+    requests = [encode_batch(examples(n, 10 * n), SETTINGS.hash_buckets) for n in (4, 4, 4)]
+
+    async def run() -> list[tuple[int, np.ndarray]]:
+        batcher = Batcher(service.current, max_wait_s=5.0, max_candidates=8,
+                          observe=lambda c, r: passes.append((c, r)))
+        batcher.start()
+        try:  # handed in within one turn of the loop, nothing else being prepared
+            return await asyncio.gather(*(batcher.score(r) for r in requests))
+        finally:
+            await batcher.close()
+
+    results = asyncio.run(run())
+    assert passes == [(8, 2), (4, 1)]
+    for (version, probs), batch in zip(results, requests):
+        assert version == 1
+        np.testing.assert_allclose(probs, forward(service.current(), batch), atol=1e-6)
+
+
 @pytest.mark.parametrize("body, message", [
     ({"user_id": "u", "items": []}, "at least 1"),
     ({"user_id": "u", "items": ["a", {"item_id": "a"}]}, "duplicate item 'a'"),
