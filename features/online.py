@@ -378,23 +378,15 @@ def redis_keys(join_keys: Sequence[str], rows: Iterable[Sequence[str]],
                project: str) -> list[bytes]:
     """:func:`redis_key` of each row of values, the shared parts encoded once."""
     order = sorted(range(len(join_keys)), key=join_keys.__getitem__)
-    head = _key_prefix(tuple(join_keys[i] for i in order)) + _STRING_TYPE
+    prefix = _key_prefix(tuple(join_keys[i] for i in order))
     tail = project.encode("utf8")
-    between = _STRING_TYPE
     length = _LENGTH.pack
-    if len(order) == 1:
-        (a,) = order
-        return [b"".join((head, length(len(x := r[a].encode("utf8"))), x, tail)) for r in rows]
-    if len(order) == 2:
-        a, b = order
-        return [b"".join((head, length(len(x := r[a].encode("utf8"))), x, between,
-                          length(len(y := r[b].encode("utf8"))), y, tail)) for r in rows]
     out = []
     for r in rows:
-        parts = [head[:-len(between)]]
+        parts = [prefix]
         for i in order:
             raw = r[i].encode("utf8")
-            parts += (between, length(len(raw)), raw)
+            parts += (_STRING_TYPE, length(len(raw)), raw)
         parts.append(tail)
         out.append(b"".join(parts))
     return out
