@@ -399,16 +399,20 @@ def create_app(scorer: Scorer) -> ASGIApp:
 
     async def asgi(scope: Scope, receive: Receive, send: Send) -> None:
         handler = posts.get(scope["path"]) if scope["type"] == "http" else None
-        if handler is None or scope["method"] != "POST":
+        if handler is None:
             await app(scope, receive, send)
             return
-        try:
-            status, body = await handler(scope, receive)
-        except Disconnected:
-            return
-        await send({"type": "http.response.start", "status": status, "headers": [
-            (b"content-type", b"application/json"),
-            (b"content-length", str(len(body)).encode())]})
+        headers = [(b"content-type", b"application/json")]
+        if scope["method"] != "POST":
+            status, body = _refusal(405, "Method Not Allowed")
+            headers.append((b"allow", b"POST"))
+        else:
+            try:
+                status, body = await handler(scope, receive)
+            except Disconnected:
+                return
+        headers.append((b"content-length", str(len(body)).encode()))
+        await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
 
     def answer(endpoint: str, reply: Answer) -> Response:

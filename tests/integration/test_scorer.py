@@ -340,6 +340,8 @@ def test_bad_requests_get_a_4xx_with_a_message(settings, scorers):
         assert r.status_code == 422 and r.json()["detail"]
     r = httpx.post(f"{url}/rank", content=b"x" * (settings.max_request_bytes + 1), timeout=10)
     assert r.status_code == 413 and "bytes" in r.json()["detail"]
+    r = httpx.get(f"{url}/rank", timeout=10)
+    assert r.status_code == 405 and r.headers["allow"] == "POST" and r.json()["detail"]
     assert httpx.post(f"{url}/admin/pin", content=b"{}", timeout=10).status_code == 401
     r = httpx.post(f"{url}/admin/pin", content=b'{"version": "x"}',
                    headers={"authorization": f"Bearer {TOKEN}"}, timeout=10)
