@@ -52,7 +52,6 @@ from support import (
     console,
     fresh_settings,
     fresh_topics,
-    drive,
     open_loop,
     sample_events,
     table,
@@ -106,10 +105,10 @@ def _offer(scorer: ScorerProcess, bodies: Callable[[int], list[bytes]], rate: fl
            seconds: float, path: str) -> Run:
     """Offer ``rate`` requests/s of ``bodies(k)`` to ``path`` for ``seconds`` after a warm-up
     of half a second; the scorer's CPU over the measured run."""
-    drive(open_loop(scorer.url, bodies(int(rate * 0.5)), rate, path))
+    open_loop(scorer.url, bodies(int(rate * 0.5)), rate, path)
     measured = bodies(int(rate * seconds))
     cpu = tree_cpu_s(scorer.proc.pid)
-    run = drive(open_loop(scorer.url, measured, rate, path))
+    run = open_loop(scorer.url, measured, rate, path)
     run.cpu_s = tree_cpu_s(scorer.proc.pid) - cpu
     return run
 

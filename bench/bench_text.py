@@ -44,7 +44,7 @@ import numpy as np
 import orjson
 from rich import box
 from rich.markup import escape
-from support import console, drive, open_loop, table, tree_cpu_s
+from support import console, open_loop, table, tree_cpu_s
 
 from config import REPO_ROOT, Settings
 from connectors.items import CatalogItem, ItemProducer, read_catalog
@@ -200,13 +200,13 @@ def side_by_side(scorer: ScorerProcess, items: Sequence[CatalogItem], variants: 
         return [rank_body(items, variant.query(sent - n + k), rng) for k in range(n)]
 
     for variant in variants:
-        drive(open_loop(scorer.url, bodies(variant, max(1, int(rate / 2))), rate))
+        open_loop(scorer.url, bodies(variant, max(1, int(rate / 2))), rate)
     block = int(rate * seconds / rounds)
     for _ in range(rounds):
         for variant in variants:
             measured = bodies(variant, block)
             cpu, started = tree_cpu_s(scorer.proc.pid), time.perf_counter()
-            run = drive(open_loop(scorer.url, measured, rate))
+            run = open_loop(scorer.url, measured, rate)
             variant.seconds += time.perf_counter() - started
             variant.cpu_s += tree_cpu_s(scorer.proc.pid) - cpu
             variant.latencies += run.latencies

@@ -20,12 +20,12 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Coroutine, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import orjson
@@ -496,16 +496,15 @@ class _Connections:
         self._idle.clear()
 
 
-def drive(load: Coroutine[Any, Any, Run]) -> Run:
-    """Run a load (:func:`open_loop`) to its end on uvloop, the event loop the scorer runs on:
-    the generator's own scheduling delays count in every latency it measures."""
-    return uvloop.run(load)
-
-
-async def open_loop(url: str, bodies: Sequence[bytes], rate: float, path: str = "/rank") -> Run:
+def open_loop(url: str, bodies: Sequence[bytes], rate: float, path: str = "/rank") -> Run:
     """Open loop: send ``bodies`` at ``rate`` (a GET for any path but ``/rank``); each
     latency counts from the request's scheduled send, so a stall counts for every request it
-    delays."""
+    delays. Runs on uvloop, the event loop the scorer runs on: the generator's own scheduling
+    delays count in every latency it measures."""
+    return uvloop.run(_open_loop(url, bodies, rate, path))
+
+
+async def _open_loop(url: str, bodies: Sequence[bytes], rate: float, path: str) -> Run:
     run = Run(rate, len(bodies) / rate)
     connections = _Connections(url)
     in_flight = 0
