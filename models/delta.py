@@ -39,7 +39,7 @@ import hashlib
 import hmac as hmac_lib
 import json
 import struct
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Literal, cast
 
@@ -231,12 +231,17 @@ def decode_message(data: bytes, hmac_key: bytes | None) -> ModelUpdate:
         raise UpdateRejected("bad_format", f"metadata: {err}") from None
 
 
-def apply_update(model_state: Mapping[str, Tensor], update: ModelUpdate) -> dict[str, Tensor]:
+def apply_update(model_state: Mapping[str, Tensor], update: ModelUpdate,
+                 writable: Callable[[str, Tensor, Tensor], Tensor] = lambda name, table, rows:
+                 table.clone()) -> dict[str, Tensor]:
     """The state after ``update``, as a new dict; ``model_state``'s tensors are not modified.
 
     Tensors the update does not touch are shared with ``model_state``; a table with rows in
-    the delta is a modified copy. Version order is the caller's business (see
-    :mod:`models.follower`); this only checks that names and shapes fit.
+    the delta is a modified copy: ``writable(name, table, rows)`` gives a tensor equal to
+    ``table`` that no one else reads (default: a clone; :class:`models.follower.TableRecycler`
+    gives a retired copy brought up to date), and the delta's rows are written into it.
+    Version order is the caller's business (see :mod:`models.follower`); this only checks that
+    names and shapes fit.
 
     >>> state = {"emb": torch.zeros(3, 2), "bias": torch.zeros(1)}
     >>> u = ModelUpdate("m", "delta", 2, 1, 0, 0, tensors={
@@ -267,7 +272,7 @@ def apply_update(model_state: Mapping[str, Tensor], update: ModelUpdate) -> dict
                f"{name}: {len(rows)} rows, values {t.dtype} {tuple(t.shape)}")
         _check(not len(rows) or (0 <= int(rows.min()) and int(rows.max()) < len(table)),
                f"{name}: row index out of range")
-        table = table.clone()
+        table = writable(name, table, rows)
         table[rows] = t
         new[name] = table
     for name in tensors:

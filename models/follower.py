@@ -13,16 +13,24 @@ A :class:`ModelFollower` holds the served ``(version, model)`` pair and moves it
   - a bad checksum, a bad or (with a key) missing signature, malformed bytes, another model's
     id, or tensors that do not fit -> ``rejected``: the last good version keeps serving.
 
-Swaps are atomic: an update builds a new state (copying only the tables it changes) and a
-new model around it, then replaces the served pair with one assignment. Readers call
+Swaps are atomic: an update builds a new state (new tensors only for the tables it changes)
+and a new model around it, then replaces the served pair with one assignment. Readers call
 :meth:`ModelFollower.served` (or ``model``/``version``) and keep using what they got; they
 never see half an update. Writers are serialised by a lock.
+
+A table a delta changes is written into a copy no served model reads: the copy that the
+previous change of that table retired, brought up to date by copying the rows it lacks
+(:class:`TableRecycler`), once no model built on it is alive; else a new clone. A delta then
+costs about its own rows instead of a copy of every table it touches (the five embedding
+tables of the default model: 64 MB, 11 to 160 ms per delta on a 2-core machine, depending on
+whether the allocator had to fault the pages in anew).
 """
 
 from __future__ import annotations
 
 import copy
 import threading
+import weakref
 from dataclasses import dataclass, replace
 from enum import StrEnum
 
@@ -52,6 +60,57 @@ class Outcome:
     reason: str = ""
 
 
+class TableRecycler:
+    """Tables for :func:`~models.delta.apply_update` to write a delta's rows into: the copy of
+    the table that the table's previous change retired, instead of a new clone.
+
+    The retired copy lags the served table by the rows that change wrote; it is taken once
+    every model built on it is gone (weak references: a model held by a forward pass, a pin
+    or the quality guard keeps its tensors unchanged) and those rows are copied over from the
+    served table first. Call :meth:`writable` through ``apply_update``, then :meth:`adopt`
+    once the new state serves or :meth:`forget` when the apply failed (the copies it took are
+    then gone: the next change of those tables clones).
+    ``recycled`` counts the tables written in place of a clone.
+    """
+
+    def __init__(self) -> None:
+        self._served: dict[str, tuple[Tensor, list[weakref.ref[nn.Module]]]] = {}
+        self._retired: dict[str, tuple[Tensor, list[weakref.ref[nn.Module]], Tensor]] = {}
+        self._written: dict[str, Tensor] = {}
+        self.recycled = 0
+
+    def writable(self, name: str, table: Tensor, rows: Tensor) -> Tensor:
+        """A tensor equal to ``table`` that no live model reads, for ``rows`` to be written."""
+        self._written[name] = rows
+        retired = self._retired.pop(name, None)
+        if retired is not None:
+            copy_, users, lags = retired
+            if (copy_.shape == table.shape and copy_.dtype == table.dtype
+                    and copy_.device == table.device and all(u() is None for u in users)):
+                copy_[lags] = table[lags]
+                self.recycled += 1
+                return copy_
+        return table.clone()
+
+    def adopt(self, state: dict[str, Tensor], model: nn.Module) -> None:
+        """``model`` serves ``state`` (the result of the last apply)."""
+        user = weakref.ref(model)
+        written, self._written = self._written, {}
+        for name, tensor in state.items():
+            served = self._served.get(name)
+            if served is not None and served[0] is tensor:
+                served[1][:] = [u for u in served[1] if u() is not None] + [user]
+                continue
+            self._retired.pop(name, None)
+            if served is not None and name in written:  # differs from ``tensor`` by these rows
+                self._retired[name] = (served[0], served[1], written[name])
+            self._served[name] = (tensor, [user])
+
+    def forget(self) -> None:
+        """Forget the writes of an apply that failed (the copies it took are gone with it)."""
+        self._written.clear()
+
+
 class ModelFollower:
     """Serves the newest model version it could apply strictly in order.
 
@@ -70,6 +129,7 @@ class ModelFollower:
         model = model.to(self.device).eval()
         self._state = {name: t.detach() for name, t in model.state_dict().items()}
         self._served: tuple[int, Ranker] = (0, model)
+        self.tables = TableRecycler()
         self.model_id: str | None = None
         self.last_update: ModelUpdate | None = None
 
@@ -117,10 +177,12 @@ class ModelFollower:
                 update = replace(update, tensors={
                     name: t.to(self.device) for name, t in update.tensors.items()})
             try:
-                state = apply_update(self._state, update)
+                state = apply_update(self._state, update, self.tables.writable)
                 model = rebind(self._template, state)
             except UpdateRejected as err:
+                self.tables.forget()
                 return Outcome(Status.REJECTED, current, update.version, err.reason)
+            self.tables.adopt(state, model)
             self._state = state
             self._served = (update.version, model)
             self.model_id = update.model_id

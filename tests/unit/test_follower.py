@@ -77,6 +77,24 @@ def test_every_intermediate_version_matches(stream: Stream) -> None:
     for version, (m, state) in enumerate(zip(messages, states), start=1):
         f.apply(m)
         assert f.version == version and same(f.model.state_dict(), state)
+    assert f.tables.recycled > 0  # deltas 3, 4, 7 and 8 wrote into retired copies
+
+
+def test_a_held_version_keeps_its_tables_while_later_deltas_stream(stream: Stream) -> None:
+    _, messages, states = stream
+    f = follower()
+    held = []
+    for m in messages:
+        f.apply(m)
+        held.append(f.served())  # as a pin, the guard or a forward pass under way would
+    assert f.tables.recycled == 0
+    for (version, model), state in zip(held, states):
+        assert same(model.state_dict(), state), version
+    del held[2:]  # versions 3 and later may be recycled now; 1 and 2 are still held
+    for m in publish(10)[1][8:]:
+        assert f.apply(m).status == Status.APPLIED
+    assert f.tables.recycled > 0
+    assert same(held[0][1].state_dict(), states[0]) and same(held[1][1].state_dict(), states[1])
 
 
 def test_duplicates_and_replays_are_ignored(stream: Stream) -> None:
