@@ -72,6 +72,7 @@ from models.ranker import Ranker
 from models.scorer.api import parse_rank
 from models.scorer.app import Scorer
 from models.scorer.batcher import forward
+from models.scorer.candidates import encode_candidates
 from models.trainer import OnlineTrainer
 from models.versions import VersionCutter
 from streamrank import stack
@@ -123,12 +124,17 @@ def floor(scorer: ScorerProcess, rate: float, seconds: float) -> Run:
     return _offer(scorer, lambda k: [b""] * k, rate, seconds, "/healthz")
 
 
+STAGES = ("parse", "feature read", "encode", "forward")
+"""The stages of a request timed in-process (:func:`service_times`)."""
+
+
 def service_times(settings: Settings, work: Workload, n: int,
-                  requests: int) -> dict[str, list[float]]:
-    """Per request, in this process, one after another (no HTTP, no batching): the scorer's
-    feature read + encoding + forward pass, with its reader and with the Feast SDK reader."""
+                  requests: int) -> dict[str, np.ndarray]:
+    """Per request, in this process, one after another (no HTTP, no batching), with the
+    scorer's reader and with the Feast SDK reader: seconds of each of :data:`STAGES`
+    (``requests X 4``); their sum is the service time."""
     bodies = [work.body(n) for _ in range(requests)]
-    out: dict[str, list[float]] = {}
+    out: dict[str, np.ndarray] = {}
     for name, reader in (("scorer", "redis"), ("Feast SDK", "sdk")):
         scorer = Scorer(settings.model_copy(update={"feature_reader": reader}), "cpu",
                         follow=False)
@@ -136,10 +142,17 @@ def service_times(settings: Settings, work: Workload, n: int,
         times = []
         for body in bodies:
             t0 = time.perf_counter()
-            _, batch, _ = scorer.prepare(parse_rank(body))
+            req = parse_rank(body)
+            t1 = time.perf_counter()
+            inputs = scorer.reader.read(req.user_id, req.item_ids, req.category_ids,
+                                        req.as_of_ms)
+            t2 = time.perf_counter()
+            batch = encode_candidates(req.user_id, req.item_ids, req.category_ids, req.prices,
+                                      inputs, settings.hash_buckets)
+            t3 = time.perf_counter()
             forward(scorer.service.current(), batch)
-            times.append(time.perf_counter() - t0)
-        out[name] = times
+            times.append((t1 - t0, t2 - t1, t3 - t2, time.perf_counter() - t3))
+        out[name] = np.asarray(times)
     return out
 
 
@@ -250,15 +263,18 @@ def model_alone(settings: Settings) -> dict[int, dict[str, float]]:
 
 
 def in_process(settings: Settings, work: Workload) -> Rows:
-    """Sequential service times in this process, scorer reader and Feast SDK reader."""
+    """Sequential service times in this process, scorer reader and Feast SDK reader, with
+    the p50 of each stage."""
     rows: Rows = []
     for n in (100, 1_000):
         for name, times in service_times(settings, work, n, 200 if n == 100 else 60).items():
-            ms = np.asarray(times) * 1e3
-            rows.append((name, f"{n:,}", f"{np.percentile(ms, 50):.2f}",
-                         f"{np.percentile(ms, 99):.2f}"))
-    console.print(table("service time per request in-process, sequential (features + encode "
-                        "+ forward)", ("path", "candidates", "p50 ms", "p99 ms"), rows))
+            total = times.sum(axis=1) * 1e3
+            stages = np.percentile(times, 50, axis=0) * 1e6
+            rows.append((name, f"{n:,}", f"{np.percentile(total, 50):.2f}",
+                         f"{np.percentile(total, 99):.2f}", *(f"{us:,.0f}" for us in stages)))
+    console.print(table("service time per request in-process, sequential (no HTTP, no "
+                        "batching)", ("path", "candidates", "p50 ms", "p99 ms",
+                                      *(f"{stage} p50 us" for stage in STAGES)), rows))
     return [("service_time", *row) for row in rows]
 
 
@@ -289,7 +305,8 @@ def steady(variants: dict[str, ScorerProcess], work: Workload, seconds: float) -
 def highest_rates(variants: dict[str, ScorerProcess], work: Workload, seconds: float,
                   limits_ms: dict[int, float]) -> Rows:
     """Rising rates on each variant until p99 reaches ``limits_ms[candidates]`` (or requests
-    fail or fall behind): the highest rate that kept under it."""
+    fail or fall behind): the highest rate that kept under it. Each rung offers at least 100
+    requests, so that its p99 is not the slowest of a handful."""
     ladder: Rows = []
     results: Rows = []
     for n, rates in RATES.items():
@@ -297,7 +314,7 @@ def highest_rates(variants: dict[str, ScorerProcess], work: Workload, seconds: f
         for name, scorer in variants.items():
             best = "none"
             for rate in rates:
-                r = load(scorer, work, n, rate, min(seconds, 4.0))
+                r = load(scorer, work, n, rate, max(min(seconds, 4.0), 100 / rate))
                 ok = r.pct(99) < limit_ms and r.failures == 0 and r.achieved >= 0.9 * rate
                 ladder.append((name, f"{n:,}", f"{limit_ms:.0f}", str(rate), f"{r.achieved:.0f}",
                                f"{r.pct(99):.1f}" + ("" if ok else " x"),
