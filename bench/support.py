@@ -346,25 +346,27 @@ def time_passes(model: Ranker, device: torch.device, n: int, dtype: str, budget_
                 buckets: int) -> dict[str, float]:
     """Latency (ms, p50/p99) and candidates/s of the scorer's forward pass
     (:func:`models.scorer.batcher.forward`) over ``n`` random candidates, for ``budget_s``
-    seconds (at least 5 passes, at most 2,000); ``dtype`` ``bf16`` runs it under autocast.
-    torch is imported here, so that scripts that do not run the model do not load it."""
+    seconds (at least 5 passes, at most 2,000); ``dtype`` ``bf16`` runs it under autocast. On
+    CUDA the batch goes up through pinned buffers, as in the scorer. torch is imported here,
+    so that scripts that do not run the model do not load it."""
     import torch
 
-    from models.scorer.batcher import forward
+    from models.scorer.batcher import HostStaging, forward
 
     batch = _random_batch(n, buckets, torch.Generator().manual_seed(n))
     autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if dtype == "bf16"
                 else contextlib.nullcontext())
     served = (1, model)
+    staging = HostStaging(pin=True) if device.type == "cuda" else None
     times: list[float] = []
     with autocast:
-        forward(served, batch)  # warm-up
+        forward(served, batch, staging)  # warm-up
         if device.type == "cuda":
             torch.cuda.synchronize()
         deadline = time.perf_counter() + budget_s
         while (time.perf_counter() < deadline or len(times) < 5) and len(times) < 2_000:
             started = time.perf_counter()
-            forward(served, batch)  # returns host numpy: synchronised
+            forward(served, batch, staging)  # returns host numpy: synchronised
             times.append(time.perf_counter() - started)
     times.sort()
     p50 = statistics.median(times)

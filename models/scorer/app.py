@@ -158,7 +158,7 @@ class Scorer:
         reader = self.reader
         self.metrics.count_item_cache(lambda: (reader.cache_hits, reader.cache_misses))
         self.batcher = Batcher(self.service.current, settings.max_batch_wait_ms / 1000.0,
-                               settings.max_batch_candidates, self._observe)
+                               settings.max_batch_candidates, self._observe, self.device)
         self.prepare_pool = ThreadPoolExecutor(PREPARE_THREADS, thread_name_prefix="prepare")
 
     def _observe(self, candidates: int, requests: int) -> None:

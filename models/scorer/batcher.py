@@ -37,10 +37,40 @@ def concat(batches: list[Batch]) -> Batch:
     return Batch(*(torch.cat(parts) for parts in zip(*batches)))
 
 
-def forward(served: Served, batch: Batch) -> np.ndarray:
-    """``B X 2`` float64 (p_click, p_purchase) of one pass on the model's device."""
+class HostStaging:
+    """Host buffers a batch is copied into before it goes to the device, grown as needed and
+    reused pass after pass; page-locked (pinned) with ``pin``, so that the copy to a CUDA
+    device is one asynchronous DMA per tensor instead of a staged, blocking one.
+
+    A buffer is written again only by the next pass, after :func:`forward` has waited for the
+    previous one's result (``.cpu()``), so no upload still reads it.
+    """
+
+    def __init__(self, pin: bool) -> None:
+        self.pin = pin
+        self._buffers: list[torch.Tensor] = []
+
+    def stage(self, batch: Batch) -> Batch:
+        """``batch``'s tensors copied into the buffers (views of them, same shapes)."""
+        out = []
+        for k, t in enumerate(batch):
+            if k == len(self._buffers):
+                self._buffers.append(torch.empty(0, dtype=t.dtype))
+            buffer = self._buffers[k]
+            if buffer.numel() < t.numel() or buffer.dtype != t.dtype:
+                buffer = torch.empty(max(t.numel(), 2 * buffer.numel()), dtype=t.dtype)
+                self._buffers[k] = buffer = buffer.pin_memory() if self.pin else buffer
+            out.append(buffer[:t.numel()].view(t.shape).copy_(t))
+        return Batch(*out)
+
+
+def forward(served: Served, batch: Batch, staging: HostStaging | None = None) -> np.ndarray:
+    """``B X 2`` float64 (p_click, p_purchase) of one pass on the model's device (through
+    ``staging`` when given)."""
     model = served[1]
     device = next(model.parameters()).device
+    if staging is not None:
+        batch = staging.stage(batch)
     with torch.inference_mode():
         logits = model(*(x.to(device, non_blocking=True) for x in batch))
         return Ranker.probabilities(logits).double().cpu().numpy()
@@ -50,12 +80,15 @@ class Batcher:
     """One forward pass for the requests gathered (module docstring).
 
     ``current`` gives the served pair; ``observe(candidates, requests)`` sees every pass.
+    On a CUDA ``device`` the batches go up through pinned :class:`HostStaging` buffers.
     Call :meth:`start` inside the event loop and :meth:`close` at the end.
     """
 
     def __init__(self, current: Callable[[], Served], max_wait_s: float, max_candidates: int,
-                 observe: Callable[[int, int], None] = lambda candidates, requests: None) -> None:
+                 observe: Callable[[int, int], None] = lambda candidates, requests: None,
+                 device: torch.device = torch.device("cpu")) -> None:
         self._current = current
+        self._staging = HostStaging(pin=True) if device.type == "cuda" else None
         self._max_wait = max_wait_s
         self._max_candidates = max_candidates
         self._observe = observe
@@ -114,7 +147,7 @@ class Batcher:
             return
         try:
             served = self._current()
-            probs = forward(served, concat([job.batch for job in jobs]))
+            probs = forward(served, concat([job.batch for job in jobs]), self._staging)
         except Exception as err:  # noqa: BLE001 - every waiting request gets the error
             for job in jobs:
                 job.future.set_exception(err)

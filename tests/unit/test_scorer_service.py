@@ -19,7 +19,7 @@ from models.delta import decode_message, encode_delta
 from models.follower import Status
 from models.ranker import Batch, Ranker, encode_batch
 from models.scorer.api import RankRequest
-from models.scorer.batcher import Batcher, forward
+from models.scorer.batcher import Batcher, HostStaging, forward
 from models.scorer.service import ModelService, VersionUnavailable
 from models.trainer import OnlineTrainer
 from models.versions import VersionCutter
@@ -257,3 +257,21 @@ def test_a_candidate_encodes_as_its_training_example_at_the_serving_position():
     assert set(served.position.tolist()) == {SERVING_POSITION}
     assert not torch.equal(encode_batch(xs, SETTINGS.hash_buckets, training=True).position,
                            served.position)
+
+
+def test_host_staging_reuses_its_buffers_and_changes_no_score(store):
+    messages, _ = stream(2, store)
+    service = ModelService(SETTINGS, store=store)
+    for m in messages:
+        service.apply(m)
+    staging = HostStaging(pin=False)  # pinned on a CUDA device; the copies are the same
+    pointers = [t.data_ptr() for t in staging.stage(
+        encode_batch(examples(12), SETTINGS.hash_buckets))]
+    for n in (3, 7, 5, 20):
+        batch = encode_batch(examples(n, 100 * n), SETTINGS.hash_buckets)
+        assert np.array_equal(forward(service.current(), batch, staging),
+                              forward(service.current(), batch))
+        staged = staging.stage(batch)
+        assert all(torch.equal(a, b) for a, b in zip(staged, batch))
+        if n < 12:  # fits the buffers of the first batch: no new allocation
+            assert [t.data_ptr() for t in staged] == pointers
