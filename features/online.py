@@ -332,12 +332,14 @@ class OnlineFeatureReader:
 
     def _cached_keys(self, view: str, keys: Sequence[tuple[str, ...]]) -> list[bytes]:
         """Feast's Redis keys of ``view``'s rows (kept: encoding one costs more than reading
-        it; at most ``2 * max_cached_items`` are kept)."""
+        it; at most ``2 * max_cached_items`` are kept). A cache emptied to make room keeps
+        this call's keys, so that none of them is looked up after being dropped."""
         cache = self._key_bytes
         new = [k for k in keys if (view, k) not in cache]
+        if new and len(cache) + len(new) > 2 * self._max_cached:
+            cache.clear()
+            new = list(keys)
         if new:
-            if len(cache) + len(new) > 2 * self._max_cached:
-                cache.clear()
             cache.update(zip(((view, k) for k in new), self._keys(view, new)))
         return [cache[(view, k)] for k in keys]
 

@@ -213,18 +213,6 @@ class ColumnFeatureReader(OnlineFeatureReader):
                                    states[[at[i] for i in plan.item_ids]], ucs[uc_rows],
                                    category_ids, plan.t, self._state_ttl)
 
-    def _cached_keys(self, view: str, keys: Sequence[tuple[str, ...]]) -> list[bytes]:
-        """As the base class's, but a key cache emptied to make room keeps this call's keys
-        (the base class's then looks up keys it has just dropped)."""
-        cache = self._key_bytes
-        new = [k for k in keys if (view, k) not in cache]
-        if new and len(cache) + len(new) > 2 * self._max_cached:
-            cache.clear()
-            new = list(keys)
-        if new:
-            cache.update(zip(((view, k) for k in new), self._keys(view, new)))
-        return [cache[(view, k)] for k in keys]
-
     def _present(self, replies: Sequence[Any]) -> tuple[np.ndarray, list[Any]]:
         present = np.fromiter((bool(r) and bool(r[-1]) for r in replies), bool, len(replies))
         return present, [r for r, p in zip(replies, present.tolist()) if p]
