@@ -56,6 +56,14 @@ def same(model: Ranker, state: dict[str, torch.Tensor]) -> bool:
     return ours.keys() == state.keys() and all(torch.equal(ours[k], state[k]) for k in ours)
 
 
+def following(versions: int, store: SnapshotStore) -> ModelService:
+    """A service that applied the first ``versions`` versions of :func:`stream`."""
+    service = ModelService(SETTINGS, store=store)
+    for m in stream(versions, store)[0]:
+        service.apply(m)
+    return service
+
+
 @pytest.fixture
 def store() -> SnapshotStore:
     return SnapshotStore(f"memory://scorer-{uuid.uuid4().hex}", keep=10)
@@ -132,10 +140,7 @@ def test_quality_guard_without_a_good_version_serves_and_says_why(store):
 
 
 def test_concurrent_requests_share_one_forward_pass_with_one_version(store):
-    messages, _ = stream(2, store)
-    service = ModelService(SETTINGS, store=store)
-    for m in messages:
-        service.apply(m)
+    service = following(2, store)
     passes: list[tuple[int, int]] = []
     requests = [encode_batch(examples(n, 10 * n), SETTINGS.hash_buckets) for n in (3, 5, 7)]
 
@@ -162,9 +167,7 @@ def test_concurrent_requests_share_one_forward_pass_with_one_version(store):
 
 
 def test_a_lone_request_does_not_wait(store):
-    messages, _ = stream(1, store)
-    service = ModelService(SETTINGS, store=store)
-    service.apply(messages[0])
+    service = following(1, store)
 
     async def run() -> float:
         batcher = Batcher(service.current, max_wait_s=5.0, max_candidates=1_000)
@@ -180,9 +183,7 @@ def test_a_lone_request_does_not_wait(store):
 
 
 def test_a_pass_takes_at_most_max_candidates_and_the_rest_go_next(store):
-    messages, _ = stream(1, store)
-    service = ModelService(SETTINGS, store=store)
-    service.apply(messages[0])
+    service = following(1, store)
     passes: list[tuple[int, int]] = []
     requests = [encode_batch(examples(n, 10 * n), SETTINGS.hash_buckets) for n in (4, 4, 4)]
 
@@ -260,10 +261,7 @@ def test_a_candidate_encodes_as_its_training_example_at_the_serving_position():
 
 
 def test_host_staging_reuses_its_buffers_and_changes_no_score(store):
-    messages, _ = stream(2, store)
-    service = ModelService(SETTINGS, store=store)
-    for m in messages:
-        service.apply(m)
+    service = following(2, store)
     staging = HostStaging(pin=False)  # pinned on a CUDA device; the copies are the same
     pointers = [t.data_ptr() for t in staging.stage(
         encode_batch(examples(12), SETTINGS.hash_buckets))]
