@@ -16,9 +16,9 @@ In one run, on the configured (your) ports, bounded, stopping what it started:
    100 and 200 requests/s, 1,000 candidates at 20 requests/s; then rising rates to the highest
    whose p99 stays under ``--p99-ms`` (100 candidates) or ``--p99-ms-1000``;
 6. 100 candidates at ``--swap-rate`` on each variant in turn, the others paused, while the
-   trainer publishes deltas every ``--delta-every-s``: p99 of requests in flight within
-   ``--swap-window-ms`` of a swap vs the others, and model freshness (delta published ->
-   served by every worker process) p50/p99.
+   trainer publishes deltas (learned ahead) every ``--delta-every-s``: p99 of requests in
+   flight within ``--swap-window-ms`` of a swap vs the others, and model freshness (delta
+   published -> served by every worker process) p50/p99.
 
 The load generator shares the machine's cores with the scorers, Kafka and Redis.
 
@@ -178,11 +178,16 @@ def prepare(settings: Settings, rows: int) -> tuple[Workload, list[TrainingExamp
 
 
 def stream_deltas(settings: Settings, examples: list[TrainingExample], every_s: float,
-                  go: Event, halt: Event, out: Queue) -> None:
-    """A trainer in its own process (so that its work does not stall the load generator):
-    publishes the version 1 snapshot at once, then, between ``go`` and ``halt``, learns 256
-    examples and publishes a delta every ``every_s``; puts {version: publish wall ms} of
-    those deltas."""
+                  count: int, ready: Event, go: Event, halt: Event, out: Queue) -> None:
+    """A trainer in its own process: publishes the version 1 snapshot at once, learns 256
+    examples per delta and encodes ``count`` deltas ahead (then sets ``ready``), and between
+    ``go`` and ``halt`` publishes one every ``every_s``; puts {version: publish wall ms} of
+    those deltas.
+
+    The deltas are learned before the load starts because on a small machine the trainer's
+    learning would take the cores from the scorer right before each swap: the swap figures
+    would measure the trainer's neighbourhood, not the scorer's swap (a trainer runs on other
+    cores or hosts in production)."""
     torch.set_num_threads(1)
     trainer = OnlineTrainer(settings)
     publisher = VersionCutter(trainer, settings, SnapshotStore.from_settings(settings))
@@ -190,26 +195,30 @@ def stream_deltas(settings: Settings, examples: list[TrainingExample], every_s: 
     with ModelUpdatePublisher(settings) as channel:
         at = 0
 
-        def publish_one() -> None:
+        def learn_one() -> tuple[int, list[bytes]]:
             nonlocal at
             batch = examples[at:at + 256] or examples[:256]
             at = (at + 256) % max(1, len(examples) - 256)
             trainer.learn_many(batch)
-            messages = publisher.publish()
-            t_pub = time.time_ns() // 1_000_000
+            return publisher.version + 1, publisher.publish()
+
+        for message in learn_one()[1]:  # the snapshot, before the scorers start
+            channel.publish(settings.model_id, message)
+        channel.flush()
+        ahead = [learn_one() for _ in range(count)]
+        ready.set()
+        go.wait()
+        next_at = time.monotonic()
+        for version, messages in ahead:
+            if halt.is_set():
+                break
+            published[version] = time.time_ns() // 1_000_000
             for m in messages:
                 channel.publish(settings.model_id, m)
             channel.flush()
-            if go.is_set():  # not the first snapshot: published before the scorers start
-                published[publisher.version] = t_pub
-
-        publish_one()
-        go.wait()
-        next_at = time.monotonic()
-        while not halt.is_set():
-            publish_one()
             next_at += every_s
             halt.wait(max(0.0, next_at - time.monotonic()))
+        halt.wait()
     out.put(published)
 
 
@@ -217,12 +226,18 @@ class DeltaStream:
     """:func:`stream_deltas` in a child process, and its signals."""
 
     def __init__(self, settings: Settings, examples: list[TrainingExample],
-                 every_s: float) -> None:
+                 every_s: float, count: int) -> None:
         ctx = multiprocessing.get_context("spawn")
-        self._go, self._halt, self._out = ctx.Event(), ctx.Event(), ctx.Queue()
+        self._ready, self._go, self._halt = ctx.Event(), ctx.Event(), ctx.Event()
+        self._out = ctx.Queue()
         self._proc = ctx.Process(target=stream_deltas, daemon=True, args=(
-            settings, examples, every_s, self._go, self._halt, self._out))
+            settings, examples, every_s, count, self._ready, self._go, self._halt, self._out))
         self._proc.start()
+
+    def wait_ready(self, timeout_s: float = 600.0) -> None:
+        """Return once the deltas are learned and encoded."""
+        if not self._ready.wait(timeout_s):
+            raise TimeoutError("the deltas were not ready in time")
 
     def go(self) -> None:
         """Start the deltas."""
@@ -439,7 +454,9 @@ def item_cache(scorer: ScorerProcess) -> str:
 def measure(settings: Settings, args: argparse.Namespace) -> Rows:
     """Steps 2 to 6 of the module docstring on a stack with the run's topics."""
     work, examples = prepare(settings, args.rows)
-    stream = DeltaStream(settings, examples, args.delta_every_s)
+    per_run_s = max(args.seconds, 8.0) + 5.0  # a swap run, its warm-up and catching up
+    stream = DeltaStream(settings, examples, args.delta_every_s,
+                         count=int(3 * per_run_s / args.delta_every_s))
     variants: dict[str, ScorerProcess] = {}
     try:
         logs = settings.run_dir / "logs"
@@ -450,6 +467,7 @@ def measure(settings: Settings, args: argparse.Namespace) -> Rows:
         variants["x1"] = start_scorer(settings, logs / "x1.log")
         variants["x2"] = start_scorer(settings, logs / "x2.log", workers=2)
         wait_version(list(variants.values()), 1)  # the stream's first version: the snapshot
+        stream.wait_ready()
         console.print("scorers: " + ", ".join(
             f"{name} {s.url} (RSS MB {memory_mb(s)})" for name, s in variants.items()))
         alone = model_alone(settings)

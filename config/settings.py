@@ -218,8 +218,9 @@ class ScorerSettings(_Section):
     """``auto`` (CUDA when present), ``cpu`` or ``cuda``."""
     max_batch_wait_ms: float = 2.0
     """A scorer waits at most this long to gather concurrent requests into one forward pass."""
-    max_batch_candidates: int = 16_384
-    """Candidates of one forward pass at most (requests beyond wait for the next)."""
+    max_batch_candidates: int = Field(default=0, ge=0)
+    """Candidates of one forward pass at most (requests beyond wait for the next); 0: the
+    device's (16,384 on a CPU, 131,072 on a GPU)."""
     max_candidates: int = 2_000
     """Candidates of one ``/rank`` request at most (more: 422)."""
     max_request_bytes: int = 1 << 20

@@ -4,6 +4,7 @@ validation."""
 from __future__ import annotations
 
 import asyncio
+import threading
 import uuid
 from dataclasses import replace
 
@@ -19,7 +20,7 @@ from models.delta import decode_message, encode_delta
 from models.follower import Status
 from models.ranker import Batch, Ranker, encode_batch
 from models.scorer.api import RankRequest
-from models.scorer.batcher import Batcher, HostStaging, forward
+from models.scorer.batcher import Batcher, DevicePolicy, HostStaging, device_policy, forward
 from models.scorer.service import ModelService, VersionUnavailable
 from models.trainer import OnlineTrainer
 from models.versions import VersionCutter
@@ -201,6 +202,53 @@ def test_a_pass_takes_at_most_max_candidates_and_the_rest_go_next(store):
     for (version, probs), batch in zip(results, requests):
         assert version == 1
         np.testing.assert_allclose(probs, forward(service.current(), batch), atol=1e-6)
+
+
+def test_an_offloaded_pass_runs_beside_the_loop_and_the_requests_meanwhile_make_the_next(store):
+    service = following(1, store)
+    passes: list[tuple[int, int]] = []
+    threads: list[str] = []
+    entered, gate = threading.Event(), threading.Event()
+    requests = [encode_batch(examples(n, 10 * n), SETTINGS.hash_buckets) for n in (2, 3, 5)]
+
+    def current():  # the first pass holds until the later requests were handed in
+        threads.append(threading.current_thread().name)
+        if not entered.is_set():
+            entered.set()
+            gate.wait(10)
+        return service.current()
+
+    async def run() -> list[tuple[int, np.ndarray]]:
+        loop = asyncio.get_running_loop()
+        batcher = Batcher(current, max_wait_s=5.0, max_candidates=1_000,
+                          observe=lambda c, r: passes.append((c, r)), offload=True)
+        batcher.start()
+        try:
+            first = asyncio.ensure_future(batcher.score(requests[0]))
+            assert await loop.run_in_executor(None, entered.wait, 10)
+            later = [asyncio.ensure_future(batcher.score(r)) for r in requests[1:]]
+            await asyncio.sleep(0.05)  # the loop runs on while the first pass is held
+            assert passes == [] and not first.done()
+            gate.set()
+            return await asyncio.gather(first, *later)
+        finally:
+            await batcher.close()
+
+    results = asyncio.run(run())
+    assert passes == [(2, 1), (8, 2)]
+    assert threads and all(name.startswith("forward") for name in threads)
+    for (version, probs), batch in zip(results, requests):
+        assert version == 1
+        np.testing.assert_allclose(probs, forward(service.current(), batch), atol=1e-6)
+
+
+def test_the_batching_policy_follows_the_device():
+    assert device_policy(torch.device("cuda")) == DevicePolicy(offload=True, max_candidates=131_072)
+    assert device_policy(torch.device("cpu")) == DevicePolicy(offload=False, max_candidates=16_384)
+    assert device_policy(torch.device("meta")) == device_policy(torch.device("cpu"))
+    batcher = Batcher(lambda: None, max_wait_s=0.001, max_candidates=0)
+    assert batcher.max_candidates == 16_384
+    assert Batcher(lambda: None, max_wait_s=0.001, max_candidates=64).max_candidates == 64
 
 
 @pytest.mark.parametrize("body, message", [
