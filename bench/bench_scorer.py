@@ -205,6 +205,7 @@ def stream_deltas(settings: Settings, examples: list[TrainingExample], every_s: 
         for message in learn_one()[1]:  # the snapshot, before the scorers start
             channel.publish(settings.model_id, message)
         channel.flush()
+        publisher.store = None  # a scorer starting now must not load a snapshot cut ahead
         ahead = [learn_one() for _ in range(count)]
         ready.set()
         go.wait()
@@ -309,7 +310,7 @@ def steady(variants: dict[str, ScorerProcess], work: Workload, seconds: float) -
         for name, scorer in variants.items():
             r = load(scorer, work, n, rate, seconds)
             rows.append((name, f"{n:,}", str(rate), f"{r.achieved:.0f}", f"{r.pct(50):.1f}",
-                         f"{r.pct(99):.1f}", f"{r.pct(99.9):.1f}", str(r.failures),
+                         f"{r.pct(99):.1f}", f"{r.pct(99.9):.1f}", r.failed_text(),
                          f"{r.cpu_ms_per_request:.2f}"))
     console.print(table("/rank, features from Feast (open loop)",
                         ("scorer", "candidates", "offered/s", "achieved/s", "p50 ms", "p99 ms",
@@ -415,7 +416,7 @@ def swaps(variants: dict[str, ScorerProcess], work: Workload, stream: DeltaStrea
                                        if v in deltas}), args.swap_window_ms)
         rows += [
             (name, "requests / failed / naming an unpublished version",
-             f"{len(run.latencies)} / {run.failures} / "
+             f"{len(run.latencies)} / {run.failed_text()} / "
              f"{sum(v not in published for v in run.versions)}"),
             (name, f"p99 ms in flight within {args.swap_window_ms:.0f} ms of a swap "
                    f"({int(near.sum())} req) / the others ({int((~near).sum())} req)",

@@ -20,6 +20,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -411,11 +412,15 @@ MAX_IN_FLIGHT = 64
 """Requests the generator keeps in flight at most: past that, a scheduled request counts as
 failed (the scorer is saturated), so an overloaded run ends on time."""
 REQUEST_TIMEOUT_S = 5.0
+KEEP_IDLE_S = 4.0
+"""A connection idle longer is closed rather than reused: uvicorn closes keep-alive
+connections after 5 s idle, and a request written into one it closed fails."""
 
 
 @dataclass
 class Run:
-    """One open-loop run: per request (start, end, latency from schedule, version, ok)."""
+    """One open-loop run: per request answered (start, end, latency from schedule, version),
+    and the reason of each request that failed."""
 
     offered: float
     seconds: float
@@ -423,7 +428,8 @@ class Run:
     ends: list[float] = field(default_factory=list)
     latencies: list[float] = field(default_factory=list)
     versions: list[int] = field(default_factory=list)
-    failures: int = 0
+    failed: Counter[str] = field(default_factory=Counter)
+    """Requests failed, per reason (``HTTP 503``, an exception's name, ``in-flight cap``)."""
     cpu_s: float = float("nan")
     """CPU seconds the scorer's process used during the run."""
 
@@ -433,6 +439,18 @@ class Run:
         if mask is not None:
             lat = lat[mask]
         return float(np.percentile(lat, q) * 1e3) if len(lat) else float("nan")
+
+    @property
+    def failures(self) -> int:
+        """Requests failed."""
+        return sum(self.failed.values())
+
+    def failed_text(self) -> str:
+        """``0``, or the count with its reasons: ``2 (HTTP 503: 1, TimeoutError: 1)``."""
+        if not self.failed:
+            return "0"
+        reasons = ", ".join(f"{why}: {n}" for why, n in sorted(self.failed.items()))
+        return f"{self.failures} ({reasons})"
 
     @property
     def achieved(self) -> float:
@@ -457,7 +475,7 @@ class _Connections:
         address = url.split("://", 1)[-1].rstrip("/")
         host, _, port = address.partition(":")
         self._host, self._port = host, int(port or 80)
-        self._idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+        self._idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter, float]] = []
         self._open: set[asyncio.StreamWriter] = set()
 
     def request(self, method: str, path: str, body: bytes = b"") -> bytes:
@@ -468,9 +486,14 @@ class _Connections:
 
     async def send(self, request: bytes) -> tuple[int, bytes]:
         """The status and body of the answer to ``request``."""
-        if self._idle:
-            reader, writer = self._idle.pop()
-        else:
+        reader = writer = None
+        while self._idle and writer is None:
+            reader, writer, since = self._idle.pop()
+            if time.monotonic() - since > KEEP_IDLE_S:
+                writer.close()
+                self._open.discard(writer)
+                reader = writer = None
+        if writer is None:
             reader, writer = await asyncio.open_connection(self._host, self._port)
             self._open.add(writer)
         try:
@@ -487,7 +510,7 @@ class _Connections:
             writer.close()
             self._open.discard(writer)
             raise
-        self._idle.append((reader, writer))
+        self._idle.append((reader, writer, time.monotonic()))
         return status, body
 
     async def close(self) -> None:
@@ -516,17 +539,18 @@ async def _open_loop(url: str, bodies: Sequence[bytes], rate: float, path: str) 
         nonlocal in_flight
         in_flight += 1
         started = time.perf_counter()
+        why = ""
         try:
             status, content = await asyncio.wait_for(connections.send(request),
                                                      REQUEST_TIMEOUT_S)
-            ok = status == 200
-            version = orjson.loads(content)["model_version"] if ok else -1
-        except (OSError, asyncio.IncompleteReadError, asyncio.TimeoutError, ValueError):
-            ok, version = False, -1
+            version = orjson.loads(content)["model_version"] if status == 200 else -1
+            why = "" if status == 200 else f"HTTP {status}"
+        except (OSError, asyncio.IncompleteReadError, asyncio.TimeoutError, ValueError) as err:
+            why = type(err).__name__
         end = time.perf_counter()
         in_flight -= 1
-        if not ok:
-            run.failures += 1
+        if why:
+            run.failed[why] += 1
             return
         run.starts.append(started)
         run.ends.append(end)
@@ -544,7 +568,7 @@ async def _open_loop(url: str, bodies: Sequence[bytes], rate: float, path: str) 
             if delay > 0:
                 await asyncio.sleep(delay)
             if in_flight >= MAX_IN_FLIGHT:
-                run.failures += 1
+                run.failed["in-flight cap"] += 1
                 continue
             tasks.append(loop.create_task(one(request, scheduled)))
         await asyncio.gather(*tasks)
