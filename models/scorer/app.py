@@ -375,6 +375,7 @@ def create_app(scorer: Scorer) -> ASGIApp:
         gc.freeze()
         scorer.batcher.start()
         if scorer.reloader is not None:
+            scorer.reloader.loop = asyncio.get_running_loop()
             scorer.reloader.start()
         if scorer.catalog_follower is not None:
             scorer.catalog_follower.start()
@@ -471,8 +472,8 @@ def create_app(scorer: Scorer) -> ASGIApp:
 
 SWITCH_INTERVAL_S = 0.001
 """How long a thread holding the interpreter lock may keep it while another waits (Python's
-default is 5 ms): the reloader's and the catalog follower's threads take the lock back after
-each native step (a table copy, a Kafka poll), and a request on the event loop should not wait
+default is 5 ms): the reloader's (snapshots, Kafka polls) and the catalog follower's threads
+take the lock back after each native step, and a request on the event loop should not wait
 5 ms behind them, nor they behind a busy loop."""
 
 
