@@ -161,8 +161,8 @@ def digests(metadata: Mapping[str, str], tensors: Mapping[str, Tensor],
 
     The small pieces (lengths, names, a delta's rows) are gathered into chunks before they
     are hashed: a delta has hundreds of them, and one ``update`` per piece made the digests
-    a third of a scorer's apply, holding the interpreter lock that the requests in flight
-    wait for (``hashlib`` releases it only for pieces over 2 KiB)."""
+    a third of a scorer's apply (profiled), all of it holding the interpreter lock
+    (``hashlib`` releases it only for pieces over 2 KiB)."""
     hashes = [hashlib.sha256()]
     if key is not None:
         hashes.append(hmac_lib.new(key, digestmod=hashlib.sha256))
