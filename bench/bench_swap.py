@@ -4,12 +4,14 @@ What a swap costs the requests in flight, without HTTP, Kafka or Redis around it
 loop, a forward pass of 100 real candidates due every ``--every-ms`` (timed from when it was
 due, as a request from its arrival); beside it, the scorer's
 :class:`~models.scorer.reloader.Reloader` takes a delta of ``--per-delta`` real examples every
-``--delta-every-s``, once applying it in its own thread and once handing it to the loop (what
-the scorer does). Both with the scorer's process settings (one torch thread, its interpreter
-switch interval). Printed per way: the passes that overlapped an apply (p50 / max ms), p99 of
-the passes within ``--window-ms`` of an apply against the others, and the apply's own time.
+``--delta-every-s`` in its own thread, as in a scorer, with the scorer's process settings (one
+torch thread, its interpreter switch interval). Printed: the passes that overlapped an apply
+(p50 / max ms), p99 of the passes within ``--window-ms`` of an apply against the others, and
+the apply's own time. The HTTP benchmark (``bench_scorer.py``) measures the same ratio with
+the broker, the trainer and the load generator on the same cores; this one is the scorer's
+own share.
 
-Timings on shared machines are noisy: compare the two ways of one run.
+Timings on shared machines are noisy: compare ratios of one run.
 """
 
 from __future__ import annotations
@@ -49,8 +51,8 @@ def messages(settings: Settings, examples: list[TrainingExample], per_delta: int
     return out
 
 
-def one_way(settings: Settings, updates: list[bytes], batches: list[Batch], on_loop: bool,
-            every_s: float, delta_every_s: float) -> tuple[np.ndarray, np.ndarray]:
+def run(settings: Settings, updates: list[bytes], batches: list[Batch], every_s: float,
+        delta_every_s: float) -> tuple[np.ndarray, np.ndarray]:
     """Passes as (due, end) and applies as (start, end), perf_counter seconds: a pass counts
     from when it was due, so the wait for an apply on the loop counts too."""
     service = ModelService(settings)
@@ -67,7 +69,6 @@ def one_way(settings: Settings, updates: list[bytes], batches: list[Batch], on_l
             applies.append((t0, time.perf_counter()))
 
     async def serve() -> None:
-        reloader.loop = asyncio.get_running_loop() if on_loop else None
         thread = threading.Thread(target=follow, name="model-reloader")
         thread.start()
         start, k = time.perf_counter(), 0
@@ -84,7 +85,8 @@ def one_way(settings: Settings, updates: list[bytes], batches: list[Batch], on_l
 
 
 def summary(passes: np.ndarray, applies: np.ndarray, window_s: float) -> tuple[str, ...]:
-    """Overlapping passes, p99 near vs others, apply p50, as table cells."""
+    """Applies and their p50 / max, overlapping passes and theirs, p99 near vs others, as
+    table cells."""
     ms = (passes[:, 1] - passes[:, 0]) * 1e3
     over = np.zeros(len(passes), bool)
     near = np.zeros(len(passes), bool)
@@ -121,13 +123,10 @@ def main() -> None:
                for k in range(0, len(tail) - 99, 100)]
     console.print(f"{len(updates) - 1} deltas of {args.per_delta} real examples, "
                   f"{np.mean([len(u) for u in updates[1:]]) / 1e3:.0f} KB each")
-    rows = []
-    for name, on_loop in (("in the reloader's thread", False), ("on the event loop", True)):
-        passes, applies = one_way(settings, updates, batches, on_loop,
-                                  args.every_ms / 1e3, args.delta_every_s)
-        rows.append((name, *summary(passes, applies, args.window_ms / 1e3)))
-        console.print(f"{name}: {len(passes)} passes")
-    columns = ("delta applied", "applies", "apply p50 / max ms", "passes overlapping",
+    passes, applies = run(settings, updates, batches, args.every_ms / 1e3, args.delta_every_s)
+    rows = [summary(passes, applies, args.window_ms / 1e3)]
+    console.print(f"{len(passes)} passes")
+    columns = ("applies", "apply p50 / max ms", "passes overlapping",
                "their p50 / max ms", f"p99 ms within {args.window_ms:.0f} ms / others")
     title = (f"forward passes of 100 candidates every {args.every_ms:.0f} ms, "
              f"a delta every {args.delta_every_s} s")

@@ -375,7 +375,6 @@ def create_app(scorer: Scorer) -> ASGIApp:
         gc.freeze()
         scorer.batcher.start()
         if scorer.reloader is not None:
-            scorer.reloader.loop = asyncio.get_running_loop()
             scorer.reloader.start()
         if scorer.catalog_follower is not None:
             scorer.catalog_follower.start()

@@ -6,22 +6,14 @@ or below the followed version are ignored). Per message, :meth:`ModelService.app
 the store's newest snapshot is taken if it is newer than the followed version, otherwise the
 scorer keeps its last good version until the next snapshot on the topic. A rejected update
 (bad checksum, bad or missing signature, malformed) is counted by reason and skipped.
-
-Given the scorer's event loop (:attr:`Reloader.loop`), a delta is applied on the loop, between
-two of its steps, and the thread waits for it: the apply is about a millisecond of Python
-that, run beside the loop, would share the interpreter lock with the requests in flight, each
-of which then waits up to a switch interval for the lock after every native step (a forward
-pass has dozens), several milliseconds in all. Snapshots, larger, are applied in the thread.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import threading
 import uuid
 from collections.abc import Callable
-from concurrent.futures import Future
 
 from config import Settings
 from connectors.model_updates import ModelUpdateSubscriber
@@ -49,8 +41,6 @@ class Reloader(threading.Thread):
         self.ready = threading.Event()
         """Set once the store's snapshot (if any) was taken and the consumer subscribed."""
         self.error: BaseException | None = None
-        self.loop: asyncio.AbstractEventLoop | None = None
-        """The event loop deltas are applied on (None: in this thread)."""
 
     def stop(self, timeout_s: float = 5.0) -> None:
         """Ask the thread to finish and wait for it."""
@@ -68,8 +58,6 @@ class Reloader(threading.Thread):
                 while not self._halt.is_set():
                     for message in subscriber.poll(timeout_s=POLL_S):
                         self.handle(message)
-        except _Halted:
-            pass
         except BaseException as err:  # noqa: BLE001 - kept for /healthz and the log
             self.error = err
             self.ready.set()
@@ -82,46 +70,13 @@ class Reloader(threading.Thread):
 
     def handle(self, message: bytes) -> Outcome:
         """Apply one whole update (also the entry point for tests and benchmarks)."""
-        kind = _kind(message)
-        outcome = (self._on_loop(self.service.apply, message) if kind == "delta"
-                   else self.service.apply(message))
-        self.on_outcome(kind, outcome)
+        outcome = self.service.apply(message)
+        self.on_outcome(_kind(message), outcome)
         if outcome.status == Status.NEEDS_BOOTSTRAP:
             healed = self.service.bootstrap_from_store()
             if healed is not None:
                 self.on_outcome("bootstrap", healed)
         return outcome
-
-
-    def _on_loop(self, apply: Callable[[bytes], Outcome], message: bytes) -> Outcome:
-        """``apply(message)`` on :attr:`loop` (here without one), waited for; raises
-        :class:`_Halted` when :meth:`stop` comes first (the loop may be the one stopping)."""
-        loop = self.loop
-        if loop is None or loop.is_closed():
-            return apply(message)
-        done: Future[Outcome] = Future()
-
-        def run() -> None:
-            if done.set_running_or_notify_cancel():
-                try:
-                    done.set_result(apply(message))
-                except BaseException as err:  # noqa: BLE001 - raised again in the thread
-                    done.set_exception(err)
-
-        try:
-            loop.call_soon_threadsafe(run)
-        except RuntimeError:  # the loop closed meanwhile
-            return apply(message)
-        while True:
-            try:
-                return done.result(timeout=POLL_S)
-            except TimeoutError:
-                if self._halt.is_set() and done.cancel():
-                    raise _Halted from None
-
-
-class _Halted(Exception):
-    """:meth:`Reloader.stop` was called while an update waited for the loop."""
 
 
 def _kind(message: bytes) -> str:

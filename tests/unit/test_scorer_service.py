@@ -17,11 +17,10 @@ from config import Settings
 from connectors.snapshot_store import SnapshotStore
 from connectors.training_examples import TrainingExample
 from models.delta import decode_message, encode_delta
-from models.follower import Outcome, Status
+from models.follower import Status
 from models.ranker import Batch, Ranker, encode_batch
 from models.scorer.api import RankRequest
 from models.scorer.batcher import Batcher, DevicePolicy, HostStaging, device_policy, forward
-from models.scorer.reloader import Reloader, _Halted
 from models.scorer.service import ModelService, VersionUnavailable
 from models.trainer import OnlineTrainer
 from models.versions import VersionCutter
@@ -241,37 +240,6 @@ def test_an_offloaded_pass_runs_beside_the_loop_and_the_requests_meanwhile_make_
     for (version, probs), batch in zip(results, requests):
         assert version == 1
         np.testing.assert_allclose(probs, forward(service.current(), batch), atol=1e-6)
-
-
-def test_the_reloader_applies_deltas_on_the_loop_and_snapshots_in_its_thread(store):
-    messages = stream(6, store)[0]  # snapshots: versions 1 and 4
-    service = ModelService(SETTINGS, store=store)
-    threads: list[str] = []
-    apply = service.apply
-
-    def recorded(message: bytes) -> Outcome:
-        threads.append(threading.current_thread().name)
-        return apply(message)
-
-    service.apply = recorded  # type: ignore[method-assign]
-    loop = asyncio.new_event_loop()
-    runner = threading.Thread(target=loop.run_forever, name="event-loop")
-    runner.start()
-    reloader = Reloader(SETTINGS, service)
-    reloader.loop = loop
-    try:
-        outcomes = [reloader.handle(m) for m in messages[:5]]
-    finally:
-        loop.call_soon_threadsafe(loop.stop)
-        runner.join()
-    here = threading.current_thread().name
-    assert threads == [here, "event-loop", "event-loop", here, "event-loop"]
-    assert [o.status for o in outcomes] == [Status.APPLIED] * 5 and service.version == 5
-    reloader.stop()  # the loop no longer runs: a delta waiting for it gives up
-    with pytest.raises(_Halted):
-        reloader.handle(messages[5])
-    loop.close()
-    assert service.version == 5
 
 
 def test_the_batching_policy_follows_the_device():
