@@ -18,7 +18,8 @@ In one run, on the configured (your) ports, bounded, stopping what it started:
 6. 100 candidates at ``--swap-rate`` on each variant in turn, the others paused, while the
    trainer publishes deltas (learned ahead) every ``--delta-every-s``: p99 of requests in
    flight within ``--swap-window-ms`` of a swap vs the others, and model freshness (delta
-   published -> served by every worker process) p50/p99.
+   published -> served by every worker process) p50/p99;
+7. each process's resident memory and item cache hits / misses over the run.
 
 The load generator shares the machine's cores with the scorers, Kafka and Redis.
 
@@ -446,10 +447,18 @@ def memory_mb(scorer: ScorerProcess) -> str:
 
 
 def item_cache(scorer: ScorerProcess) -> str:
-    """The scorer's item cache counters, from its ``/metrics``."""
-    metrics = httpx.get(f"{scorer.url}/metrics").text.splitlines()
-    return "; ".join(m for m in metrics if m.startswith("streamrank_item_cache_")
-                     and m.split()[0].endswith("_total"))
+    """Item cache hits / misses over the run of each worker process, from its ``/metrics``."""
+    out = []
+    for url in scorer.worker_urls():
+        counts = dict.fromkeys(("hits", "misses"), 0.0)
+        for line in httpx.get(f"{url}/metrics").text.splitlines():
+            name, _, value = line.partition(" ")
+            kind = name.removeprefix("streamrank_item_cache_").removesuffix("_total")
+            if name.startswith("streamrank_item_cache_") and kind in counts:
+                counts[kind] = float(value)
+        hits, misses = counts["hits"], counts["misses"]
+        out.append(f"{hits:,.0f} / {misses:,.0f} ({hits / max(1.0, hits + misses):.0%})")
+    return " + ".join(out)
 
 
 def measure(settings: Settings, args: argparse.Namespace) -> Rows:
@@ -481,8 +490,10 @@ def measure(settings: Settings, args: argparse.Namespace) -> Rows:
                                      {100: args.p99_ms, 1_000: args.p99_ms_1000})
         results += swaps(variants, work, stream, args)
         results += [("memory", name, f"RSS MB {memory_mb(s)}") for name, s in variants.items()]
-        console.print("x1: " + item_cache(variants["x1"]))
-        return results
+        caches = [(name, item_cache(s)) for name, s in variants.items()]
+        console.print(table("item cache over the run, per process",
+                            ("scorer", "hits / misses (hit rate)"), caches))
+        return results + [("item_cache", *row) for row in caches]
     finally:
         for scorer in variants.values():
             scorer.stop()
