@@ -54,7 +54,7 @@ def messages(settings: Settings, examples: list[TrainingExample], per_delta: int
 def run(settings: Settings, updates: list[bytes], batches: list[Batch], every_s: float,
         delta_every_s: float) -> tuple[np.ndarray, np.ndarray]:
     """Passes as (due, end) and applies as (start, end), perf_counter seconds: a pass counts
-    from when it was due, so the wait for an apply on the loop counts too."""
+    from when it was due, as a request from its arrival, so a late start counts too."""
     service = ModelService(settings)
     service.apply(updates[0])
     reloader = Reloader(settings, service)
