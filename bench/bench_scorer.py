@@ -48,6 +48,7 @@ import numpy as np
 import orjson
 import redis
 import torch
+from prometheus_client.parser import text_string_to_metric_families
 from support import (
     Run,
     console,
@@ -450,13 +451,10 @@ def item_cache(scorer: ScorerProcess) -> str:
     """Item cache hits / misses over the run of each worker process, from its ``/metrics``."""
     out = []
     for url in scorer.worker_urls():
-        counts = dict.fromkeys(("hits", "misses"), 0.0)
-        for line in httpx.get(f"{url}/metrics").text.splitlines():
-            name, _, value = line.partition(" ")
-            kind = name.removeprefix("streamrank_item_cache_").removesuffix("_total")
-            if name.startswith("streamrank_item_cache_") and kind in counts:
-                counts[kind] = float(value)
-        hits, misses = counts["hits"], counts["misses"]
+        samples = {s.name: s.value for family in text_string_to_metric_families(
+            httpx.get(f"{url}/metrics").text) for s in family.samples}
+        hits = samples.get("streamrank_item_cache_hits_total", 0.0)
+        misses = samples.get("streamrank_item_cache_misses_total", 0.0)
         out.append(f"{hits:,.0f} / {misses:,.0f} ({hits / max(1.0, hits + misses):.0%})")
     return " + ".join(out)
 
