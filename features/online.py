@@ -258,7 +258,7 @@ class OnlineFeatureReader:
         self._max_cached = max_cached_items
         self._clock = clock
         self._items: dict[str, tuple[float, Vector]] = {}
-        self._key_bytes: dict[tuple[str, tuple[str, ...]], bytes] = {}
+        self._key_bytes: dict[str, dict[tuple[str, ...], bytes]] = {v: {} for v in VIEW_FEATURES}
         self._fields: dict[str, tuple[list[str], list[str | bytes]]] = {}
         client = online._get_client(self._config.online_store)  # noqa: SLF001
         self._script = client.register_script(HMGET_ALL) if isinstance(client, Redis) else None
@@ -334,14 +334,16 @@ class OnlineFeatureReader:
         """Feast's Redis keys of ``view``'s rows (kept: encoding one costs more than reading
         it; at most ``2 * max_cached_items`` are kept). A cache emptied to make room keeps
         this call's keys, so that none of them is looked up after being dropped."""
-        cache = self._key_bytes
-        new = [k for k in keys if (view, k) not in cache]
-        if new and len(cache) + len(new) > 2 * self._max_cached:
-            cache.clear()
+        caches = self._key_bytes
+        cache = caches[view]
+        new = [k for k in keys if k not in cache]
+        if new and sum(map(len, caches.values())) + len(new) > 2 * self._max_cached:
+            for held in caches.values():
+                held.clear()
             new = list(keys)
         if new:
-            cache.update(zip(((view, k) for k in new), self._keys(view, new)))
-        return [cache[(view, k)] for k in keys]
+            cache.update(zip(new, self._keys(view, new)))
+        return list(map(cache.__getitem__, keys))
 
     def _make_room(self, n: int, now: float) -> None:
         if len(self._items) + n > self._max_cached:

@@ -223,10 +223,11 @@ class Scorer:
         version, probs = await self.batcher.score(batch)
         scores = probs[:, 0] + self.settings.purchase_weight * probs[:, 1]
         order = (-scores).argsort(kind="stable")
-        p = probs.tolist()
-        s = scores.tolist()
-        return version, [{"item_id": items[i], "p_click": p[i][0], "p_purchase": p[i][1],
-                          "score": s[i]} for i in order.tolist()], degraded
+        ranked = probs[order]
+        return version, [{"item_id": i, "p_click": c, "p_purchase": p, "score": s}
+                         for i, c, p, s in zip(map(items.__getitem__, order.tolist()),
+                                               ranked[:, 0].tolist(), ranked[:, 1].tolist(),
+                                               scores[order].tolist())], degraded
 
     def recall(self, request: SearchRequest) -> tuple[Candidates, dict[str, float]]:
         """``/search``'s candidates (catalog items nearest the query, blocked ones out, with

@@ -18,6 +18,7 @@ by the reference path instead, so the result is always the reference's, bit for 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import threading
 import time
 from collections.abc import Sequence
@@ -176,12 +177,12 @@ class ColumnFeatureReader(OnlineFeatureReader):
         states = np.empty((len(distinct), _ITEM_WIDTH))
         now = self._clock()
         with self._lock:
-            slots = np.fromiter((self._slots.get(i, -1) for i in distinct), np.intp,
+            slots = np.fromiter(map(self._slots.get, distinct, itertools.repeat(-1)), np.intp,
                                 len(distinct))
             hit = slots >= 0
             hit[hit] = now - self._fetched[slots[hit]] < self._ttl_s
             states[hit] = self._cached[slots[hit]]
-        missing = [i for i, h in zip(distinct, hit.tolist()) if not h]
+        missing = list(itertools.compress(distinct, (~hit).tolist()))
         self.cache_hits += len(distinct) - len(missing)
         self.cache_misses += len(missing)
         categories = [c for c in dict.fromkeys(category_ids) if c is not None]
@@ -203,15 +204,16 @@ class ColumnFeatureReader(OnlineFeatureReader):
             states[~plan.hit] = fetched
             self._keep(missing, fetched, plan.now)
         ucs = self._user_categories(replies[1 + len(missing):])
-        uc_at = {c: k for k, c in enumerate(categories)}
-        uc_rows = np.fromiter((uc_at.get(c, len(categories)) if c is not None
-                               else len(categories) for c in category_ids), np.intp,
-                              len(category_ids))
-        at = {item: k for k, item in enumerate(plan.distinct)}
+        uc_at: dict[str | None, int] = dict(zip(categories, range(len(categories))))
+        uc_at[None] = len(categories)  # the fresh row
+        uc_rows = np.fromiter(map(uc_at.__getitem__, category_ids), np.intp, len(category_ids))
+        if len(plan.distinct) < len(plan.item_ids):  # an item more than once: its state again
+            at = dict(zip(plan.distinct, range(len(plan.distinct))))
+            states = states[np.fromiter(map(at.__getitem__, plan.item_ids), np.intp,
+                                        len(plan.item_ids))]
         user_r = _decode(self._fields[USER_VIEW][0], replies[0])
-        return inputs_from_vectors(user_state(*user_r) if user_r else None,
-                                   states[[at[i] for i in plan.item_ids]], ucs[uc_rows],
-                                   category_ids, plan.t, self._state_ttl)
+        return inputs_from_vectors(user_state(*user_r) if user_r else None, states,
+                                   ucs[uc_rows], category_ids, plan.t, self._state_ttl)
 
     def _present(self, replies: Sequence[Any]) -> tuple[np.ndarray, list[Any]]:
         present = np.fromiter((bool(r) and bool(r[-1]) for r in replies), bool, len(replies))

@@ -406,6 +406,8 @@ def test_served_inputs_equal_the_training_examples_on_replayed_events(settings, 
             assert (ours.recent_items, ours.recent_categories) == (
                 sdk.recent_items, sdk.recent_categories)
             assert np.array_equal(ours.dense, sdk.dense)
+            twice = scorer.reader.read(user, ids + ids, cats + cats, cut)  # items repeated
+            assert np.array_equal(twice.dense, np.vstack([sdk.dense, sdk.dense]))
             trained = [examples[e.event_id] for e in mine]
             want = encode_batch(trained, settings.hash_buckets)
             assert set(batch.position.tolist()) == {SERVING_POSITION}
