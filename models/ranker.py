@@ -95,9 +95,9 @@ INIT_STD = 0.01
 
 
 HASH_CACHE = 1 << 18
-"""IDs whose rows are remembered (users, items and categories repeat across examples and
-requests; at most ≈ 40 MB). Crosses are not: pairs rarely repeat, and a cache miss costs
-≈ 3x the hash."""
+"""IDs whose rows are remembered per table size (users, items and categories repeat across
+examples and requests; at most ≈ 40 MB for each size in use, and a process uses one).
+Crosses are not: pairs rarely repeat, and a cache miss costs ≈ 3x the hash."""
 
 
 def hash_id(value: str | None, buckets: int) -> int:
