@@ -15,10 +15,11 @@ In one run, on the configured (your) ports, bounded, stopping what it started:
    every request it delays), the variants one after another at each point: 100 candidates at
    100 and 200 requests/s, 1,000 candidates at 20 requests/s; then rising rates to the highest
    whose p99 stays under ``--p99-ms`` (100 candidates) or ``--p99-ms-1000``;
-6. 100 candidates at ``--swap-rate`` on each variant in turn, the others paused, while the
-   trainer publishes deltas (learned ahead) every ``--delta-every-s``: p99 of requests in
-   flight within ``--swap-window-ms`` of a swap vs the others, and model freshness (delta
-   published -> served by every worker process) p50/p99;
+6. 100 candidates at ``--swap-rate`` for ``--swap-seconds`` on each variant in turn, the
+   others paused, while the trainer publishes deltas (learned ahead) every
+   ``--delta-every-s``: p99 of requests in flight within ``--swap-window-ms`` of a swap vs
+   the others, and model freshness (delta published -> served by every worker process)
+   p50/p99;
 7. each process's resident memory and item cache hits / misses over the run.
 
 The load generator shares the machine's cores with the scorers, Kafka and Redis.
@@ -402,7 +403,7 @@ def swaps(variants: dict[str, ScorerProcess], work: Workload, stream: DeltaStrea
         others = [s for other, s in variants.items() if other != name]
         with paused(others):
             started = time.time_ns() // 1_000_000
-            run = load(scorer, work, 100, args.swap_rate, max(args.seconds, 8.0))
+            run = load(scorer, work, 100, args.swap_rate, args.swap_seconds)
             runs[name] = (run, started, time.time_ns() // 1_000_000)
         wait_version(others, scorer.version(), 60.0)  # caught up before the next run
     published_at = stream.halt()
@@ -462,7 +463,7 @@ def item_cache(scorer: ScorerProcess) -> str:
 def measure(settings: Settings, args: argparse.Namespace) -> Rows:
     """Steps 2 to 6 of the module docstring on a stack with the run's topics."""
     work, examples = prepare(settings, args.rows)
-    per_run_s = max(args.seconds, 8.0) + 5.0  # a swap run, its warm-up and catching up
+    per_run_s = args.swap_seconds + 5.0  # a swap run, its warm-up and catching up
     stream = DeltaStream(settings, examples, args.delta_every_s,
                          count=int(3 * per_run_s / args.delta_every_s))
     variants: dict[str, ScorerProcess] = {}
@@ -507,6 +508,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--swap-rate", type=float, default=100.0,
                         help="requests/s (100 candidates) while deltas stream")
     parser.add_argument("--swap-window-ms", type=float, default=20.0)
+    parser.add_argument("--swap-seconds", type=float, default=20.0,
+                        help="seconds of load per variant while deltas stream (about 18 "
+                             "requests per second of it are near a swap: at 20 s, the p99 "
+                             "near a swap is not the slowest one or two)")
     parser.add_argument("--p99-ms", type=float, default=20.0,
                         help="the p99 the highest rate of 100 candidates must hold")
     parser.add_argument("--p99-ms-1000", type=float, default=40.0,

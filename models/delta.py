@@ -39,7 +39,7 @@ import hashlib
 import hmac as hmac_lib
 import json
 import struct
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, cast
 
@@ -136,19 +136,40 @@ def _field(data: bytes) -> Iterator[bytes]:
     yield data
 
 
+_Stored = tuple[str, str, Sequence[int], bytes | memoryview]
+"""A tensor as the canonical bytes see it: name, dtype code, shape, raw little-endian bytes."""
+
+
+def _tensors_stored(tensors: Mapping[str, Tensor]) -> Iterator[_Stored]:
+    for name in sorted(tensors):
+        t = tensors[name].detach().cpu().contiguous()
+        yield (name, _DTYPES[t.dtype], t.shape,
+               t.reshape(-1).view(torch.uint8).numpy().data if t.numel() else b"")
+
+
+def _message_stored(data: bytes) -> Iterator[_Stored]:
+    """The tensors of safetensors bytes (validated by ``safetensors``) as they lie in them,
+    without a torch call per tensor."""
+    (n,) = struct.unpack_from("<Q", data)
+    header = json.loads(bytes(data[8:8 + n]))
+    body = memoryview(data)[8 + n:]
+    for name in sorted(k for k in header if k != "__metadata__"):
+        entry = header[name]
+        begin, end = entry["data_offsets"]
+        yield name, entry["dtype"], entry["shape"], body[begin:end]
+
+
 def _canonical(metadata: Mapping[str, str],
-               tensors: Mapping[str, Tensor]) -> Iterator[bytes | memoryview]:
+               tensors: Iterable[_Stored]) -> Iterator[bytes | memoryview]:
     for key in sorted(metadata):
         if key not in _UNSIGNED:
             yield from _field(key.encode())
             yield from _field(metadata[key].encode())
-    for name in sorted(tensors):
-        t = tensors[name].detach().cpu().contiguous()
-        head = (name.encode(), _DTYPES[t.dtype].encode(),
-                ",".join(str(d) for d in t.shape).encode())
+    for name, dtype, shape, raw in tensors:
+        head = (name.encode(), dtype.encode(), ",".join(map(str, shape)).encode())
         yield b"".join(part for text in head for part in (_LENGTH.pack(len(text)), text))
-        yield _LENGTH.pack(t.nbytes)
-        yield t.reshape(-1).view(torch.uint8).numpy().data if t.numel() else b""
+        yield _LENGTH.pack(len(raw))
+        yield raw
 
 
 _HASH_CHUNK = 1 << 16
@@ -157,7 +178,12 @@ _HASH_CHUNK = 1 << 16
 
 def digests(metadata: Mapping[str, str], tensors: Mapping[str, Tensor],
             key: bytes | None) -> tuple[str, str | None]:
-    """Hex SHA-256 and (with a key) HMAC-SHA256 of the canonical bytes.
+    """Hex SHA-256 and (with a key) HMAC-SHA256 of the canonical bytes."""
+    return _digests(_canonical(metadata, _tensors_stored(tensors)), key)
+
+
+def _digests(canonical: Iterable[bytes | memoryview], key: bytes | None) -> tuple[str, str | None]:
+    """:func:`digests` of canonical pieces.
 
     The small pieces (lengths, names, a delta's rows) are gathered into chunks before they
     are hashed: a delta has hundreds of them, and one ``update`` per piece made the digests
@@ -167,7 +193,7 @@ def digests(metadata: Mapping[str, str], tensors: Mapping[str, Tensor],
     if key is not None:
         hashes.append(hmac_lib.new(key, digestmod=hashlib.sha256))
     gathered = bytearray()
-    for piece in _canonical(metadata, tensors):
+    for piece in canonical:
         if len(piece) < _HASH_CHUNK:
             gathered += piece
             if len(gathered) < _HASH_CHUNK:
@@ -235,7 +261,7 @@ def decode_message(data: bytes, hmac_key: bytes | None) -> ModelUpdate:
         raise UpdateRejected("bad_format", str(err)) from None
     if meta.get("format") != FORMAT:
         raise UpdateRejected("bad_format", f"format {meta.get('format')!r}, expected {FORMAT!r}")
-    sha, mac = digests(meta, tensors, hmac_key)
+    sha, mac = _digests(_canonical(meta, _message_stored(data)), hmac_key)  # as stored
     if not hmac_lib.compare_digest(sha, meta.get("sha256", "")):
         raise UpdateRejected("bad_checksum", "sha256 does not match the content")
     if mac is not None:

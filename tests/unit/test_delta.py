@@ -86,6 +86,21 @@ def test_flipped_payload_byte_fails_the_checksum() -> None:
     assert err.value.reason == "bad_checksum"
 
 
+@pytest.mark.parametrize("tensor", [
+    torch.randn(4, 3, dtype=torch.float64), torch.tensor(2.5), torch.zeros(0, 8),
+    torch.tensor([True, False, True]), torch.arange(5, dtype=torch.int32),
+    torch.randn(2, 2).to(torch.bfloat16), torch.randn(6, 2).t(),  # not contiguous
+])
+def test_the_stored_bytes_verify_like_the_tensors_they_encode(tensor: torch.Tensor) -> None:
+    """The signer digests tensors, the receiver the bytes as stored: the same canonical
+    bytes for every dtype and shape, or a good update would be rejected."""
+    sent = update(tensors={"a.b": tensor, "emb": torch.ones(1, 2),
+                           "emb" + ROWS_SUFFIX: torch.tensor([1])})
+    got = decode_message(encode_delta(sent, KEY), KEY)
+    assert got.tensors["a.b"].dtype == tensor.dtype
+    assert torch.equal(got.tensors["a.b"], tensor.contiguous())
+
+
 def test_edited_metadata_fails_the_checksum() -> None:
     data = edit_metadata(encode_delta(update()), "version", "4")
     assert read_metadata(data)["version"] == "4"
