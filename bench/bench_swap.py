@@ -5,9 +5,11 @@ loop, a forward pass of 100 real candidates due every ``--every-ms`` (timed from
 due, as a request from its arrival); beside it, the scorer's
 :class:`~models.scorer.reloader.Reloader` takes a delta of ``--per-delta`` real examples every
 ``--delta-every-s`` in its own thread, as in a scorer, with the scorer's process settings (one
-torch thread, its interpreter switch interval). Printed: the passes that overlapped an apply
-(p50 / max ms), p99 of the passes within ``--window-ms`` of an apply against the others, and
-the apply's own time. The HTTP benchmark (``bench_scorer.py``) measures the same ratio with
+torch thread, its interpreter switch interval). Twice, side by side: with ``swap_wait_ms``
+0 (each delta applied as it comes) and with its default (applied once no pass is in flight,
+waiting at most that long). Printed: the passes that overlapped an apply (p50 / max ms), p99
+of the passes within ``--window-ms`` of an apply against the others, and the apply's own
+time. The HTTP benchmark (``bench_scorer.py``) measures the same ratio with
 the broker, the trainer and the load generator on the same cores; this one is the scorer's
 own share.
 
@@ -33,6 +35,7 @@ from connectors.training_examples import TrainingExample
 from models.ranker import Batch, encode_batch
 from models.scorer.app import SWITCH_INTERVAL_S
 from models.scorer.batcher import forward
+from models.scorer.quiet import InFlight
 from models.scorer.reloader import Reloader
 from models.scorer.service import ModelService
 from models.trainer import OnlineTrainer
@@ -54,16 +57,19 @@ def messages(settings: Settings, examples: list[TrainingExample], per_delta: int
 def run(settings: Settings, updates: list[bytes], batches: list[Batch], every_s: float,
         delta_every_s: float) -> tuple[np.ndarray, np.ndarray]:
     """Passes as (due, end) and applies as (start, end), perf_counter seconds: a pass counts
-    from when it was due, as a request from its arrival, so a late start counts too."""
+    from when it was due, as a request from its arrival, so a late start counts too. Each
+    pass is in flight for the reloader (``settings.swap_wait_ms``) as a request is."""
     service = ModelService(settings)
     service.apply(updates[0])
-    reloader = Reloader(settings, service)
+    in_flight = InFlight()
+    reloader = Reloader(settings, service, wait_quiet=in_flight.wait_quiet)
     applies: list[tuple[float, float]] = []
     passes: list[tuple[float, float]] = []
 
     def follow() -> None:
         for update in updates[1:]:
             time.sleep(delta_every_s)
+            in_flight.wait_quiet(settings.swap_wait_ms / 1000.0)  # as handle_quietly
             t0 = time.perf_counter()
             reloader.handle(update)
             applies.append((t0, time.perf_counter()))
@@ -75,7 +81,9 @@ def run(settings: Settings, updates: list[bytes], batches: list[Batch], every_s:
         while thread.is_alive():
             due = start + k * every_s
             await asyncio.sleep(max(0.0, due - time.perf_counter()))
+            in_flight.enter()
             forward(service.current(), batches[k % len(batches)])
+            in_flight.leave()
             passes.append((due, time.perf_counter()))
             k += 1
         thread.join()
@@ -123,10 +131,13 @@ def main() -> None:
                for k in range(0, len(tail) - 99, 100)]
     console.print(f"{len(updates) - 1} deltas of {args.per_delta} real examples, "
                   f"{np.mean([len(u) for u in updates[1:]]) / 1e3:.0f} KB each")
-    passes, applies = run(settings, updates, batches, args.every_ms / 1e3, args.delta_every_s)
-    rows = [summary(passes, applies, args.window_ms / 1e3)]
-    console.print(f"{len(passes)} passes")
-    columns = ("applies", "apply p50 / max ms", "passes overlapping",
+    rows = []
+    for wait_ms in (0.0, settings.swap_wait_ms):
+        passes, applies = run(settings.model_copy(update={"swap_wait_ms": wait_ms}), updates,
+                              batches, args.every_ms / 1e3, args.delta_every_s)
+        rows.append((f"{wait_ms:.0f}", *summary(passes, applies, args.window_ms / 1e3)))
+        console.print(f"swap_wait_ms {wait_ms:.0f}: {len(passes)} passes")
+    columns = ("swap_wait_ms", "applies", "apply p50 / max ms", "passes overlapping",
                "their p50 / max ms", f"p99 ms within {args.window_ms:.0f} ms / others")
     title = (f"forward passes of 100 candidates every {args.every_ms:.0f} ms, "
              f"a delta every {args.delta_every_s} s")

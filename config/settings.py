@@ -228,6 +228,9 @@ class ScorerSettings(_Section):
     feature_reader: str = "redis"
     """How a scorer reads Feast: ``redis`` (one pipelined read through Feast's Redis online
     store, item cache) or ``sdk`` (``get_online_features``, any online store, no cache)."""
+    swap_wait_ms: float = Field(default=20.0, ge=0)
+    """A scorer applies a model update when no request is in flight, waiting at most this long
+    for such a moment per poll of updates (0: at once)."""
     item_cache_ttl_ms: float = 1_000.0
     """A scorer reuses an item's Feast row for this long (item features lag by at most it)."""
     guard_min_auc: float | None = None

@@ -67,6 +67,7 @@ from models.scorer.api import Candidates, PinRequest, RankRequest, SearchRequest
 from models.scorer.batcher import Batcher
 from models.scorer.candidates import encode_candidates
 from models.scorer.metrics import ScorerMetrics
+from models.scorer.quiet import InFlight
 from models.scorer.reader import ColumnFeatureReader
 from models.scorer.registry import register, unregister
 from models.scorer.reloader import Reloader
@@ -142,7 +143,9 @@ class Scorer:
         """The address clients use: the shared port of ``serve --workers N``, else ``url``."""
         self.service = ModelService(settings, self.device, SnapshotStore.from_settings(settings))
         self.metrics = ScorerMetrics(self.service)
-        self.reloader = Reloader(settings, self.service, self.metrics.outcome) if follow else None
+        self.in_flight = InFlight()
+        self.reloader = Reloader(settings, self.service, self.metrics.outcome,
+                                 self.in_flight.wait_quiet) if follow else None
         self.catalog = Catalog()
         self.catalog_follower = CatalogFollower(settings, self.catalog) if follow else None
         self.metrics.catalog_items.set_function(lambda: len(self.catalog))
@@ -281,7 +284,7 @@ def ranking_endpoints(scorer: Scorer) -> dict[str, Callable[[Scope, Receive],
     answer, counted in the metrics. Without a framework's request and response objects and
     routing, the request path spends its time on the ranking (about 0.4 ms less per request
     than through FastAPI, measured on the 2-core machine)."""
-    settings, metrics = scorer.settings, scorer.metrics
+    settings, metrics, in_flight = scorer.settings, scorer.metrics, scorer.in_flight
     rank_token, limit = settings.rank_token, settings.max_request_bytes
 
     async def read_body(scope: Scope, receive: Receive, endpoint: str) -> bytes | Answer:
@@ -344,6 +347,13 @@ def ranking_endpoints(scorer: Scorer) -> dict[str, Callable[[Scope, Receive],
     def endpoint(name: str, handle: Callable[[bytes], Awaitable[Answer]],
                  latency: Histogram) -> Callable[[Scope, Receive], Awaitable[Answer]]:
         async def answer(scope: Scope, receive: Receive) -> Answer:
+            in_flight.enter()  # from its first byte read to its answer
+            try:
+                return await counted(scope, receive)
+            finally:
+                in_flight.leave()
+
+        async def counted(scope: Scope, receive: Receive) -> Answer:
             started = time.perf_counter()
             body = await read_body(scope, receive, name)
             try:

@@ -2,7 +2,8 @@
 
 Start-up: the newest snapshot of the snapshot store, then every message of ``model.deltas``
 from the earliest offset (own consumer group, so every scorer sees every update; messages at
-or below the followed version are ignored). Per message, :meth:`ModelService.apply`; on a gap
+or below the followed version are ignored). Per message, :meth:`ModelService.apply`, in a
+moment with no request in flight if one comes within ``swap_wait_ms`` (:mod:`.quiet`); on a gap
 the store's newest snapshot is taken if it is newer than the followed version, otherwise the
 scorer keeps its last good version until the next snapshot on the topic. A rejected update
 (bad checksum, bad or missing signature, malformed) is counted by reason and skipped.
@@ -12,8 +13,9 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from config import Settings
 from connectors.model_updates import ModelUpdateSubscriber
@@ -32,11 +34,15 @@ class Reloader(threading.Thread):
     sees every outcome (for metrics)."""
 
     def __init__(self, settings: Settings, service: ModelService,
-                 on_outcome: Callable[[str, Outcome], None] = lambda kind, outcome: None) -> None:
+                 on_outcome: Callable[[str, Outcome], None] = lambda kind, outcome: None,
+                 wait_quiet: Callable[[float], bool] = lambda timeout_s: True) -> None:
         super().__init__(name="model-reloader", daemon=True)
         self.settings = settings
         self.service = service
         self.on_outcome = on_outcome
+        self.wait_quiet = wait_quiet
+        """Blocks until no request is in flight or the timeout passed
+        (:meth:`models.scorer.quiet.InFlight.wait_quiet`; default: never blocks)."""
         self._halt = threading.Event()
         self.ready = threading.Event()
         """Set once the store's snapshot (if any) was taken and the consumer subscribed."""
@@ -56,8 +62,7 @@ class Reloader(threading.Thread):
                     **{"fetch.wait.max.ms": 50}) as subscriber:
                 self.ready.set()
                 while not self._halt.is_set():
-                    for message in subscriber.poll(timeout_s=POLL_S):
-                        self.handle(message)
+                    self.handle_quietly(subscriber.poll(timeout_s=POLL_S))
         except BaseException as err:  # noqa: BLE001 - kept for /healthz and the log
             self.error = err
             self.ready.set()
@@ -67,6 +72,16 @@ class Reloader(threading.Thread):
         outcome = self.service.bootstrap_from_store()
         if outcome is not None:
             self.on_outcome("bootstrap", outcome)
+
+    def handle_quietly(self, messages: Sequence[bytes]) -> list[Outcome]:
+        """:meth:`handle` each of one poll's updates when no request is in flight, waiting
+        for that at most ``swap_wait_ms`` for all of them together."""
+        deadline = time.monotonic() + self.settings.swap_wait_ms / 1000.0
+        outcomes = []
+        for message in messages:
+            self.wait_quiet(max(0.0, deadline - time.monotonic()))
+            outcomes.append(self.handle(message))
+        return outcomes
 
     def handle(self, message: bytes) -> Outcome:
         """Apply one whole update (also the entry point for tests and benchmarks)."""

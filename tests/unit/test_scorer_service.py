@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 import uuid
 from dataclasses import replace
 
@@ -21,6 +22,8 @@ from models.follower import Status
 from models.ranker import Batch, Ranker, encode_batch
 from models.scorer.api import RankRequest
 from models.scorer.batcher import Batcher, DevicePolicy, HostStaging, device_policy, forward
+from models.scorer.quiet import InFlight
+from models.scorer.reloader import Reloader
 from models.scorer.service import ModelService, VersionUnavailable
 from models.trainer import OnlineTrainer
 from models.versions import VersionCutter
@@ -321,3 +324,38 @@ def test_host_staging_reuses_its_buffers_and_changes_no_score(store):
         assert all(torch.equal(a, b) for a, b in zip(staged, batch))
         if n < 12:  # fits the buffers of the first batch: no new allocation
             assert [t.data_ptr() for t in staged] == pointers
+
+
+def test_updates_wait_for_a_moment_with_no_request_in_flight(store):
+    """The reloader applies a poll's updates once no request is in flight."""
+    messages, _ = stream(2, store)
+    service = ModelService(SETTINGS, store=store)
+    in_flight = InFlight()
+    reloader = Reloader(SETTINGS.model_copy(update={"swap_wait_ms": 10_000.0}), service,
+                        wait_quiet=in_flight.wait_quiet)
+    in_flight.enter()
+    in_flight.enter()
+    applying = threading.Thread(target=reloader.handle_quietly, args=(messages,))
+    applying.start()
+    in_flight.leave()
+    applying.join(0.3)
+    assert applying.is_alive() and service.version == 0  # one request still in flight
+    in_flight.leave()
+    applying.join(5.0)
+    assert not applying.is_alive() and service.version == 2
+
+
+def test_updates_wait_for_quiet_at_most_swap_wait_ms_per_poll(store):
+    """Under load that never pauses, a poll's updates are applied after ``swap_wait_ms`` in
+    all (not that long for each)."""
+    messages, _ = stream(3, store)
+    service = ModelService(SETTINGS, store=store)
+    in_flight = InFlight()
+    in_flight.enter()
+    reloader = Reloader(SETTINGS.model_copy(update={"swap_wait_ms": 200.0}), service,
+                        wait_quiet=in_flight.wait_quiet)
+    started = time.monotonic()
+    outcomes = reloader.handle_quietly(messages)
+    waited = time.monotonic() - started
+    assert [o.status for o in outcomes] == [Status.APPLIED] * 3 and service.version == 3
+    assert 0.2 <= waited < 0.2 * len(messages)
