@@ -461,7 +461,7 @@ def item_cache(scorer: ScorerProcess) -> str:
 
 
 def measure(settings: Settings, args: argparse.Namespace) -> Rows:
-    """Steps 2 to 6 of the module docstring on a stack with the run's topics."""
+    """Steps 2 to 7 of the module docstring on a stack with the run's topics."""
     work, examples = prepare(settings, args.rows)
     per_run_s = args.swap_seconds + 5.0  # a swap run, its warm-up and catching up
     stream = DeltaStream(settings, examples, args.delta_every_s,

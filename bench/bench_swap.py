@@ -69,7 +69,7 @@ def run(settings: Settings, updates: list[bytes], batches: list[Batch], every_s:
     def follow() -> None:
         for update in updates[1:]:
             time.sleep(delta_every_s)
-            in_flight.wait_quiet(settings.swap_wait_ms / 1000.0)  # as handle_quietly
+            reloader.wait_quiet(settings.swap_wait_ms / 1000.0)  # handle_quietly, timed apart
             t0 = time.perf_counter()
             reloader.handle(update)
             applies.append((t0, time.perf_counter()))

@@ -21,11 +21,6 @@ class InFlight:
         self._quiet = threading.Event()
         self._quiet.set()
 
-    @property
-    def count(self) -> int:
-        """Requests in flight now."""
-        return self._count
-
     def enter(self) -> None:
         """A request started."""
         self._count += 1
